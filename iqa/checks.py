@@ -1,0 +1,59 @@
+"""Argument checks that fail loudly and name the problem.
+
+Nothing in iqa clips, coerces or silently repairs its input: a bad value is a
+``ValueError`` (or ``TypeError``) whose message says which argument, what it
+was and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def check_nonnegative_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+
+
+def check_unit_interval(name: str, value: Any) -> None:
+    """Require 0 < value <= 1 (a relaxation or mixing weight)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value <= 1):
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+
+
+def check_finite_tensor(name: str, t: Tensor) -> None:
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {t.dtype}")
+    if not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or Inf)")
+
+
+def check_tokens(x: Any, embed_dim: int) -> None:
+    """Require x to be a finite floating tensor of shape [B, N, embed_dim], B, N >= 1."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor of shape [B, N, D], got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"x must have shape [B, N, D] (3 dimensions), got {x.dim()} dimensions: {tuple(x.shape)}")
+    batch, tokens, dim = x.shape
+    if dim != embed_dim:
+        raise ValueError(f"x has last dimension {dim}, but the layer's embed_dim is {embed_dim}")
+    if batch == 0:
+        raise ValueError(f"x has an empty batch (B = 0): shape {tuple(x.shape)}")
+    if tokens == 0:
+        raise ValueError(f"x has no tokens (N = 0): shape {tuple(x.shape)}; attention over zero tokens is undefined")
+    check_finite_tensor("x", x)

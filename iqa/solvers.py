@@ -1,0 +1,440 @@
+"""Fixed-point solvers that say whether they converged.
+
+``solve(f, y0)`` looks for y* = f(y*) by Picard iteration (optionally damped,
+y <- (1 - a) y + a f(y)) or by Anderson acceleration. Dimension 0 of ``y0`` is
+the batch: every batch element gets its own residual history, its own step
+count and its own :class:`Status`, and an element stops changing as soon as its
+status is decided, so one slow element never perturbs a finished one.
+
+The residual of an iterate y is r(y) = ||f(y) - y|| (absolute) or
+||f(y) - y|| / ||f(y)|| (relative), over all non-batch dimensions; ``stop``
+selects which one is compared with ``tol``. A solution is ``CONVERGED`` only
+when the residual of the iterate it returns is <= tol; its overall status is
+never ``CONVERGED`` while any element is not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from iqa.checks import check_finite_tensor, check_positive, check_positive_int, check_unit_interval
+
+Map = Callable[[Tensor], Tensor]
+StopMode = Literal["abs", "rel"]
+METHODS = ("picard", "anderson")
+STOP_MODES = ("abs", "rel")
+
+#: Below this, a norm counts as zero (relative residuals divide by max(||f(y)||, this)).
+NORM_FLOOR = 1e-30
+#: A residual that grows by this factor over the first one is DIVERGED.
+DIVERGENCE_FACTOR = 1e8
+#: Cycles of period 2..MAX_PERIOD are detected.
+MAX_PERIOD = 8
+
+
+class Status(enum.Enum):
+    """Outcome of a solve, per batch element; ordered from best to worst."""
+
+    CONVERGED = "converged"
+    MAX_ITER = "max_iter"
+    CYCLE = "cycle"
+    DIVERGED = "diverged"
+    NONFINITE = "nonfinite"
+
+    @property
+    def severity(self) -> int:
+        return _SEVERITY[self]
+
+
+_SEVERITY = {status: rank for rank, status in enumerate(Status)}
+
+
+class ConvergenceError(RuntimeError):
+    """Raised by a solve with ``raise_on_failure=True`` that did not converge."""
+
+    def __init__(self, solution: Solution, what: str = "fixed-point solve") -> None:
+        self.solution = solution
+        worst = max(range(len(solution.statuses)), key=lambda b: solution.statuses[b].severity)
+        super().__init__(
+            f"{what} ({solution.method}) ended with status {solution.status.name}: "
+            f"batch element {worst} has residual {float(solution.residual[worst]):.3e} "
+            f"({solution.stop}) after {solution.steps[worst]} steps, tol={solution.tol:.3e}"
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Solution:
+    """What a solve found and how it got there.
+
+    ``residuals[t, b]`` is the absolute residual of iterate t of element b and
+    ``relative_residuals`` the relative one; rows past ``steps[b]`` repeat the
+    frozen final value of element b. ``residual[b]`` is the residual (in the
+    ``stop`` mode) of the returned ``y[b]``.
+    """
+
+    y: Tensor
+    statuses: tuple[Status, ...]
+    steps: tuple[int, ...]
+    residuals: Tensor
+    relative_residuals: Tensor
+    residual: Tensor
+    method: str
+    stop: StopMode
+    tol: float
+    fallbacks: int = 0
+    iterates: list[Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def status(self) -> Status:
+        """The worst element status: CONVERGED only when every element converged."""
+        return max(self.statuses, key=lambda s: s.severity)
+
+    @property
+    def converged(self) -> bool:
+        return self.status is Status.CONVERGED
+
+    @property
+    def n_steps(self) -> int:
+        """Evaluations of f made by the solve (the longest element's count)."""
+        return int(self.residuals.shape[0])
+
+    @property
+    def stop_residuals(self) -> Tensor:
+        """The residual history in the ``stop`` mode, [n_steps, B]."""
+        return self.residuals if self.stop == "abs" else self.relative_residuals
+
+    def history(self, b: int) -> Tensor:
+        """Residual history (``stop`` mode) of batch element b, up to its decision."""
+        return self.stop_residuals[: self.steps[b], b]
+
+
+class _Tracker:
+    """Bookkeeping shared by the solvers: histories, decisions, freezing.
+
+    The hot path (:meth:`record`) costs two norms and two small host copies per
+    step. Histories are kept as Python floats: keeping thousands of tiny
+    tensors alive slows torch's CPU allocator down several-fold.
+    """
+
+    def __init__(self, y0: Tensor, tol: float, stop: StopMode, keep_iterates: bool) -> None:
+        batch = y0.shape[0]
+        self.tol = tol
+        self.stop = stop
+        self.dims = tuple(range(1, y0.dim()))
+        self.abs_history: list[list[float]] = []
+        self.stop_history: list[list[float]] = []
+        self.ref_history: list[list[float]] = []
+        self.statuses: list[Status | None] = [None] * batch
+        self.steps = [0] * batch
+        self.decided = torch.zeros(batch, dtype=torch.bool, device=y0.device)
+        self.n_decided = 0
+        self.limit: list[float] = []
+        self.recent: deque[Tensor] = deque(maxlen=MAX_PERIOD + 1)
+        self.iterates: list[Tensor] | None = [] if keep_iterates else None
+
+    def norm(self, t: Tensor) -> Tensor:
+        """||t|| over every dimension but the batch."""
+        return torch.linalg.vector_norm(t, dim=self.dims)
+
+    @property
+    def any_decided(self) -> bool:
+        return self.n_decided > 0
+
+    @property
+    def all_decided(self) -> bool:
+        return self.n_decided == len(self.statuses)
+
+    def observe(self, y: Tensor, fy: Tensor, step: int) -> list[float]:
+        """Record the residuals of iterate ``step`` (y, with fy = f(y)), decide what
+        can be decided, and return the stop-mode residuals."""
+        if torch.is_grad_enabled():
+            y, fy = y.detach(), fy.detach()
+        dims = self.dims
+        r = torch.linalg.vector_norm(fy - y, dim=dims).tolist()
+        ref = torch.linalg.vector_norm(fy, dim=dims).tolist()
+        metric = r if self.stop == "abs" else [a / max(b, NORM_FLOOR) for a, b in zip(r, ref)]
+        if step == 1:
+            self.limit = [DIVERGENCE_FACTOR * max(a, NORM_FLOOR) for a in r]
+        self.abs_history.append(r)
+        self.ref_history.append(ref)
+        self.stop_history.append(metric)
+        self.recent.append(y)
+        if self.iterates is not None:
+            self.iterates.append(y.clone())
+        periodic = step % MAX_PERIOD == 0
+        tol = self.tol
+        # NaN fails every comparison, so this one test passes only when every
+        # element is still finite and above tol: the common case, decided here.
+        if periodic or self.n_decided or not all(tol < m < math.inf for m in metric):
+            self.decide(metric, step, check_divergence=periodic)
+            if periodic:
+                self.check_cycles(step)
+        return metric
+
+    def decide(self, metric: list[float], step: int, check_divergence: bool = False) -> None:
+        """Give a status to each element that converged or went non-finite at this step.
+
+        Divergence (a residual DIVERGENCE_FACTOR times the first) is checked
+        only when asked, every MAX_PERIOD steps, to keep the hot path short.
+        """
+        tol = self.tol
+        r = self.abs_history[-1]
+        for b, m in enumerate(metric):
+            if self.statuses[b] is not None or (tol < m < math.inf and not check_divergence):
+                continue
+            if not (math.isfinite(m) and math.isfinite(r[b])):
+                self.mark(b, Status.NONFINITE, step)
+            elif m <= tol:
+                self.mark(b, Status.CONVERGED, step)
+            elif check_divergence and r[b] >= self.limit[b]:
+                self.mark(b, Status.DIVERGED, step)
+
+    def mark(self, b: int, status: Status, step: int) -> None:
+        self.statuses[b] = status
+        self.steps[b] = step
+        self.decided[b] = True
+        self.n_decided += 1
+
+    def check_cycles(self, step: int) -> None:
+        """Mark CYCLE where y_t returns to y_{t-p} (2 <= p <= 8) and progress has stalled.
+
+        A cycle is declared when ||y_t - y_{t-p}|| <= 1e-3 ||f(y_t) - y_t|| (the
+        iterate comes back far closer than one step moves, which monotone or
+        slowly converging drift never does), the residual is above tol, and it
+        fell by less than 10% over the last MAX_PERIOD steps.
+        """
+        recent = self.recent
+        if len(recent) < MAX_PERIOD + 1 or len(self.abs_history) <= MAX_PERIOD:
+            return
+        now, before = self.abs_history[-1], self.abs_history[-1 - MAX_PERIOD]
+        stalled = [self.statuses[b] is None and now[b] >= 0.9 * before[b] for b in range(len(now))]
+        if not any(stalled):
+            return
+        with torch.no_grad():
+            gaps = torch.stack([self.norm(recent[-1] - recent[-1 - p]) for p in range(2, MAX_PERIOD + 1)])
+            closest = gaps.min(dim=0).values.tolist()
+        for b, is_stalled in enumerate(stalled):
+            if is_stalled and closest[b] <= 1e-3 * now[b]:
+                self.mark(b, Status.CYCLE, step)
+
+    def finish(self, n_steps: int) -> None:
+        for b, s in enumerate(self.statuses):
+            if s is None:
+                self.mark(b, Status.MAX_ITER, n_steps)
+
+    def solution(self, y: Tensor, method: str, final: list[float] | None = None, fallbacks: int = 0) -> Solution:
+        """The Solution; ``final`` overrides the residual of the returned iterates."""
+        if final is None:
+            final = [self.stop_history[self.steps[b] - 1][b] for b in range(len(self.steps))]
+        abs_h = torch.tensor(self.abs_history, dtype=torch.float64)
+        ref_h = torch.tensor(self.ref_history, dtype=torch.float64)
+        return Solution(
+            y=y,
+            statuses=tuple(s for s in self.statuses if s is not None),
+            steps=tuple(self.steps),
+            residuals=abs_h,
+            relative_residuals=abs_h / ref_h.clamp_min(NORM_FLOOR),
+            residual=torch.tensor(final, dtype=torch.float64),
+            method=method,
+            stop=self.stop,
+            tol=self.tol,
+            fallbacks=fallbacks,
+            iterates=self.iterates,
+        )
+
+
+def _freeze(decided: Tensor, old: Tensor, new: Tensor) -> Tensor:
+    """Keep decided batch elements at their old value."""
+    mask = decided.to(old.device).reshape((-1,) + (1,) * (old.dim() - 1))
+    return torch.where(mask, old, new)
+
+
+def _picard(f: Map, y0: Tensor, tol: float, max_iter: int, stop: StopMode, damping: float, keep: bool) -> Solution:
+    track = _Tracker(y0, tol, stop, keep)
+    batch = y0.shape[0]
+    y = y0
+    step = 0
+    for step in range(1, max_iter + 1):
+        fy = f(y)
+        track.observe(y, fy, step)
+        if track.n_decided == batch or step == max_iter:
+            break
+        y_next = fy if damping == 1.0 else y + damping * (fy - y)
+        y = _freeze(track.decided, y, y_next) if track.any_decided else y_next
+    track.finish(step)
+    return track.solution(y, "picard")
+
+
+def _anderson(
+    f: Map,
+    y0: Tensor,
+    tol: float,
+    max_iter: int,
+    stop: StopMode,
+    memory: int,
+    mixing: float,
+    ridge: float,
+    keep: bool,
+) -> Solution:
+    batch = y0.shape[0]
+    track = _Tracker(y0, tol, stop, keep)
+    xs: deque[Tensor] = deque(maxlen=memory)
+    fs: deque[Tensor] = deque(maxlen=memory)
+    y = y0
+    best_y = y0
+    best = [math.inf] * batch
+    fallbacks = 0
+    step = 0
+    for step in range(1, max_iter + 1):
+        fy = f(y)
+        undecided = [s is None for s in track.statuses]
+        metric = track.observe(y, fy, step)
+        improved = [und and m < old for und, m, old in zip(undecided, metric, best)]
+        if any(improved):
+            best = [m if imp else old for m, imp, old in zip(metric, improved, best)]
+            best_y = _freeze(torch.tensor(improved, device=y.device), y, best_y)
+        if track.all_decided or step == max_iter:
+            break
+        xs.append(y.reshape(batch, -1))
+        fs.append(fy.reshape(batch, -1))
+        y_next, n_fallback = _anderson_step(xs, fs, mixing, ridge)
+        fallbacks += n_fallback
+        y_next = y_next.reshape(y.shape)
+        y = _freeze(track.decided, y, y_next) if track.any_decided else y_next
+    track.finish(step)
+    converged = [s is Status.CONVERGED for s in track.statuses]
+    # A converged element returns the iterate that met tol; any other, the best one seen.
+    y_out = _freeze(torch.tensor(converged, device=y.device), y, best_y)
+    final = [track.stop_history[track.steps[b] - 1][b] if converged[b] else best[b] for b in range(batch)]
+    return track.solution(y_out, "anderson", final, fallbacks)
+
+
+#: Mixing weights with sum(|alpha|) above this count as ill-conditioned.
+ALPHA_LIMIT = 1e4
+
+
+def _anderson_step(xs: deque[Tensor], fs: deque[Tensor], mixing: float, ridge: float) -> tuple[Tensor, int]:
+    """One Anderson (type II) update from the last m iterates, batched.
+
+    alpha = argmin ||sum_i alpha_i g_i|| subject to sum_i alpha_i = 1, with
+    g_i = f(x_i) - x_i, solved as (G G^T + lam I) w = 1, alpha = w / sum(w),
+    where lam = ridge * trace(G G^T) / m scales with the problem. The next
+    iterate is beta sum_i alpha_i f(x_i) + (1 - beta) sum_i alpha_i x_i. An
+    element whose system is singular, whose alpha is ill-conditioned
+    (sum |alpha| > ALPHA_LIMIT) or whose step is not finite takes a damped
+    Picard step instead.
+    """
+    x_last, f_last = xs[-1], fs[-1]
+    picard = x_last + mixing * (f_last - x_last)
+    if len(xs) == 1:
+        return picard, 0
+    X = torch.stack(tuple(xs), dim=1)
+    F = torch.stack(tuple(fs), dim=1)
+    G = F - X
+    gram = G @ G.transpose(1, 2)
+    m = gram.shape[-1]
+    scale = gram.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(NORM_FLOOR) / m
+    eye = torch.eye(m, dtype=gram.dtype, device=gram.device)
+    system = gram + (ridge * scale)[:, None, None] * eye
+    ones = torch.ones(gram.shape[0], m, 1, dtype=gram.dtype, device=gram.device)
+    w, info = torch.linalg.solve_ex(system, ones)
+    w = w.squeeze(-1)
+    alpha = w / w.sum(-1, keepdim=True)
+    step = mixing * (alpha.unsqueeze(1) @ F).squeeze(1) + (1 - mixing) * (alpha.unsqueeze(1) @ X).squeeze(1)
+    with torch.no_grad():
+        ok = (
+            (info == 0)
+            & torch.isfinite(alpha).all(-1)
+            & (alpha.abs().sum(-1) <= ALPHA_LIMIT)
+            & torch.isfinite(step).all(-1)
+        )
+    if bool(ok.all()):
+        return step, 0
+    return torch.where(ok[:, None], step, picard), int((~ok).sum())
+
+
+def solve(
+    f: Map,
+    y0: Tensor,
+    method: str = "picard",
+    *,
+    tol: float = 1e-6,
+    max_iter: int = 200,
+    stop: str = "abs",
+    damping: float = 1.0,
+    memory: int = 5,
+    mixing: float = 1.0,
+    ridge: float = 1e-10,
+    raise_on_failure: bool = False,
+    keep_iterates: bool = False,
+) -> Solution:
+    """Find y* = f(y*) starting from y0; report per batch element how it went.
+
+    Args:
+        f: the map, batched over dimension 0 of its argument.
+        y0: the starting point, [B, ...], floating and finite.
+        method: "picard" (y <- (1 - damping) y + damping f(y)) or "anderson".
+        tol: the residual (in ``stop`` mode) at which an element has converged.
+        max_iter: the most evaluations of f.
+        stop: "abs" for ||f(y) - y||, "rel" for ||f(y) - y|| / ||f(y)||.
+        damping: Picard's relaxation a in (0, 1].
+        memory: Anderson's history length m.
+        mixing: Anderson's beta in (0, 1].
+        ridge: Anderson's Tikhonov term, relative to trace(G G^T) / m.
+        raise_on_failure: raise :class:`ConvergenceError` unless CONVERGED.
+        keep_iterates: keep a detached copy of every iterate (for plots).
+
+    Runs with autograd as the caller has it: under ``torch.no_grad()`` no graph
+    is built; otherwise gradients flow through every step (the unrolled mode).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown solver method {method!r}; choose one of {', '.join(METHODS)}")
+    if stop not in STOP_MODES:
+        raise ValueError(f"unknown stop mode {stop!r}; choose 'abs' or 'rel'")
+    check_positive("tol", tol)
+    check_positive_int("max_iter", max_iter)
+    check_unit_interval("damping", damping)
+    check_unit_interval("mixing", mixing)
+    check_positive_int("memory", memory)
+    if not (ridge >= 0 and math.isfinite(ridge)):
+        raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
+    if not isinstance(y0, Tensor):
+        raise TypeError(f"y0 must be a torch.Tensor, got {type(y0).__name__}")
+    if y0.dim() < 1 or y0.shape[0] == 0 or y0.numel() == 0:
+        raise ValueError(f"y0 must have a non-empty batch dimension 0, got shape {tuple(y0.shape)}")
+    check_finite_tensor("y0", y0)
+    stop_mode: StopMode = "abs" if stop == "abs" else "rel"
+    if y0.dim() == 1:
+        # One scalar per batch element: solve in [B, 1] so that norms have a dimension to reduce.
+        solution = solve(
+            lambda y: f(y.squeeze(1)).unsqueeze(1),
+            y0.unsqueeze(1),
+            method,
+            tol=tol,
+            max_iter=max_iter,
+            stop=stop,
+            damping=damping,
+            memory=memory,
+            mixing=mixing,
+            ridge=ridge,
+            raise_on_failure=raise_on_failure,
+            keep_iterates=keep_iterates,
+        )
+        iterates = None if solution.iterates is None else [t.squeeze(1) for t in solution.iterates]
+        return dataclasses.replace(solution, y=solution.y.squeeze(1), iterates=iterates)
+    if method == "picard":
+        solution = _picard(f, y0, tol, max_iter, stop_mode, damping, keep_iterates)
+    else:
+        solution = _anderson(f, y0, tol, max_iter, stop_mode, memory, mixing, ridge, keep_iterates)
+    if raise_on_failure and not solution.converged:
+        raise ConvergenceError(solution)
+    return solution

@@ -1,0 +1,127 @@
+"""Finding variants: built-ins, installed plug-ins, and ``module:attr`` specs.
+
+A spec is a registered name (``iqa variants`` lists them), ``package.module:attr``
+or ``path/to/file.py:attr``. The attribute may be a :class:`Variant`, a
+:class:`~iqa.layer.FixedPointLayer` subclass (wrapped by
+:meth:`Variant.from_layer`), or a callable with no arguments returning a Variant.
+Plug-ins register under the entry-point group ``iqa.variants`` the same way.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from iqa.layer import FixedPointLayer
+from iqa.variants.builtin import BUILTIN_VARIANTS
+from iqa.variants.protocol import Variant
+
+ENTRY_POINT_GROUP = "iqa.variants"
+ENV_VARIABLE = "IQA_VARIANTS"
+
+
+class VariantError(LookupError):
+    """A variant spec that does not resolve, or resolves to something that is not a variant."""
+
+
+def builtin_variants() -> dict[str, Variant]:
+    return {v.name: v for v in BUILTIN_VARIANTS}
+
+
+def plugin_variants() -> dict[str, Variant]:
+    """Variants that installed packages register under the ``iqa.variants`` group."""
+    found = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        variant = as_variant(ep.load(), f"entry point {ep.name!r} ({ep.value})")
+        found[ep.name] = variant
+    return found
+
+
+def available() -> dict[str, Variant]:
+    """Every variant that a plain name resolves to: built-ins, then plug-ins."""
+    variants = builtin_variants()
+    for name, variant in plugin_variants().items():
+        if name in variants:
+            raise VariantError(f"plug-in variant {name!r} clashes with a built-in variant of the same name")
+        variants[name] = variant
+    return variants
+
+
+def as_variant(obj: Any, origin: str) -> Variant:
+    """Turn what a spec points at into a Variant, or say why it cannot be one."""
+    if isinstance(obj, Variant):
+        return obj
+    if isinstance(obj, type) and issubclass(obj, FixedPointLayer):
+        return Variant.from_layer(obj)
+    if callable(obj) and not isinstance(obj, type):
+        made = obj()
+        if isinstance(made, Variant):
+            return made
+        raise VariantError(f"{origin}: calling it returned {type(made).__name__}, not an iqa Variant")
+    raise VariantError(
+        f"{origin} is a {type(obj).__name__}; expected an iqa Variant, a FixedPointLayer subclass, "
+        "or a function returning a Variant"
+    )
+
+
+def _import_target(target: str) -> Any:
+    if target.endswith(".py") or "/" in target:
+        path = Path(target)
+        if not path.is_file():
+            raise VariantError(f"variant file {target!r} does not exist")
+        name = f"iqa_user_variant_{path.stem}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as error:
+        raise VariantError(f"cannot import module {target!r} for a variant: {error}") from error
+
+
+def resolve(spec: str | Variant) -> Variant:
+    """The Variant a spec names; a spec that does not resolve lists what exists."""
+    if isinstance(spec, Variant):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise VariantError(f"a variant spec must be a non-empty string, got {spec!r}")
+    spec = spec.strip()
+    if ":" in spec:
+        target, _, attr = spec.rpartition(":")
+        module = _import_target(target)
+        obj: Any = module
+        for part in attr.split("."):
+            if not hasattr(obj, part):
+                raise VariantError(f"{target!r} has no attribute {attr!r} (variant spec {spec!r})")
+            obj = getattr(obj, part)
+        return as_variant(obj, f"variant spec {spec!r}")
+    variants = available()
+    if spec not in variants:
+        raise VariantError(
+            f"unknown variant {spec!r}; available: {', '.join(variants)} "
+            "(or name one as package.module:attr or path/to/file.py:attr)"
+        )
+    return variants[spec]
+
+
+def resolve_all(specs: list[str] | None) -> list[Variant]:
+    """Variants for a list of specs (or a comma-separated one); none means every available one."""
+    if not specs:
+        return list(available().values())
+    out: list[Variant] = []
+    for spec in specs:
+        for part in spec.split(","):
+            if part.strip():
+                variant = resolve(part)
+                if variant.name not in [v.name for v in out]:
+                    out.append(variant)
+    return out
