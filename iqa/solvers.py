@@ -135,7 +135,7 @@ class _Tracker:
         self.ref_history: list[list[float]] = []
         self.statuses: list[Status | None] = [None] * batch
         self.steps = [0] * batch
-        self.decided = torch.zeros(batch, dtype=torch.bool, device=y0.device)
+        self.device = y0.device
         self.n_decided = 0
         self.limit: list[float] = []
         self.recent: deque[Tensor] = deque(maxlen=MAX_PERIOD + 1)
@@ -201,8 +201,12 @@ class _Tracker:
     def mark(self, b: int, status: Status, step: int) -> None:
         self.statuses[b] = status
         self.steps[b] = step
-        self.decided[b] = True
         self.n_decided += 1
+
+    @property
+    def decided(self) -> Tensor:
+        """Which elements have a status, as a fresh mask (autograd may keep old ones)."""
+        return torch.tensor([s is not None for s in self.statuses], device=self.device)
 
     def check_cycles(self, step: int) -> None:
         """Mark CYCLE where y_t returns to y_{t-p} (2 <= p <= 8) and progress has stalled.
@@ -254,7 +258,7 @@ class _Tracker:
 
 def _freeze(decided: Tensor, old: Tensor, new: Tensor) -> Tensor:
     """Keep decided batch elements at their old value."""
-    mask = decided.to(old.device).reshape((-1,) + (1,) * (old.dim() - 1))
+    mask = decided.reshape((-1,) + (1,) * (old.dim() - 1))
     return torch.where(mask, old, new)
 
 
