@@ -57,3 +57,17 @@ def check_tokens(x: Any, embed_dim: int) -> None:
     if tokens == 0:
         raise ValueError(f"x has no tokens (N = 0): shape {tuple(x.shape)}; attention over zero tokens is undefined")
     check_finite_tensor("x", x)
+
+
+def check_matches_parameters(x: Tensor, module: torch.nn.Module) -> None:
+    """Require x to have the dtype and device of the module's floating parameters: nothing is cast or moved."""
+    for name, p in module.named_parameters():
+        if not p.is_floating_point():
+            continue
+        if p.dtype != x.dtype:
+            raise TypeError(
+                f"x has dtype {x.dtype}, but the layer's parameter {name} has dtype {p.dtype}; "
+                "convert one of them (iqa never casts silently)"
+            )
+        if p.device != x.device:
+            raise ValueError(f"x is on {x.device}, but the layer's parameter {name} is on {p.device}; move one of them")

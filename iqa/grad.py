@@ -13,10 +13,20 @@
 In the implicit and phantom modes the forward value is y* itself, and the path
 through y0 drops out (the gradient with respect to y0 is zero), as it does at a
 unique fixed point.
+
+The implicit backward reports like the forward: its adjoint Solution (whose
+residual is ||(I - J^T) g - v|| / ||v + J^T g|| at the returned g) goes to
+``record.backward``; an adjoint solve that does not converge warns
+(:class:`BackwardConvergenceWarning`) or raises :class:`ConvergenceError`; a
+gradient taken after a forward solve that did not converge warns
+(:class:`NonConvergedForwardWarning`). Double backward through the implicit mode
+raises (the adjoint solve is not itself differentiated); the unrolled and
+phantom modes are plain autograd graphs and support it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from iqa.checks import check_positive_int, check_unit_interval
-from iqa.solvers import ConvergenceError, Map, Solution, solve
+from iqa.checks import check_positive, check_positive_int, check_unit_interval
+from iqa.solvers import METHODS, STOP_MODES, ConvergenceError, Map, Solution, solve
 
 BACKWARD_MODES = ("unrolled", "implicit", "phantom")
 
@@ -54,16 +64,33 @@ class SolveRecord:
 class AdjointOptions:
     """How the implicit backward solves g = v + J^T g.
 
-    ``None`` fields take the forward solve's value. The stop mode is relative,
-    ||g - v - J^T g|| / ||v + J^T g|| <= tol, so that the accuracy of the
-    gradient does not depend on the scale of the loss.
+    ``None`` fields take the forward solve's value, and so do the forward's
+    ``damping`` and Anderson's ``memory``/``mixing``/``ridge``: the adjoint
+    iteration has the same linearization as the forward one at y*, so it
+    converges where the forward iteration converges locally, at the same rate
+    rho(J*), and a forward that needed damping needs it here too. The stop
+    mode is relative, ||g - v - J^T g|| / ||v + J^T g|| <= tol, so that the
+    accuracy of the gradient does not depend on the scale of the loss.
     """
 
     method: str | None = None
     tol: float | None = None
     max_iter: int | None = None
+    damping: float | None = None
     stop: str = "rel"
-    raise_on_failure: bool = False
+    raise_on_failure: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.method is not None and self.method not in METHODS:
+            raise ValueError(f"unknown adjoint method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.tol is not None:
+            check_positive("adjoint tol", self.tol)
+        if self.max_iter is not None:
+            check_positive_int("adjoint max_iter", self.max_iter)
+        if self.damping is not None:
+            check_unit_interval("adjoint damping", self.damping)
+        if self.stop not in STOP_MODES:
+            raise ValueError(f"unknown adjoint stop mode {self.stop!r}; choose 'abs' or 'rel'")
 
 
 def check_backward_mode(backward: str) -> None:
@@ -92,6 +119,8 @@ def fixed_point(
     check_backward_mode(backward)
     check_positive_int("phantom_steps", phantom_steps)
     check_unit_interval("phantom_damping", phantom_damping)
+    if adjoint is not None and not isinstance(adjoint, AdjointOptions):
+        raise TypeError(f"adjoint must be an iqa.AdjointOptions, got {type(adjoint).__name__}")
     record = record if record is not None else SolveRecord()
     if backward == "unrolled":
         solution = solve(f, y0, **solve_options)
@@ -120,6 +149,21 @@ def fixed_point(
     return y_star + (fy - fy.detach())
 
 
+#: Options of the forward solve that the adjoint solve inherits unless AdjointOptions says otherwise.
+_INHERITED = ("method", "tol", "max_iter", "damping", "memory", "mixing", "ridge", "raise_on_failure")
+
+
+def adjoint_solve_options(options: AdjointOptions, solve_options: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :func:`iqa.solve` for the adjoint: AdjointOptions, else the forward's."""
+    out = {k: solve_options[k] for k in _INHERITED if k in solve_options}
+    for name in ("method", "tol", "max_iter", "damping", "raise_on_failure"):
+        value = getattr(options, name)
+        if value is not None:
+            out[name] = value
+    out["stop"] = options.stop
+    return out
+
+
 def _warn_if_not_converged(solution: Solution) -> Any:
     def hook(v: Tensor) -> Tensor:
         if not solution.converged:
@@ -134,6 +178,22 @@ def _warn_if_not_converged(solution: Solution) -> Any:
     return hook
 
 
+def _power_of_two_scale(v: Tensor) -> Tensor:
+    """2^e per batch element with 2^(e-1) <= max|v_b| < 2^e (1 where v_b = 0), broadcastable against v."""
+    peak = v.detach().reshape(v.shape[0], -1).abs().amax(dim=1)
+    scale = torch.ldexp(torch.ones_like(peak), torch.frexp(peak).exponent)
+    return scale.reshape((-1,) + (1,) * (v.dim() - 1))
+
+
+def _rescaled(solution: Solution, scale: Tensor) -> Solution:
+    """The Solution of g = v + J^T g from that of g/s = v/s + J^T (g/s): y and absolute residuals times s."""
+    s = scale.reshape(-1).to(torch.float64).cpu()
+    residual = solution.residual if solution.stop == "rel" else solution.residual * s
+    return dataclasses.replace(
+        solution, y=solution.y * scale, residuals=solution.residuals * s, residual=residual, iterates=None
+    )
+
+
 def _adjoint_hook(
     f: Map,
     y_star: Tensor,
@@ -142,35 +202,44 @@ def _adjoint_hook(
     solve_options: dict[str, Any],
     record: SolveRecord,
 ) -> Any:
+    """The hook on f(y*) that replaces its incoming gradient v by the solution g of g = v + J^T g."""
+    kwargs = adjoint_solve_options(options, solve_options)
+    raise_on_failure = bool(kwargs.pop("raise_on_failure", False))
+
     def hook(v: Tensor) -> Tensor:
         if torch.is_grad_enabled():
             raise RuntimeError(
                 "double backward (create_graph=True) through an implicit fixed point is not supported; "
-                "use backward='unrolled' for higher-order gradients"
+                "use backward='unrolled' or 'phantom' for higher-order gradients"
+            )
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(
+                "the gradient arriving at the implicit fixed point (dL/dy*) contains NaN or Inf; "
+                "the adjoint equation g = dL/dy* + J^T g has no finite solution"
             )
         _warn_if_not_converged(forward)(v)
         with torch.enable_grad():
             y_req = y_star.detach().requires_grad_(True)
             fy = f(y_req)
 
-        def adjoint_map(g: Tensor) -> Tensor:
-            (jtg,) = torch.autograd.grad(fy, y_req, g, retain_graph=True)
-            return v + jtg
+        # With a relative stop the equation is scale-free; solve it for v / s (s a power of two near max|v|
+        # per batch element, so the division is exact) so that a tiny or huge loss scale never meets the
+        # solver's absolute floors, then scale g back by s.
+        scale = _power_of_two_scale(v) if kwargs["stop"] == "rel" else torch.ones_like(v)
+        v_hat = v / scale
 
-        solution = solve(
-            adjoint_map,
-            v,
-            options.method or solve_options.get("method", "picard"),
-            tol=options.tol if options.tol is not None else solve_options.get("tol", 1e-6),
-            max_iter=options.max_iter if options.max_iter is not None else solve_options.get("max_iter", 200),
-            stop=options.stop,
-        )
+        def adjoint_map(g: Tensor) -> Tensor:
+            # materialize_grads: a map that ignores y has J = 0 (g = v), not an error.
+            (jtg,) = torch.autograd.grad(fy, y_req, g, retain_graph=True, materialize_grads=True)
+            return v_hat + jtg
+
+        solution = _rescaled(solve(adjoint_map, v_hat, **kwargs), scale)
         record.backward = solution
         if not solution.converged:
-            error = ConvergenceError(solution, "adjoint solve of the implicit backward")
-            if options.raise_on_failure:
+            error = ConvergenceError(solution, "adjoint solve g = v + J^T g of the implicit backward")
+            if raise_on_failure:
                 raise error
-            warnings.warn(str(error), BackwardConvergenceWarning, stacklevel=2)
+            warnings.warn(f"{error}; the gradient is inexact", BackwardConvergenceWarning, stacklevel=2)
         return solution.y
 
     return hook

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from iqa.checks import (
+    check_matches_parameters,
     check_nonnegative_int,
     check_positive,
     check_positive_int,
@@ -117,6 +118,7 @@ class FixedPointLayer(nn.Module):
 
     def forward(self, x: Tensor, track: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
         check_tokens(x, self.embed_dim)
+        check_matches_parameters(x, self)
         f = self.fixed_point_map(x)
         y0 = self.initial_point(x)
         if self.solver is None:

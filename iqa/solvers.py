@@ -296,6 +296,8 @@ def _anderson(
     y = y0
     best_y = y0
     best = [math.inf] * batch
+    # How many of the newest (x, f(x)) pairs each element may use: a restart drops the older ones.
+    usable = [0] * batch
     fallbacks = 0
     step = 0
     for step in range(1, max_iter + 1):
@@ -310,8 +312,10 @@ def _anderson(
             break
         xs.append(y.reshape(batch, -1))
         fs.append(fy.reshape(batch, -1))
-        y_next, n_fallback = _anderson_step(xs, fs, mixing, ridge)
-        fallbacks += n_fallback
+        usable = [1 if m > RESTART_FACTOR * old else min(n + 1, memory) for m, old, n in zip(metric, best, usable)]
+        y_next, fell_back = _anderson_step(xs, fs, mixing, ridge, usable)
+        # Count only elements still being solved: a decided element's step is discarded by the freeze.
+        fallbacks += sum(1 for fb, s in zip(fell_back, track.statuses) if fb and s is None)
         y_next = y_next.reshape(y.shape)
         y = _freeze(track.decided, y, y_next) if track.any_decided else y_next
     track.finish(step)
@@ -324,10 +328,17 @@ def _anderson(
 
 #: Mixing weights with sum(|alpha|) above this count as ill-conditioned.
 ALPHA_LIMIT = 1e4
+#: An Anderson element restarts (drops its history) when its residual exceeds RESTART_FACTOR times its best.
+#: Measured on hopfield/positional/injection, N, D in 4..16, s in 1..3, tol 1e-8, 500 steps: Anderson failed
+#: where Picard converged in 34/843 cases without restarts and 4/843 with them (prototype: 3 and 4 with
+#: factors 3 and 1.5); the median Anderson/Picard steps where rho(J*) is in [0.8, 0.95] stayed 0.22.
+RESTART_FACTOR = 2.0
 
 
-def _anderson_step(xs: deque[Tensor], fs: deque[Tensor], mixing: float, ridge: float) -> tuple[Tensor, int]:
-    """One Anderson (type II) update from the last m iterates, batched.
+def _anderson_step(
+    xs: deque[Tensor], fs: deque[Tensor], mixing: float, ridge: float, usable: list[int] | None = None
+) -> tuple[Tensor, list[bool]]:
+    """One Anderson (type II) update from the last m iterates, batched; also says which elements fell back.
 
     alpha = argmin ||sum_i alpha_i g_i|| subject to sum_i alpha_i = 1, with
     g_i = f(x_i) - x_i, solved as (G G^T + lam I) w = 1, alpha = w / sum(w),
@@ -336,23 +347,43 @@ def _anderson_step(xs: deque[Tensor], fs: deque[Tensor], mixing: float, ridge: f
     element whose system is singular, whose alpha is ill-conditioned
     (sum |alpha| > ALPHA_LIMIT) or whose step is not finite takes a damped
     Picard step instead.
+
+    ``usable[b]`` (default: all) is how many of the newest pairs element b may
+    use. After a restart (its residual rose above RESTART_FACTOR times its
+    best: the extrapolation left the region where the secant model from the
+    old pairs holds) it uses only the newest pair, which is a damped Picard
+    step, and regrows its history from there. The dropped pairs get
+    alpha_i = 0 by zeroing their rows of G and putting 1 on their diagonal,
+    which decouples them from the kept block of the system.
     """
     x_last, f_last = xs[-1], fs[-1]
     picard = x_last + mixing * (f_last - x_last)
     if len(xs) == 1:
-        return picard, 0
+        return picard, [False] * len(x_last)
     X = torch.stack(tuple(xs), dim=1)
     F = torch.stack(tuple(fs), dim=1)
     G = F - X
-    gram = G @ G.transpose(1, 2)
-    m = gram.shape[-1]
-    scale = gram.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(NORM_FLOOR) / m
+    m = G.shape[1]
+    keep = None
+    if usable is not None and min(usable) < m:
+        counts = torch.tensor(usable, device=G.device)
+        keep = torch.arange(m, device=G.device)[None, :] >= (m - counts)[:, None]
+        G = G * keep[:, :, None]
+    # torch has no float16/bfloat16 LU on the CPU, and squared norms overflow there: the m x m system is float32
+    G_work = G if G.dtype in (torch.float32, torch.float64) else G.float()
+    gram = G_work @ G_work.transpose(1, 2)
+    n_kept = m if keep is None else keep.sum(-1).clamp_min(1)
+    scale = gram.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(NORM_FLOOR) / n_kept
     eye = torch.eye(m, dtype=gram.dtype, device=gram.device)
     system = gram + (ridge * scale)[:, None, None] * eye
+    if keep is not None:
+        system = system + (~keep).to(gram.dtype)[:, :, None] * eye
     ones = torch.ones(gram.shape[0], m, 1, dtype=gram.dtype, device=gram.device)
     w, info = torch.linalg.solve_ex(system, ones)
     w = w.squeeze(-1)
-    alpha = w / w.sum(-1, keepdim=True)
+    if keep is not None:
+        w = w * keep
+    alpha = (w / w.sum(-1, keepdim=True)).to(F.dtype)
     step = mixing * (alpha.unsqueeze(1) @ F).squeeze(1) + (1 - mixing) * (alpha.unsqueeze(1) @ X).squeeze(1)
     with torch.no_grad():
         ok = (
@@ -362,8 +393,8 @@ def _anderson_step(xs: deque[Tensor], fs: deque[Tensor], mixing: float, ridge: f
             & torch.isfinite(step).all(-1)
         )
     if bool(ok.all()):
-        return step, 0
-    return torch.where(ok[:, None], step, picard), int((~ok).sum())
+        return step, [False] * len(ok)
+    return torch.where(ok[:, None], step, picard), (~ok).tolist()
 
 
 def solve(

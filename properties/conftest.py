@@ -22,6 +22,9 @@ from properties.tags import required_tags
 
 configure_threads()
 
+#: Prints (and with $IQA_MUTATION_SCORE writes) the mutation score of properties/meta/test_mutants.py.
+pytest_plugins = ("properties.meta.score",)
+
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors])
 settings.register_profile("dev", max_examples=10, **_COMMON)
 settings.register_profile("ci", max_examples=30, derandomize=True, print_blob=True, **_COMMON)

@@ -9,8 +9,22 @@ diam(V) = max_{j,k} ||v_j - v_k||:
     kappa_F   = diam(V) ||A||_2 / (2 sqrt 2)       (Frobenius; bounds ||J(y)||_2 too)
     kappa_w   = 1/2 diam(V) ||M||_2 max_i ||x_i||  (weights only; A = X M)
 
+A layer with ``score_form = "Y A^T"`` (scores s_ij = y_i . a_j: queries from y,
+keys from x, the ``hopfield`` variant) has a block-diagonal Jacobian,
+df_i/dy_i = sum_j p_ij (v_j - f_i) a_j^T = Cov_{p_i}(v, a), and by
+Cauchy-Schwarz and Popoviciu (a variance is at most a quarter of the squared
+range) ||Cov_p(v, a)||_2 <= diam(V) diam(A) / 4. That one number bounds the
+map in the "2,inf" norm, in the Frobenius norm and ||J(y)||_2, so
+
+    kappa_inf = kappa_F = 1/4 diam(V) diam(A),  kappa_w = 1/4 diam(V) ||M||_2 diam(X).
+
 Any of them < 1 makes f a contraction on the invariant set (THEORY.md), so the
 fixed point is unique and ||y_t - y*|| <= kappa^t ||y_0 - y*||.
+
+A relaxed map (1 - a) Y + a f(Y) (a layer with a ``relaxation`` attribute a,
+the ``damped`` variant) is Lipschitz with 1 - a + a kappa in each of these
+norms (triangle inequality), and its Jacobian (1 - a) I + a J has 2-norm at
+most 1 - a + a kappa_F; the certificates below include that step.
 """
 
 from __future__ import annotations
@@ -22,6 +36,12 @@ import torch
 from torch import Tensor
 
 from iqa.layer import FixedPointLayer
+
+#: scores = A (Y + C)^T: row i of the scores is a_i against every y_j (the seed).
+SCORES_A_YT = "A Y^T"
+#: scores = Y A^T: query y_i against every a_j (modern Hopfield).
+SCORES_Y_AT = "Y A^T"
+SCORE_FORMS = (SCORES_A_YT, SCORES_Y_AT)
 
 
 @dataclass(frozen=True)
@@ -39,7 +59,27 @@ class Certificates:
 
 
 def supports_certificates(layer: FixedPointLayer) -> bool:
-    return hasattr(layer, "score_matrix") and hasattr(layer, "values")
+    """Whether the layer exposes A = score_matrix(x) and V = values(x) of a map softmax(scores) V + B.
+
+    A layer whose map has neither score form sets the inherited methods to None.
+    """
+    return callable(getattr(layer, "score_matrix", None)) and callable(getattr(layer, "values", None))
+
+
+def score_form(layer: FixedPointLayer) -> str:
+    """``layer.score_form``: "A Y^T" (the default, the seed's) or "Y A^T"."""
+    form = getattr(layer, "score_form", SCORES_A_YT)
+    if form not in SCORE_FORMS:
+        raise ValueError(f"{type(layer).__name__}.score_form must be one of {SCORE_FORMS}, got {form!r}")
+    return str(form)
+
+
+def relaxation(layer: FixedPointLayer) -> float:
+    """The layer's relaxation a in (0, 1] (f = (1 - a) Y + a g(Y)); 1.0 for a layer without one."""
+    a = getattr(layer, "relaxation", 1.0)
+    if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a <= 1:
+        raise ValueError(f"{type(layer).__name__}.relaxation must be a number in (0, 1], got {a!r}")
+    return float(a)
 
 
 def diameter(points: Tensor) -> Tensor:
@@ -57,17 +97,25 @@ def certificates(layer: FixedPointLayer, x: Tensor) -> Certificates:
     if not supports_certificates(layer):
         raise TypeError(
             f"{type(layer).__name__} has no score_matrix(x)/values(x): its map is not of the form "
-            "softmax(A Y^T) V, so these certificates do not apply"
+            "softmax(A Y^T) V or softmax(Y A^T) V, so these certificates do not apply"
         )
+    form = score_form(layer)
     with torch.no_grad():
         A = layer.score_matrix(x)  # type: ignore[operator]
         V = layer.values(x)  # type: ignore[operator]
         diam = diameter(V)
-        kappa_inf = 0.5 * diam * torch.linalg.vector_norm(A, dim=-1).amax(dim=-1)
-        kappa_F = diam * torch.linalg.matrix_norm(A, ord=2) / (2 * math.sqrt(2))
         weight_norm = getattr(layer, "score_weight_norm", None)
-        if weight_norm is None:
-            kappa_w = torch.full_like(diam, math.inf)
+        if form == SCORES_A_YT:
+            kappa_inf = 0.5 * diam * torch.linalg.vector_norm(A, dim=-1).amax(dim=-1)
+            kappa_F = diam * torch.linalg.matrix_norm(A, ord=2) / (2 * math.sqrt(2))
+            spread = torch.linalg.vector_norm(x, dim=-1).amax(dim=-1)
+            factor = 0.5
         else:
-            kappa_w = 0.5 * diam * weight_norm() * torch.linalg.vector_norm(x, dim=-1).amax(dim=-1)
+            kappa_inf = kappa_F = 0.25 * diam * diameter(A)
+            spread = diameter(x)
+            factor = 0.25
+        kappa_w = torch.full_like(diam, math.inf) if weight_norm is None else factor * diam * weight_norm() * spread
+        a = relaxation(layer)
+        if a != 1.0:
+            kappa_inf, kappa_F, kappa_w = ((1 - a) + a * k for k in (kappa_inf, kappa_F, kappa_w))
     return Certificates(kappa_inf=kappa_inf, kappa_F=kappa_F, kappa_weights=kappa_w)

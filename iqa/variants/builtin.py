@@ -87,6 +87,9 @@ class HopfieldAttention(ImplicitQueryAttention):
     Each token moves on its own, so the fixed point depends on the weights.
     """
 
+    #: Scores s_ij = Omega y_i . k_j = y_i . a_j: Y A^T with the seed's A (iqa.analysis.certificates).
+    score_form = "Y A^T"
+
     def fixed_point_map(self, x: Tensor) -> Map:
         K = self.keys(x)
 
@@ -165,6 +168,7 @@ BUILTIN_VARIANTS: tuple[Variant, ...] = (
             Tag.WEIGHT_DEPENDENT,
             Tag.SCALE_COVARIANT,
             Tag.ORTHOGONAL_EQUIVARIANT,
+            Tag.SCORE_MATRIX,
             Tag.DETERMINISTIC,
         },
         expected_failures={},
@@ -182,6 +186,8 @@ BUILTIN_VARIANTS: tuple[Variant, ...] = (
             Tag.PERMUTATION_EQUIVARIANT,
             Tag.BATCH_INDEPENDENT,
             Tag.WEIGHT_DEPENDENT,
+            # (x R, R^T W R for W_K, Omega_Q, W_V): K R, V R and unchanged scores, so y R = attn V R + x R
+            Tag.ORTHOGONAL_EQUIVARIANT,
             Tag.SCORE_MATRIX,
             Tag.DETERMINISTIC,
         },
@@ -196,7 +202,7 @@ BUILTIN_VARIANTS: tuple[Variant, ...] = (
     Variant.from_layer(
         DampedQueryAttention,
         name="damped",
-        tags=_CONSENSUS_TAGS,
+        tags=_CONSENSUS_TAGS | {Tag.SCORE_MATRIX},
         expected_failures=CONSENSUS_FAILURES,
     ),
 )

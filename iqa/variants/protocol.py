@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from iqa.checks import check_positive_int
 from iqa.layer import FixedPointLayer, linear_init_
 
 
@@ -39,7 +41,8 @@ class Tag(str, enum.Enum):
     SCALE_COVARIANT = "scale_covariant"
     #: (x R, weights conjugated by an orthogonal R) gives y R
     ORTHOGONAL_EQUIVARIANT = "orthogonal_equivariant"
-    #: the layer exposes score_matrix(x) = A with scores = A y^T (certificates apply)
+    #: the layer exposes score_matrix(x) = A and values(x) = V with scores A y^T (or y A^T where its
+    #: score_form says so) depending on the weights only through A (iqa.analysis certificates apply)
     SCORE_MATRIX = "score_matrix"
     #: the same input and weights give bitwise the same output
     DETERMINISTIC = "deterministic"
@@ -88,7 +91,18 @@ class Variant:
         if not callable(self.factory):
             raise TypeError(f"variant {self.name!r}: factory must be callable, got {type(self.factory).__name__}")
         object.__setattr__(self, "tags", as_tags(self.tags))
-        object.__setattr__(self, "expected_failures", MappingProxyType(dict(self.expected_failures)))
+        failures = dict(self.expected_failures)
+        for test, reason in failures.items():
+            if not (isinstance(test, str) and test.startswith("test_") and isinstance(reason, str) and reason):
+                raise ValueError(
+                    f"variant {self.name!r}: expected_failures maps a property's test function name "
+                    f"(test_...) to the reason it fails, got {test!r}: {reason!r}"
+                )
+        object.__setattr__(self, "expected_failures", MappingProxyType(failures))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle through the constructor (a mappingproxy does not pickle), for worker processes."""
+        return (type(self), (self.name, self.factory, self.tags, dict(self.expected_failures), self.description))
 
     def has(self, *tags: Tag | str) -> bool:
         return all(Tag(t) in self.tags for t in tags)
@@ -105,9 +119,21 @@ class Variant:
     ) -> FixedPointLayer:
         """Build the layer: weights from ``seed`` at ``scale``, then to dtype/device.
 
-        ``options`` (n_iters, solver, tol, backward, ...) go to the layer.
+        ``seed`` is an int (a fresh CPU generator is seeded with it) or a
+        ``torch.Generator`` that the factory draws from. ``options`` (n_iters,
+        solver, tol, backward, ...) go to the layer.
         """
-        generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
+        check_positive_int("embed_dim", embed_dim)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (scale >= 0 and math.isfinite(scale)):
+            raise ValueError(f"variant {self.name!r}: scale must be a finite number >= 0, got {scale!r}")
+        if isinstance(seed, torch.Generator):
+            generator = seed
+        elif isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63:
+            generator = torch.Generator().manual_seed(seed)
+        else:
+            raise ValueError(
+                f"variant {self.name!r}: seed must be an int in [0, 2**63) or a torch.Generator, got {seed!r}"
+            )
         layer = self.factory(embed_dim, scale=scale, generator=generator, **options)
         if not isinstance(layer, FixedPointLayer):
             raise TypeError(
@@ -127,7 +153,7 @@ class Variant:
         """A variant for a layer class whose weights are its nn.Linear modules.
 
         Tags, expected failures and description default to the class attributes
-        ``tags``, ``expected_failures`` and its docstring's first line.
+        ``tags``, ``expected_failures`` and its docstring's first paragraph.
         """
         doc = inspect.getdoc(layer_cls) or ""
         return cls(
@@ -137,18 +163,41 @@ class Variant:
             expected_failures=dict(
                 expected_failures if expected_failures is not None else getattr(layer_cls, "expected_failures", {})
             ),
-            description=description if description is not None else doc.split("\n")[0],
+            description=description if description is not None else " ".join(doc.split("\n\n")[0].split()),
         )
 
 
 def linear_factory(layer_cls: type[FixedPointLayer]) -> Factory:
-    """Factory for a layer whose weights are nn.Linear modules: each gets nn.Linear's
-    default init drawn from the generator (in module order) times ``scale``."""
+    """Factory for a layer whose weights are nn.Linear modules (see :class:`LinearFactory`)."""
+    if not (isinstance(layer_cls, type) and issubclass(layer_cls, FixedPointLayer)):
+        raise TypeError(f"linear_factory needs an iqa.FixedPointLayer subclass, got {layer_cls!r}")
+    return LinearFactory(layer_cls)
 
-    def factory(
-        embed_dim: int, *, scale: float = 1.0, generator: torch.Generator | None = None, **options: Any
+
+@dataclass(frozen=True)
+class LinearFactory:
+    """Builds ``layer_cls(embed_dim, **options)`` with seeded weights at a weight scale.
+
+    Every nn.Linear weight gets nn.Linear's default init (Kaiming-uniform)
+    drawn from the generator, in module order, times ``scale``; biases are
+    zeroed. The constructor itself runs under torch's global RNG forked and
+    seeded from the generator's state, so any other parameter the layer draws
+    in ``__init__`` (e.g. ``nn.Parameter(torch.randn(...))``) is reproducible
+    from the seed too (such parameters are not multiplied by ``scale``), and
+    the caller's global RNG is left as it was. A class (not a closure) so that
+    a variant pickles to worker processes.
+    """
+
+    layer_cls: type[FixedPointLayer]
+
+    def __call__(
+        self, embed_dim: int, *, scale: float = 1.0, generator: torch.Generator | None = None, **options: Any
     ) -> FixedPointLayer:
-        layer = layer_cls(embed_dim, **options)
+        if generator is None:
+            generator = torch.Generator().manual_seed(0)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_derived_seed(generator))
+            layer = self.layer_cls(embed_dim, **options)
         for module in layer.modules():
             if isinstance(module, nn.Linear):
                 linear_init_(module, scale, generator)
@@ -157,6 +206,9 @@ def linear_factory(layer_cls: type[FixedPointLayer]) -> Factory:
                         module.bias.zero_()
         return layer
 
-    factory.__name__ = f"{layer_cls.__name__}_factory"
-    factory.__qualname__ = factory.__name__
-    return factory
+
+def _derived_seed(generator: torch.Generator) -> int:
+    """A seed drawn from a copy of ``generator``: a function of its state that leaves it unchanged."""
+    copy = torch.Generator(device=generator.device)
+    copy.set_state(generator.get_state())
+    return int(torch.randint(0, 2**62, (1,), generator=copy, device=generator.device))

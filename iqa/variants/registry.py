@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
+import traceback
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
+
+from torch import nn
 
 from iqa.layer import FixedPointLayer
 from iqa.variants.builtin import BUILTIN_VARIANTS
@@ -36,8 +40,12 @@ def plugin_variants() -> dict[str, Variant]:
     """Variants that installed packages register under the ``iqa.variants`` group."""
     found = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        variant = as_variant(ep.load(), f"entry point {ep.name!r} ({ep.value})")
-        found[ep.name] = variant
+        origin = f"plug-in variant {ep.name!r} (entry point {ep.value!r} in group {ENTRY_POINT_GROUP!r})"
+        try:
+            obj = ep.load()
+        except Exception as error:
+            raise VariantError(f"{origin} failed to load: {type(error).__name__}: {error}") from error
+        found[ep.name] = as_variant(obj, origin)
     return found
 
 
@@ -57,7 +65,21 @@ def as_variant(obj: Any, origin: str) -> Variant:
         return obj
     if isinstance(obj, type) and issubclass(obj, FixedPointLayer):
         return Variant.from_layer(obj)
+    if isinstance(obj, nn.Module):
+        raise VariantError(
+            f"{origin} is a layer instance ({type(obj).__name__}); point at its class, or at a Variant, "
+            "so that the suite can build it with seeded weights at every shape and scale"
+        )
     if callable(obj) and not isinstance(obj, type):
+        try:
+            inspect.signature(obj).bind()
+        except TypeError:
+            raise VariantError(
+                f"{origin} is a function that needs arguments; expected an iqa Variant, a FixedPointLayer "
+                "subclass, or a function of no arguments returning a Variant"
+            ) from None
+        except ValueError:
+            pass  # no signature to inspect (a builtin): just call it
         made = obj()
         if isinstance(made, Variant):
             return made
@@ -77,8 +99,12 @@ def _import_target(target: str) -> Any:
         spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
+        sys.modules[name] = module  # registered first, so that its classes pickle and dataclasses work
+        try:
+            spec.loader.exec_module(module)
+        except Exception as error:
+            del sys.modules[name]
+            raise _import_failed(target, error) from error
         return module
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
@@ -86,6 +112,15 @@ def _import_target(target: str) -> Any:
         return importlib.import_module(target)
     except ModuleNotFoundError as error:
         raise VariantError(f"cannot import module {target!r} for a variant: {error}") from error
+    except Exception as error:
+        raise _import_failed(target, error) from error
+
+
+def _import_failed(target: str, error: Exception) -> VariantError:
+    """The error for a variant module that exists but raises while it is imported, with where it raised."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return VariantError(f"importing {target!r} for a variant failed{where}: {type(error).__name__}: {error}")
 
 
 def resolve(spec: str | Variant) -> Variant:
@@ -117,11 +152,21 @@ def resolve_all(specs: list[str] | None) -> list[Variant]:
     """Variants for a list of specs (or a comma-separated one); none means every available one."""
     if not specs:
         return list(available().values())
-    out: list[Variant] = []
+    out: dict[str, tuple[str, Variant]] = {}
     for spec in specs:
-        for part in spec.split(","):
-            if part.strip():
-                variant = resolve(part)
-                if variant.name not in [v.name for v in out]:
-                    out.append(variant)
-    return out
+        for part in (p.strip() for p in spec.split(",")):
+            if not part:
+                continue
+            variant = resolve(part)
+            if variant.name in out:
+                first, seen = out[variant.name]
+                if seen is variant or first == part:
+                    continue
+                raise VariantError(
+                    f"two variants are named {variant.name!r} ({first!r} and {part!r}); "
+                    "give one another name, since results and test ids are keyed by it"
+                )
+            out[variant.name] = (part, variant)
+    if not out:
+        raise VariantError(f"no variant named in {specs!r}")
+    return [variant for _, variant in out.values()]

@@ -1,0 +1,107 @@
+"""The consensus fixed point Y_c = 1 mean(x)^T and its stability.
+
+For a map f(Y) = softmax(A Y^T) V, equal rows Y = 1 c^T give constant score
+rows, uniform attention and f = 1 mean(V)^T, whatever A is: with V = x (the
+seed) Y_c = 1 mean(x)^T is a fixed point for every input and weights.
+
+Jacobian there (p_ij = 1/N): L(dY) = A dY^T V_c / N, V_c = V - 1 mean(V)^T.
+Its nonzero eigenvalues are those of S o R with R(Z) = A Z, S(dY) = dY^T V_c / N,
+i.e. of K(Z) = Z^T P on D x D matrices, P = A^T V_c / N. In an eigenbasis of P
+(P = U diag(mu) U^-1) K maps E_ii -> mu_i E_ii and swaps E_ij, E_ji with weights
+mu_i, mu_j, so
+
+    eig(L) = {mu_i} u {+-sqrt(mu_i mu_j), i < j} u {0}
+
+(0 always: L(1 w^T) = 0, as 1^T V_c = 0). Hence rho_c = rho(P). For the seed
+A = X M with M = W_K^T Omega and V = X, so P = M^T Sigma_x with
+Sigma_x = X_c^T X_c / N, whose eigenvalues are those of its transpose
+Sigma_x M: THEORY.md's rho_c = rho(Sigma_x W_K^T Omega). A relaxed map
+(1 - a) Y + a f(Y) (``layer.relaxation`` = a) has eigenvalues 1 - a + a lambda.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from iqa.analysis.certificates import SCORES_A_YT, relaxation, score_form, supports_certificates
+from iqa.layer import FixedPointLayer
+
+#: f(1 mean(V)^T) may differ from 1 mean(V)^T by this many eps times max|V| (rounding of softmax @ V).
+CONSENSUS_ROUNDING = 64
+
+
+def consensus_point(x: Tensor) -> Tensor:
+    """1 mean(x)^T: every row replaced by the token mean, same shape as x [B, N, D]."""
+    return x.mean(dim=-2, keepdim=True).expand_as(x)
+
+
+def consensus_distance(y: Tensor, x: Tensor) -> Tensor:
+    """||y - 1 mean(x)^T||_F per batch element, [B]."""
+    if y.shape != x.shape:
+        raise ValueError(f"y and x must have the same shape [B, N, D], got {tuple(y.shape)} and {tuple(x.shape)}")
+    return torch.linalg.vector_norm(y - consensus_point(x), dim=(-2, -1))
+
+
+def consensus_matrix(layer: Any, x: Tensor) -> Tensor:
+    """P = A^T V_c / N per batch element, [B, D, D]: rho_c = rho(P) for the unrelaxed map."""
+    if not supports_certificates(layer):
+        raise TypeError(
+            f"{type(layer).__name__} has no score_matrix(x)/values(x): the consensus analysis needs a map "
+            "of the form softmax(A Y^T) V"
+        )
+    if score_form(layer) != SCORES_A_YT:
+        raise TypeError(
+            f"{type(layer).__name__} has scores Y A^T: equal rows do not give uniform attention, "
+            "so there is no consensus fixed point to analyse"
+        )
+    with torch.no_grad():
+        A = layer.score_matrix(x)
+        V = layer.values(x)
+        Vc = V - V.mean(dim=-2, keepdim=True)
+        return A.transpose(-2, -1) @ Vc / x.shape[-2]
+
+
+def consensus_eigenvalues(layer: FixedPointLayer, x: Tensor, check: bool = True) -> Tensor:
+    """Every distinct-by-construction eigenvalue of df/dY at Y_c (see the module doc), [B, D^2 + 1], complex.
+
+    With ``check`` (the default) the layer's map must fix 1 mean(V)^T to rounding
+    (CONSENSUS_ROUNDING eps max|V|); a layer whose equal rows do not give uniform
+    attention (positional, hopfield) gets a ValueError instead of a wrong number.
+    """
+    P = consensus_matrix(layer, x)
+    if check:
+        _check_consensus_fixed(layer, x)
+    mu = torch.linalg.eigvals(P)  # [B, D]
+    D = mu.shape[-1]
+    i, j = torch.triu_indices(D, D, offset=1, device=mu.device)
+    cross = torch.sqrt(mu[:, i] * mu[:, j])
+    zero = torch.zeros_like(mu[:, :1])
+    values = torch.cat([mu, cross, -cross, zero], dim=-1)
+    a = relaxation(layer)
+    return (1 - a) + a * values
+
+
+def consensus_radius(layer: FixedPointLayer, x: Tensor, check: bool = True) -> Tensor:
+    """rho_c: the spectral radius of df/dY at Y_c = 1 mean(x)^T per batch element, [B].
+
+    rho_c = rho(Sigma_x W_K^T Omega) for the seed (THEORY.md), rho(A^T V_c / N)
+    for any map softmax(A Y^T) V, and max |1 - a + a lambda| for a relaxed one.
+    rho_c < 1: the mean attracts; rho_c > 1: it repels.
+    """
+    return consensus_eigenvalues(layer, x, check).abs().amax(dim=-1).to(x.dtype)
+
+
+def _check_consensus_fixed(layer: FixedPointLayer, x: Tensor) -> None:
+    with torch.no_grad():
+        V = layer.values(x)  # type: ignore[operator]
+        point = consensus_point(V)
+        error = (layer.fixed_point_map(x)(point) - point).abs().amax()
+        limit = CONSENSUS_ROUNDING * torch.finfo(x.dtype).eps * V.abs().amax()
+    if not bool(error <= limit):
+        raise ValueError(
+            f"{type(layer).__name__}'s map does not fix 1 mean(V)^T (max deviation {float(error):.3e} > "
+            f"{float(limit):.3e}): equal rows do not give uniform attention, so the consensus analysis does not apply"
+        )

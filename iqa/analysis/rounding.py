@@ -1,0 +1,84 @@
+"""A-priori bounds on the rounding error of one evaluation of f, for tolerances.
+
+For f_i(Y) = sum_j p_ij v_j (+ b_i) with p_i = softmax(s_i) and scores formed
+by products of the weights with x and y (length-D dot products), the computed
+scores carry |ds| <= s_err = (D + 2) eps W ||x||max (||y||max + ||x||max + sqrt(D)),
+W the product of the spectral norms of the layer's weight matrices (an upper
+bound on the size of any intermediate product; sqrt(D) covers a bounded
+positional offset). Since d f_i / d s_ij = p_ij (v_j - f_i), a score error moves
+f_i by at most diam(V) (s_err + 4 eps) (the 4 eps for exp and the
+normalization), and the length-N average and the additions add
+(N + 4) eps (||v||max + ||y||max + ||x||max). Every bound is per row in the
+Euclidean norm (the "2,inf" norm); multiply by sqrt(N) for the Frobenius norm.
+These are first-order (gamma_n ~ n eps) bounds, not estimates: comparisons that
+use them can only fail on a real discrepancy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from iqa.analysis.certificates import diameter, relaxation, supports_certificates
+from iqa.layer import FixedPointLayer
+
+
+def weight_norm_product(layer: FixedPointLayer) -> float:
+    """prod ||W||_2 over the layer's 2-D parameters (1.0 for a layer without any)."""
+    product = 1.0
+    with torch.no_grad():
+        for p in layer.parameters():
+            if p.dim() == 2:
+                product *= float(torch.linalg.matrix_norm(p.to(torch.float64), ord=2))
+    return product
+
+
+def _row_norm_max(t: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(t.to(torch.float64), dim=-1).amax(dim=-1)
+
+
+def score_rounding(layer: FixedPointLayer, x: Tensor, y: Tensor) -> Tensor:
+    """s_err per batch element, [B] (float64): a bound on the rounding of any one score."""
+    eps = torch.finfo(x.dtype).eps
+    D = x.shape[-1]
+    X = _row_norm_max(x)
+    Y = _row_norm_max(y) + X + math.sqrt(D)
+    return (D + 2) * eps * weight_norm_product(layer) * X * Y
+
+
+def map_rounding(layer: FixedPointLayer, x: Tensor, y: Tensor) -> Tensor:
+    """A per-row bound on ||f~_i(y) - f_i(y)|| for one evaluation, per batch element, [B] (float64)."""
+    eps = torch.finfo(x.dtype).eps
+    N = x.shape[-2]
+    with torch.no_grad():
+        V = layer.values(x) if supports_certificates(layer) else x  # type: ignore[operator]
+    diam = diameter(V.to(torch.float64))
+    spread = _row_norm_max(V) + _row_norm_max(y) + _row_norm_max(x)
+    return diam * (score_rounding(layer, x, y) + 4 * eps) + (N + 4) * eps * spread
+
+
+def jacobian_rounding(layer: FixedPointLayer, x: Tensor, y: Tensor) -> Tensor:
+    """A bound on the rounding of the computed J(y) in the 2-norm, per batch element, [B] (float64).
+
+    A column J e of the forward-mode Jacobian is d_s = products of length D with
+    the weights (|d_s| <= W ||x||max per unit step, relative error 2 D eps), then
+    d_p = p (d_s - sum_j p_j d_s_j) (N terms) and d_f = sum_j d_p_j v_j (N terms,
+    each as large as ||v_j||, not ||v_j - f||: the cancellation is not free). The
+    score error s_err of p itself moves every entry by s_err times the entry
+    scale W ||x||max diam(V). So each of the N D columns is off by at most
+
+        W ||x||max (diam(V) + 2 ||v||max) (s_err + (2 N + 2 D + 8) eps),
+
+    and the 2-norm by sqrt(N D) times that. A relaxation a (J = (1 - a) I + a J_g)
+    scales it by a and adds 3 eps (1 - a) on the diagonal (the scaling and the sum).
+    """
+    eps = torch.finfo(x.dtype).eps
+    N, D = x.shape[-2], x.shape[-1]
+    with torch.no_grad():
+        V = (layer.values(x) if supports_certificates(layer) else x).to(torch.float64)  # type: ignore[operator]
+    scale = weight_norm_product(layer) * _row_norm_max(x) * (diameter(V) + 2 * _row_norm_max(V))
+    a = relaxation(layer)
+    inner = math.sqrt(N * D) * scale * (score_rounding(layer, x, y) + (2 * N + 2 * D + 8) * eps)
+    return a * inner + 3 * eps * (1 - a) * math.sqrt(N * D)

@@ -1,0 +1,200 @@
+"""What a sweep measures: the grid of shapes, weight scales and seeds, and the solver settings.
+
+A :class:`Sweep` is plain data (it travels to worker processes as a dict and
+is stored with the results). Every case of the grid is a :class:`Cell`
+(tokens N, dim D, weight scale s, seed); its weights and inputs come from
+seeds derived from the cell alone (:meth:`Cell.weight_seed`,
+:meth:`Cell.input_seed`), so a cell gives the same numbers whichever process
+measures it and in whatever order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from iqa.checks import check_positive, check_positive_int
+from iqa.solvers import METHODS
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The grid and the settings of one measurement.
+
+    Attributes:
+        tokens: the token counts N.
+        dims: the embedding widths D.
+        scales: weight scales s (nn.Linear's default init times s; THEORY.md:
+            s <= 1 mostly contracts, s ~ 3 cycles, s >= 10 saturates).
+        seeds: one layer and one input batch per seed and (N, D, s).
+        batch: input sequences per cell (each is one "run").
+        dtype: "float64" or "float32".
+        methods: solvers compared ("picard", "anderson").
+        tol: absolute residual ||f(y) - y|| at which a solve has converged.
+        max_iter: the most steps of a solve ("out of steps" beyond).
+        unrolled_T: depths T at which unrolled gradients are compared with the implicit one.
+        phantom: (k, lambda) settings of the phantom gradient compared with the implicit one.
+        gradient_seeds: how many of ``seeds`` (the first ones) also get the gradient checks.
+        memory_shape: (N, D) of the bytes-saved-for-backward measurement.
+        memory_scale: its weight scale.
+    """
+
+    tokens: tuple[int, ...]
+    dims: tuple[int, ...]
+    scales: tuple[float, ...]
+    seeds: tuple[int, ...]
+    batch: int = 4
+    dtype: str = "float64"
+    methods: tuple[str, ...] = METHODS
+    tol: float = 1e-10
+    max_iter: int = 200
+    unrolled_T: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    phantom: tuple[tuple[int, float], ...] = ((1, 1.0), (5, 0.5))
+    gradient_seeds: int = 1
+    memory_shape: tuple[int, int] = (8, 8)
+    memory_scale: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "dims", "scales", "seeds", "methods", "unrolled_T"):
+            values = getattr(self, name)
+            if not isinstance(values, tuple) or not values:
+                raise ValueError(f"Sweep.{name} must be a non-empty tuple, got {values!r}")
+            if len(set(values)) != len(values):
+                raise ValueError(f"Sweep.{name} has repeated values: {values!r}")
+        for n in self.tokens:
+            check_positive_int("Sweep.tokens entry", n)
+        for d in self.dims:
+            check_positive_int("Sweep.dims entry", d)
+        for s in self.scales:
+            check_positive("Sweep.scales entry", s)
+        for seed in self.seeds:
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise ValueError(f"Sweep.seeds entries must be integers >= 0, got {seed!r}")
+        for T in self.unrolled_T:
+            check_positive_int("Sweep.unrolled_T entry", T)
+        for method in self.methods:
+            if method not in METHODS:
+                raise ValueError(f"unknown solver method {method!r} in Sweep.methods; choose from {', '.join(METHODS)}")
+        for k, lam in self.phantom:
+            check_positive_int("Sweep.phantom steps k", k)
+            if not 0 < lam <= 1:
+                raise ValueError(f"Sweep.phantom damping must be in (0, 1], got {lam!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"Sweep.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check_positive_int("Sweep.batch", self.batch)
+        check_positive("Sweep.tol", self.tol)
+        check_positive_int("Sweep.max_iter", self.max_iter)
+        if isinstance(self.gradient_seeds, bool) or not isinstance(self.gradient_seeds, int) or self.gradient_seeds < 0:
+            raise ValueError(f"Sweep.gradient_seeds must be an integer >= 0, got {self.gradient_seeds!r}")
+        check_positive_int("Sweep.memory_shape N", self.memory_shape[0])
+        check_positive_int("Sweep.memory_shape D", self.memory_shape[1])
+        check_positive("Sweep.memory_scale", self.memory_scale)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def with_seed(self, seed: int) -> Sweep:
+        """The same sweep with seeds seed, seed + 1, ...: ``iqa report --seed`` picks the first."""
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        return dataclasses.replace(self, seeds=tuple(seed + i for i in range(len(self.seeds))))
+
+    def cells(self) -> Iterator[Cell]:
+        """Every (N, D, s, seed) of the grid, in a fixed order."""
+        for n in self.tokens:
+            for d in self.dims:
+                for s in self.scales:
+                    for i, seed in enumerate(self.seeds):
+                        yield Cell(n, d, s, seed, gradients=i < self.gradient_seeds)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Sweep:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown Sweep field(s): {', '.join(unknown)}")
+        return cls(**{k: _tuple(v) for k, v in data.items()})
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid; ``gradients`` says whether it also gets the gradient checks."""
+
+    tokens: int
+    dim: int
+    scale: float
+    seed: int
+    gradients: bool = False
+
+    @property
+    def key(self) -> tuple[int, int, float, int]:
+        return (self.tokens, self.dim, self.scale, self.seed)
+
+    def _derived(self, purpose: str) -> int:
+        # crc32 of the cell's text: stable across processes and Python runs (hash() is salted).
+        return zlib.crc32(f"{purpose}:{self.tokens}:{self.dim}:{self.scale!r}:{self.seed}".encode())
+
+    @property
+    def weight_seed(self) -> int:
+        return self._derived("weights")
+
+    @property
+    def input_seed(self) -> int:
+        return self._derived("inputs")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _tuple(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuple(v) for v in value)
+    return value
+
+
+#: The committed reports' sweep: 3 regimes of scale on both sides of the cycling band.
+DEFAULT = Sweep(
+    tokens=(2, 4, 8, 16),
+    dims=(4, 8),
+    scales=(0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0),
+    seeds=(0, 1, 2),
+)
+
+#: A smoke run: a few cells per regime, short gradient depths.
+QUICK = Sweep(
+    tokens=(2, 8),
+    dims=(4,),
+    scales=(0.5, 1.0, 3.0, 10.0),
+    seeds=(0,),
+    batch=2,
+    max_iter=100,
+    unrolled_T=(1, 4, 16),
+    phantom=((1, 1.0),),
+    memory_shape=(4, 4),
+)
+
+PRESETS = {"default": DEFAULT, "quick": QUICK}
+
+
+def rounded(value: float, digits: int = 4) -> float | None:
+    """value to ``digits`` significant digits, or None when it is not finite (JSON has no NaN)."""
+    value = float(value)
+    if not math.isfinite(value):
+        return None
+    out = float(f"{value:.{digits - 1}e}")
+    return out if math.isfinite(out) else value  # rounding up near the largest float overflows

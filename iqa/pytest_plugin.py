@@ -1,0 +1,307 @@
+"""A pytest plugin that writes one JSON record per test: what ran, how it ended, how to rerun it.
+
+Activate it with ``-p iqa.pytest_plugin --iqa-results PATH``; ``iqa report``
+and ``iqa check`` run the property suite this way and read PATH afterwards.
+``--iqa-variant-tests-only`` keeps only the tests that take a ``variant``
+(the per-variant properties), deselecting meta tests and examples.
+It works with pytest-xdist (the controller writes the file; workers attach
+each test's function and variant to its report).
+
+The file (UTF-8 JSON, keys sorted, written atomically at the end of the session)::
+
+    {
+      "format": "iqa-pytest-results/1",
+      "rootdir": "/abs/path",            # run `command`s from here
+      "args": ["properties", ...],       # pytest's arguments
+      "exitstatus": 0,                   # pytest's exit status (int)
+      "hypothesis_profile": "ci",        # the profile the suite loaded
+      "max_examples_cap": null,          # --iqa-max-examples N, if given
+      "versions": {"python": ..., "pytest": ..., "hypothesis": ..., "torch": ..., "iqa": ...},
+      "summary": {"passed": n, "failed": n, "skipped": n, "xfailed": n, "xpassed": n},
+      "tests": [                         # sorted by nodeid
+        {
+          "nodeid": "properties/test_seed.py::test_layer_equals_seed_bitwise[reference]",
+          "file": "properties/test_seed.py",
+          "function": "test_layer_equals_seed_bitwise",   # the test function's name
+          "variant": "reference",        # the variant's name, or null for tests without one
+          "outcome": "passed" | "failed" | "skipped" | "xfailed" | "xpassed",
+          "phase": "setup" | "call" | "teardown",   # where the outcome was decided
+          "reason": str | null,          # why skipped / xfailed / xpassed
+          "message": str | null,         # a failure's one-line message
+          "longrepr": str | null,        # a failure's full report (traceback, Hypothesis notes)
+          "falsifying_example": str | null,   # Hypothesis's minimal "Falsifying example: ..." block
+          "reproduce_failure": str | null,    # "@reproduce_failure(...)" when Hypothesis printed one
+          "command": str                 # a shell command that reruns exactly this test
+        }
+      ]
+    }
+
+An xfail(strict) test that passes is "failed" (pytest's own verdict), with a
+message saying it passed unexpectedly. A failure in setup or teardown makes
+the test "failed" with that phase. Nothing in the file depends on timing, so
+two runs of a deterministic suite (the ``ci`` profile is derandomized) give
+the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iqa.atomic import write_json
+
+FORMAT = "iqa-pytest-results/1"
+OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed")
+#: A failure's longrepr is cut to this many characters (a Hypothesis report can be long).
+MAX_LONGREPR = 20_000
+
+_BASE_PROFILE: str | None = None
+_FUNCTION = "iqa_function"
+_VARIANT = "iqa_variant"
+#: How Hypothesis starts the note that shows a failing input (the wording changed across versions).
+_FALSIFYING = re.compile(r"^(?:Falsifying (?:explicit )?example|Failing test case): ")
+_REPRODUCE = re.compile(r"@reproduce_failure\([^\n]*\)")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("iqa-results")
+    group.addoption(
+        "--iqa-results",
+        default=None,
+        metavar="PATH",
+        help="write each test's outcome, minimal failing example and rerun command to PATH as JSON",
+    )
+    group.addoption(
+        "--iqa-max-examples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cap Hypothesis's max_examples at N for tests that do not set their own (the loaded profile otherwise)",
+    )
+    group.addoption(
+        "--iqa-variant-tests-only",
+        action="store_true",
+        default=False,
+        help="deselect tests that do not take a variant (meta tests, examples): the per-variant properties only",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    cap = config.getoption("--iqa-max-examples")
+    if cap is not None:
+        _cap_examples(cap)
+    path = config.getoption("--iqa-results")
+    if path and not hasattr(config, "workerinput"):  # xdist workers report to the controller
+        config.pluginmanager.register(ResultsRecorder(config, Path(path)), "iqa-results-recorder")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Attach the test function's name and the variant to each item (reports carry user_properties),
+    and with ``--iqa-variant-tests-only`` deselect the items that take no variant."""
+    if config.getoption("--iqa-variant-tests-only"):
+        kept = [item for item in items if "variant" in getattr(getattr(item, "callspec", None), "params", {})]
+        dropped = [item for item in items if item not in kept]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = kept
+    for item in items:
+        function = getattr(item, "originalname", None) or item.name.split("[")[0]
+        variant = None
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "variant" in callspec.params:
+            param = callspec.params["variant"]
+            variant = str(getattr(param, "name", param))
+        item.user_properties.append((_FUNCTION, function))
+        item.user_properties.append((_VARIANT, variant))
+
+
+def _cap_examples(cap: int) -> None:
+    """Load a profile derived from the current one (conftest has loaded it) with max_examples <= cap."""
+    if cap < 1:
+        raise pytest.UsageError(f"--iqa-max-examples must be >= 1, got {cap}")
+    from hypothesis import settings
+
+    global _BASE_PROFILE
+    current = settings.get_current_profile_name()
+    _BASE_PROFILE = current
+    parent = settings.get_profile(current)
+    name = f"{current}-max{cap}"
+    settings.register_profile(name, parent=parent, max_examples=min(cap, parent.max_examples))
+    settings.load_profile(name)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for package in ("pytest", "hypothesis", "torch", "iqa"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+def _hypothesis_profile() -> str | None:
+    """The profile the suite loaded (before any --iqa-max-examples cap)."""
+    if _BASE_PROFILE is not None:
+        return _BASE_PROFILE
+    try:
+        from hypothesis import settings
+    except ImportError:
+        return None
+    return settings.get_current_profile_name()
+
+
+def _text(longrepr: Any) -> str:
+    if longrepr is None:
+        return ""
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # a skip: (path, lineno, reason)
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+def _skip_reason(longrepr: Any) -> str:
+    reason = _text(longrepr)
+    return reason[len("Skipped: ") :] if reason.startswith("Skipped: ") else reason
+
+
+def _crash(report: pytest.TestReport) -> str:
+    """The exception's text with its notes (where Hypothesis writes the failing input), or the longrepr."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    return str(crash.message) if crash is not None else _text(report.longrepr)
+
+
+def falsifying_examples(text: str) -> list[str]:
+    """Hypothesis's "Falsifying example: test(...)" blocks in ``text``.
+
+    A block is its first line alone, or, when that line opens a call with
+    "(", every line up to the ")" that closes it at the start of a line.
+    """
+    lines = text.splitlines()
+    found = []
+    for i, line in enumerate(lines):
+        if _FALSIFYING.match(line):
+            end = i
+            if line.rstrip().endswith("("):
+                end = next((j for j in range(i + 1, len(lines)) if lines[j].rstrip() == ")"), len(lines) - 1)
+            found.append("\n".join(lines[i : end + 1]))
+    return found
+
+
+class ResultsRecorder:
+    """Collects the reports of a session and writes them as JSON at its end."""
+
+    def __init__(self, config: pytest.Config, path: Path) -> None:
+        self.config = config
+        self.path = path
+        self.records: dict[str, dict[str, Any]] = {}
+
+    def _record(self, report: pytest.TestReport) -> dict[str, Any]:
+        record = self.records.get(report.nodeid)
+        if record is None:
+            props: dict[str, Any] = dict(report.user_properties)
+            record = {
+                "nodeid": report.nodeid,
+                "file": report.nodeid.split("::")[0],
+                "function": props.get(_FUNCTION) or report.nodeid.split("::")[-1].split("[")[0],
+                "variant": props.get(_VARIANT),
+                "outcome": "passed",
+                "phase": "call",
+                "reason": None,
+                "message": None,
+                "longrepr": None,
+                "falsifying_example": None,
+                "reproduce_failure": None,
+                "command": self._command(report.nodeid, props.get(_VARIANT)),
+            }
+            self.records[report.nodeid] = record
+        return record
+
+    def _command(self, nodeid: str, variant: str | None) -> str:
+        """A command that reruns one test: same variant selection, profile and device."""
+        parts = ["python", "-m", "pytest", nodeid, "-p", "no:cacheprovider"]
+        specs = list(self.config.getoption("--variant", default=None) or [])
+        if variant is not None:
+            # a name the run resolved from a spec (module:attr or file.py:attr) reruns through that spec
+            chosen = [s for s in specs if s == variant] or [s for s in specs if ":" in s] or [variant]
+            for spec in chosen:
+                parts += ["--variant", spec]
+        cap = self.config.getoption("--iqa-max-examples", default=None)
+        if cap is not None:
+            parts += ["-p", "iqa.pytest_plugin", f"--iqa-max-examples={cap}"]
+        seed = self.config.getoption("--hypothesis-seed", default=None)
+        if seed is not None:
+            parts.append(f"--hypothesis-seed={seed}")
+        device = self.config.getoption("--device", default=None)
+        if device not in (None, "cpu"):
+            parts += ["--device", str(device)]
+        profile = _hypothesis_profile()
+        prefix = f"HYPOTHESIS_PROFILE={profile} " if profile else ""
+        if os.environ.get("PYTHONHASHSEED"):  # set orders (and reprs that show them) follow the hash seed
+            prefix += f"PYTHONHASHSEED={os.environ['PYTHONHASHSEED']} "
+        return prefix + shlex.join(parts)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        record = self._record(report)
+        if report.when == "call" or (report.outcome != "passed" and record["outcome"] != "failed"):
+            self._update(record, report)  # setup/teardown only matter when they fail or skip (first one wins)
+
+    def _update(self, record: dict[str, Any], report: pytest.TestReport) -> None:
+        record["phase"] = report.when
+        wasxfail = getattr(report, "wasxfail", None)
+        if report.skipped and wasxfail is not None:
+            record.update(outcome="xfailed", reason=wasxfail or None)
+        elif report.skipped:
+            record.update(outcome="skipped", reason=_skip_reason(report.longrepr))
+        elif report.passed and wasxfail is not None:
+            record.update(outcome="xpassed", reason=wasxfail or None)
+        elif report.passed:
+            record.update(outcome="passed")
+        else:
+            text = _text(report.longrepr)
+            crash = _crash(report)
+            falsifying = falsifying_examples(crash) or falsifying_examples(text)
+            reproduce = _REPRODUCE.findall(crash) or _REPRODUCE.findall(text)
+            record.update(
+                outcome="failed",
+                message=crash.strip().splitlines()[0] if crash.strip() else None,
+                longrepr=text[:MAX_LONGREPR],
+                falsifying_example="\n\n".join(falsifying) if falsifying else None,
+                reproduce_failure=reproduce[-1] if reproduce else None,
+            )
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        tests = [self.records[k] for k in sorted(self.records)]
+        summary = {name: sum(1 for t in tests if t["outcome"] == name) for name in OUTCOMES}
+        write_json(
+            self.path,
+            {
+                "format": FORMAT,
+                "rootdir": str(self.config.rootpath),
+                "args": [str(a) for a in self.config.invocation_params.args],
+                "exitstatus": int(exitstatus),
+                "hypothesis_profile": _hypothesis_profile(),
+                "max_examples_cap": self.config.getoption("--iqa-max-examples"),
+                "versions": _versions(),
+                "summary": summary,
+                "tests": tests,
+            },
+        )
+
+
+def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a results file written by this plugin, checking its format tag."""
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an iqa pytest results file (expected format {FORMAT!r})")
+    return data

@@ -1,0 +1,1 @@
+"""Benchmarks (pytest-benchmark): run with ``tox -e bench``; never under xdist."""

@@ -1,0 +1,101 @@
+"""Shared set-up of the benchmarks: no xdist, and a summary of ratios at the end.
+
+pytest-benchmark times one function per test and shows each group's rows
+side by side. Several targets are ratios between two tests (Anderson against
+Picard, iqa against torchdeq) or deterministic counts (iterations, residuals,
+gradient errors) that a timing table does not show. Tests put them in a
+:class:`SummaryTable` through the ``summary`` fixture; each table is printed as
+Markdown at the end of the session (and the same numbers go to each
+benchmark's ``extra_info``, so ``--benchmark-autosave`` keeps them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from tabulate import tabulate
+
+
+@dataclass
+class SummaryTable:
+    """Rows of named values; ``ratios`` adds columns name = numerator column / denominator column."""
+
+    title: str
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ratios: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def add(self, row: str, **values: Any) -> None:
+        self.rows.setdefault(row, {}).update(values)
+
+    def ratio(self, name: str, numerator: str, denominator: str) -> None:
+        self.ratios[name] = (numerator, denominator)
+
+    def markdown(self) -> str:
+        columns: list[str] = []
+        for values in self.rows.values():
+            columns += [c for c in values if c not in columns]
+        columns += [name for name in self.ratios if name not in columns]
+        body = []
+        for key, values in self.rows.items():
+            row = dict(values)
+            for name, (num, den) in self.ratios.items():
+                row[name] = _ratio(values.get(num), values.get(den))
+            body.append([key, *(_cell(row.get(c)) for c in columns)])
+        return tabulate(body, headers=["", *columns], tablefmt="github")
+
+
+def _ratio(num: Any, den: Any) -> float | None:
+    if not isinstance(num, (int, float)) or not isinstance(den, (int, float)) or den == 0:
+        return None
+    return num / den
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (bool, int)):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.3g}" if 1e-3 <= abs(value) < 1e4 or value == 0 else f"{value:.2e}"
+    return str(value)
+
+
+_TABLES: dict[str, SummaryTable] = {}
+
+
+@pytest.fixture(scope="session")
+def summary() -> Any:
+    """``summary(title)`` returns the session's table of that title (created on first use)."""
+
+    def table(title: str) -> SummaryTable:
+        return _TABLES.setdefault(title, SummaryTable(title))
+
+    return table
+
+
+def median_seconds(benchmark: Any) -> float | None:
+    """The median round time of a finished benchmark, or None when timing was disabled."""
+    stats = getattr(benchmark, "stats", None)
+    return None if not stats else float(stats.stats.median)
+
+
+@pytest.fixture(autouse=True)
+def _never_under_xdist(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Timing under xdist shares cores between workers and measures the neighbours, not the code."""
+    config = request.config
+    if hasattr(config, "workerinput") and not config.getoption("benchmark_skip", False):
+        pytest.fail("benchmarks never run under xdist: run them with -p no:xdist (tox -e bench does)")
+    yield
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for table in _TABLES.values():
+        if table.rows:
+            terminalreporter.write_sep("-", table.title)
+            terminalreporter.write_line(table.markdown())

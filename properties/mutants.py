@@ -1,0 +1,298 @@
+"""Mutants: variants with seeded bugs that the property suite must catch.
+
+Each :class:`Mutant` is a :class:`~iqa.variants.Variant` carrying one
+deliberate bug, plus the property (``module:function`` in ``properties/``)
+meant to catch it. ``properties/meta/test_mutants.py`` calls that property
+with ``variant=<mutant>`` and requires it to fail; the share of mutants caught
+is the suite's mutation score. Each mutant claims the tags of the layer it
+pretends to be, so that the suite would run the property on it.
+
+Mutants build on the built-in layers rather than copying them: the bug is the
+only difference, which keeps each one honest about what it tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import iqa.grad
+from iqa.layer import ImplicitQueryAttention
+from iqa.solvers import Map, Solution, Status
+from iqa.variants import (
+    BUILTIN_VARIANTS,
+    HopfieldAttention,
+    InjectedQueryAttention,
+    PositionalQueryAttention,
+    ScaledQueryAttention,
+    Tag,
+    Variant,
+)
+from iqa.variants.builtin import CONSENSUS_FAILURES, WEIGHTS_MOVE_FIXED_POINT
+
+_BUILTIN = {v.name: v for v in BUILTIN_VARIANTS}
+HOPFIELD_TAGS = _BUILTIN["hopfield"].tags
+REFERENCE_TAGS = _BUILTIN["reference"].tags
+POSITIONAL_TAGS = _BUILTIN["positional"].tags
+INJECTION_TAGS = _BUILTIN["injection"].tags
+
+#: The gradient of the "gradient_scaled" mutant is this factor times the true one.
+GRADIENT_FACTOR = 1.05
+#: The "early_convergence" mutant's solver stops after this many evaluations of f.
+EARLY_STEPS = 3
+#: Relative size of the random perturbation of the "nondeterministic" mutant's start.
+START_NOISE = 1e-2
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """A variant with one seeded bug and the property meant to catch it."""
+
+    variant: Variant
+    bug: str
+    #: "module:function" of the property, the module relative to the ``properties`` package.
+    caught_by: str
+    #: An honest built-in variant on which that property must pass: the mutant is caught for its bug.
+    control: str
+
+    @property
+    def name(self) -> str:
+        return self.variant.name
+
+
+# --- the map is wrong -------------------------------------------------------------------------
+
+
+class WrongSoftmaxAxis(HopfieldAttention):
+    """Hopfield attention normalised over the queries (dim=-2) instead of the keys."""
+
+    def fixed_point_map(self, x: Tensor) -> Map:
+        K = self.keys(x)
+
+        def f(y: Tensor) -> Tensor:
+            return F.softmax(self.Omega_Q(y) @ K.transpose(-2, -1), dim=-2) @ x  # the bug: dim=-2
+
+        return f
+
+
+class BatchCoupled(HopfieldAttention):
+    """Hopfield attention whose keys see x divided by its RMS over the whole batch."""
+
+    def keys(self, x: Tensor) -> Tensor:
+        return self.W_K(x / x.pow(2).mean().sqrt())  # the bug: a statistic across batch elements
+
+
+class HalvedScoreMatrix(ImplicitQueryAttention):
+    """The seed, reporting half its score matrix: certificates come out too small."""
+
+    def score_matrix(self, x: Tensor) -> Tensor:
+        return 0.5 * super().score_matrix(x)
+
+    def score_weight_norm(self) -> Tensor:
+        return 0.5 * super().score_weight_norm()
+
+
+# --- the gradient is wrong --------------------------------------------------------------------
+
+
+class JacobianFreeImplicit(HopfieldAttention):
+    """Hopfield attention whose implicit backward skips the adjoint solve (g = v).
+
+    The forward solve and f are untouched; the backward carries v^T df/dtheta
+    instead of v^T (I - J)^{-1} df/dtheta (the Jacobian term J^T g is dropped).
+    """
+
+    def forward(self, x: Tensor, track: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        if self.solver is None or self.backward != "implicit":
+            return super().forward(x, track)
+        with torch.no_grad():
+            out = super().forward(x, track)
+        y_star = out[0] if isinstance(out, tuple) else out
+        if not torch.is_grad_enabled():
+            return out
+        fy = self.fixed_point_map(x)(y_star)
+        y = y_star + (fy - fy.detach())  # the bug: the gradient flows through one f, with g = v
+        return (y, out[1]) if isinstance(out, tuple) else y
+
+
+class ScaledGradient(HopfieldAttention):
+    """Hopfield attention whose gradients (every backward mode) are GRADIENT_FACTOR times too large."""
+
+    def forward(self, x: Tensor, track: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        out = super().forward(x, track)
+        y = out[0] if isinstance(out, tuple) else out
+        if y.requires_grad:
+            y.register_hook(lambda g: GRADIENT_FACTOR * g)  # the bug
+        return out
+
+
+# --- the report is wrong ----------------------------------------------------------------------
+
+
+@contextmanager
+def _solver_claiming_convergence(steps: int) -> Iterator[None]:
+    """Make iqa's fixed-point operator use a solver that stops after ``steps`` evaluations
+    of f and says CONVERGED (its residuals stay honest: only the verdict lies)."""
+    honest = iqa.grad.solve
+
+    def lying_solve(f: Map, y0: Tensor, *args: Any, **options: Any) -> Solution:
+        options.update(max_iter=min(options.get("max_iter", steps), steps), raise_on_failure=False)
+        solution = honest(f, y0, *args, **options)
+        return dataclasses.replace(solution, statuses=(Status.CONVERGED,) * len(solution.statuses))
+
+    iqa.grad.solve = lying_solve  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        iqa.grad.solve = honest
+
+
+class EarlyConvergence(ImplicitQueryAttention):
+    """The seed in solve mode with a solver that reports CONVERGED after EARLY_STEPS steps."""
+
+    def forward(self, x: Tensor, track: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        if self.solver is None:
+            return super().forward(x, track)
+        with _solver_claiming_convergence(EARLY_STEPS):
+            return super().forward(x, track)
+
+
+# --- the output is not reproducible -----------------------------------------------------------
+
+
+class RandomStart(HopfieldAttention):
+    """Hopfield attention started from a perturbation of x drawn from torch's global RNG."""
+
+    def initial_point(self, x: Tensor) -> Tensor:
+        return x + START_NOISE * torch.randn_like(x)  # the bug: an unseeded random start
+
+
+def _unseeded_factory(
+    embed_dim: int, *, scale: float = 1.0, generator: Any = None, **options: Any
+) -> HopfieldAttention:
+    """Ignores the generator (and the scale): weights come from torch's global RNG."""
+    return HopfieldAttention(embed_dim, **options)
+
+
+def _variant(layer: type, name: str, tags: frozenset[Tag], failures: dict[str, str] | None = None) -> Variant:
+    return Variant.from_layer(layer, name=f"mutant-{name}", tags=tags, expected_failures=failures or {})
+
+
+MUTANTS: tuple[Mutant, ...] = (
+    Mutant(
+        _variant(WrongSoftmaxAxis, "softmax-axis", HOPFIELD_TAGS),
+        "softmax over the queries (dim=-2) instead of the keys: attention rows no longer sum to 1",
+        "test_layer_solve:test_output_in_convex_hull",
+        "hopfield",
+    ),
+    Mutant(
+        _variant(JacobianFreeImplicit, "jacobian-free-implicit", HOPFIELD_TAGS),
+        "implicit backward uses g = v, dropping the J^T g term of the adjoint fixed point",
+        "test_gradients:test_implicit_matches_unrolled",
+        "hopfield",
+    ),
+    Mutant(
+        _variant(ScaledGradient, "scaled-gradient", HOPFIELD_TAGS),
+        f"every gradient is {GRADIENT_FACTOR} times the true one, in every backward mode",
+        "test_gradients:test_implicit_matches_finite_differences",
+        "hopfield",
+    ),
+    Mutant(
+        _variant(EarlyConvergence, "early-convergence", REFERENCE_TAGS, CONSENSUS_FAILURES),
+        f"the solver reports CONVERGED after {EARLY_STEPS} steps, whatever the residual",
+        "test_layer_solve:test_solvers_agree_under_certificate",
+        "reference",
+    ),
+    Mutant(
+        _variant(PositionalQueryAttention, "permutation-lie", POSITIONAL_TAGS | {Tag.PERMUTATION_EQUIVARIANT}),
+        "claims permutation equivariance, but positions make it depend on token order",
+        "test_invariances:test_token_permutation_equivariance",
+        "hopfield",
+    ),
+    Mutant(
+        _variant(
+            PositionalQueryAttention,
+            "permutation-lie-uncertified",
+            (POSITIONAL_TAGS - {Tag.SCORE_MATRIX}) | {Tag.PERMUTATION_EQUIVARIANT},
+        ),
+        "as permutation-lie, for a layer that does not claim score_matrix (no certificate): "
+        "a layer of a form the certificates do not cover",
+        "test_invariances:test_token_permutation_equivariance",
+        "hopfield",
+    ),
+    Mutant(
+        _variant(RandomStart, "random-start", HOPFIELD_TAGS),
+        "starts from x plus noise from the global RNG: the same input gives different outputs",
+        "test_determinism:test_same_input_same_output",
+        "hopfield",
+    ),
+    Mutant(
+        Variant(
+            name="mutant-unseeded-weights",
+            factory=_unseeded_factory,
+            tags=HOPFIELD_TAGS,
+            description="Hopfield attention whose factory ignores the seed",
+        ),
+        "the factory ignores the generator: the same seed gives different weights",
+        "test_determinism:test_same_seed_same_layer",
+        "hopfield",
+    ),
+    Mutant(
+        _variant(BatchCoupled, "batch-coupled", HOPFIELD_TAGS),
+        "keys normalised by a statistic of the whole batch: batch elements interact",
+        "test_invariances:test_batch_independence",
+        "hopfield",
+    ),
+    Mutant(
+        _variant(BatchCoupled, "batch-coupled-uncertified", HOPFIELD_TAGS - {Tag.SCORE_MATRIX}),
+        "as batch-coupled, for a layer that does not claim score_matrix (no certificate)",
+        "test_invariances:test_batch_independence",
+        "hopfield",
+    ),
+    Mutant(
+        _variant(HopfieldAttention, "mean-fixed-point-lie", HOPFIELD_TAGS | {Tag.MEAN_FIXED_POINT}),
+        "claims the token mean is a fixed point; in the Hopfield orientation it is not",
+        "test_analysis:test_consensus_is_fixed_point",
+        "reference",
+    ),
+    Mutant(
+        _variant(PositionalQueryAttention, "scale-lie", POSITIONAL_TAGS | {Tag.SCALE_COVARIANT}),
+        "claims (2^k x, W / 2^k) gives 2^k y; the positions do not scale",
+        "test_invariances:test_power_of_two_rescaling",
+        "hopfield",
+    ),
+    Mutant(
+        _variant(HalvedScoreMatrix, "halved-certificate", REFERENCE_TAGS, CONSENSUS_FAILURES),
+        "score_matrix reports A / 2, so every certificate is half the true Lipschitz bound",
+        "test_certificates:test_lipschitz_certificates_are_sound",
+        "reference",
+    ),
+    Mutant(
+        _variant(ImplicitQueryAttention, "weights-matter-lie", REFERENCE_TAGS | {Tag.WEIGHT_DEPENDENT}),
+        "the seed without its declared expected failure: its fixed point is the token mean",
+        f"test_gradients:{WEIGHTS_MOVE_FIXED_POINT}",
+        "hopfield",
+    ),
+    Mutant(
+        _variant(ScaledQueryAttention, "seed-lie", _BUILTIN["scaled"].tags | {Tag.SEED_EXACT}, CONSENSUS_FAILURES),
+        "claims to be the seed bit for bit, but divides the scores by sqrt(D)",
+        "test_seed:test_layer_equals_seed_bitwise",
+        "reference",
+    ),
+    Mutant(
+        _variant(InjectedQueryAttention, "hull-lie", INJECTION_TAGS | {Tag.CONVEX_HULL}),
+        "claims the output is in the convex hull of x; input injection adds x to the attention output",
+        "test_layer_solve:test_output_in_convex_hull",
+        "hopfield",
+    ),
+)
+
+#: Mutants by name.
+BY_NAME: dict[str, Mutant] = {m.name: m for m in MUTANTS}

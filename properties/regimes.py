@@ -1,0 +1,92 @@
+"""Which regime a drawn case is in, for ``event()`` buckets and ``note()`` reports.
+
+THEORY.md's regimes, decided in this order:
+
+- ``contractive``: some certificate (kappa_inf, kappa_F or the weights-only
+  bound) is < 1 for every batch element: the fixed point is unique;
+- ``cycling``: the solver reported Status.CYCLE for some element;
+- ``saturated``: every attention row at the solution is nearly one-hot
+  (1 - max_j p_ij <= SATURATION_GAP), so the Jacobian there nearly vanishes;
+- ``multistable``: anything else (no proof of uniqueness: several fixed
+  points, slow or chaotic iterations may exist).
+
+``--hypothesis-show-statistics`` then shows how many examples each property
+spent in each regime.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import event, note
+from torch import Tensor
+
+from iqa import analysis
+from iqa.layer import FixedPointLayer
+from iqa.solvers import Solution, Status, solve
+
+REGIMES = ("contractive", "multistable", "cycling", "saturated")
+#: An attention row whose largest weight is within this of 1 counts as one-hot.
+SATURATION_GAP = 1e-3
+#: Picard steps of the solve that :func:`solve_and_observe` classifies.
+OBSERVE_MAX_ITER = 200
+
+
+def best_certificate(layer: FixedPointLayer, x: Tensor) -> Tensor:
+    """The smallest certificate per batch element, +inf where the layer's map has none."""
+    if not analysis.supports_certificates(layer):
+        return torch.full((x.shape[0],), math.inf, dtype=torch.float64)
+    return analysis.certificates(layer, x).best.detach().to(torch.float64).cpu()
+
+
+def classify(layer: FixedPointLayer, x: Tensor, solution: Solution) -> str:
+    """The regime of the case (layer, x) whose solve gave ``solution``; one of REGIMES."""
+    if bool((best_certificate(layer, x) < 1).all()):
+        return "contractive"
+    if Status.CYCLE in solution.statuses:
+        return "cycling"
+    gap = analysis.saturation_gap(layer.fixed_point_map(x), solution.y)
+    if bool((gap <= SATURATION_GAP).all()):
+        return "saturated"
+    return "multistable"
+
+
+def observe(layer: FixedPointLayer, x: Tensor, solution: Solution, label: str = "") -> str:
+    """Classify the case, bucket it with ``event()`` and ``note()`` kappa, rho and the solver status.
+
+    rho is the spectral radius of df/dy at the returned iterate (dense for small
+    sizes, Arnoldi beyond), so a failing example shows whether the point was
+    locally attracting.
+    """
+    regime = classify(layer, x, solution)
+    event(f"{label}regime: {regime}" if label else f"regime: {regime}")
+    kappa = best_certificate(layer, x)
+    rho = analysis.spectral_radius(layer.fixed_point_map(x), solution.y)
+    statuses = ", ".join(s.name for s in solution.statuses)
+    note(
+        f"regime {regime}; kappa (best certificate) {_fmt(kappa)}; rho(J at y) {_fmt(rho)}; "
+        f"status {statuses}; steps {list(solution.steps)}; residual {_fmt(solution.residual)}"
+    )
+    return regime
+
+
+def _fmt(values: Tensor) -> str:
+    return "[" + ", ".join(f"{float(v):.4g}" for v in values.flatten()) + "]"
+
+
+def observation_tol(x: Tensor) -> float:
+    """The stop tolerance of the observing solve: 1e3 eps of x's dtype relative to max|x|, well above rounding."""
+    return 1e3 * torch.finfo(x.dtype).eps * max(1.0, float(x.abs().max()))
+
+
+def solve_and_observe(layer: FixedPointLayer, x: Tensor, label: str = "") -> tuple[Solution, str]:
+    """Solve the layer's fixed point by Picard from its own start (no gradients), then :func:`observe` it.
+
+    For properties that do not solve themselves, so that every drawn case is still bucketed by regime.
+    """
+    with torch.no_grad():
+        solution = solve(
+            layer.fixed_point_map(x), layer.initial_point(x), tol=observation_tol(x), max_iter=OBSERVE_MAX_ITER
+        )
+    return solution, observe(layer, x, solution, label)

@@ -1,0 +1,266 @@
+"""The analysis agrees with the layer: its Jacobian, its rate, its consensus fixed point.
+
+- The Jacobian of THEORY.md, built from the attention weights the layer really
+  computes (block p_ij (v_j - g_i) a_i^T; block-diagonal sum_j p_ij (v_j - g_i) a_j^T
+  for scores Y A^T; (1 - a) I + a J for a relaxation a), equals autograd's.
+- Where Picard converges, the observed rate of its residuals lies in the
+  interval that the linearization at y* allows (:mod:`iqa.analysis.linearization`),
+  an interval that closes on rho(J*) as the window grows; Arnoldi's rho equals
+  the dense one at the layer's own fixed points.
+- Consensus: f(1 mean(x)^T) = 1 mean(x)^T for any weights, and rho of the
+  Jacobian there equals rho_c = rho(Sigma_x W_K^T Omega) (THEORY.md; derivation
+  in :mod:`iqa.analysis.consensus`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import event, given, note
+from hypothesis import strategies as st
+from torch import Tensor
+
+from iqa import analysis, solve
+from iqa.analysis.linearization import rate_intervals
+from iqa.analysis.rounding import jacobian_rounding, map_rounding
+from iqa.analysis.spectral import eig_blocks
+from iqa.layer import FixedPointLayer
+from iqa.variants import Tag, Variant
+from properties.regimes import observe, solve_and_observe
+from properties.strategies import ANY_SCALE, Case, cases
+from properties.tags import requires
+
+
+def analytic_jacobian(layer: FixedPointLayer, x: Tensor, y: Tensor) -> Tensor:
+    """THEORY.md's Jacobian at y, [B, N D, N D], from the softmax weights f actually computes at y."""
+    weights = analysis.attention_weights(layer.fixed_point_map(x), y)
+    assert len(weights) == 1, f"expected one softmax in f, found {len(weights)}"
+    p = weights[0].to(torch.float64)
+    with torch.no_grad():
+        A = layer.score_matrix(x).to(torch.float64)  # type: ignore[operator]
+        V = layer.values(x).to(torch.float64)  # type: ignore[operator]
+    B, N, D = x.shape
+    g = p @ V  # the attention average g_i = sum_j p_ij v_j
+    spread = V[:, None, :, :] - g[:, :, None, :]  # [B, i, j, d] = v_j - g_i
+    if analysis.score_form(layer) == analysis.SCORES_A_YT:
+        J = torch.einsum("bij,bijd,bie->bidje", p, spread, A)
+    else:
+        blocks = torch.einsum("bij,bijd,bje->bide", p, spread, A)
+        J = torch.zeros(B, N, D, N, D, dtype=torch.float64, device=x.device)
+        index = torch.arange(N, device=x.device)
+        J[:, index, :, index, :] = blocks.permute(1, 0, 2, 3)
+    J = J.reshape(B, N * D, N * D)
+    a = analysis.relaxation(layer)
+    eye = torch.eye(N * D, dtype=torch.float64, device=x.device)
+    return (1 - a) * eye + a * J
+
+
+@requires(Tag.SCORE_MATRIX)
+@given(case=cases(scales=ANY_SCALE), temperature=st.sampled_from([0.3, 1.0, 3.0]))
+def test_analytic_jacobian_matches_autograd(variant: Variant, case: Case, temperature: float, device) -> None:
+    layer = case.layer(variant, device)
+    x = case.inputs(device)
+    solve_and_observe(layer, x)
+    mixing = torch.softmax(temperature * torch.randn(case.tokens, case.tokens, generator=case.generator(3)), dim=-1)
+    y = mixing.to(device=device, dtype=x.dtype) @ x  # a point of the hull, where the iterates live
+    expected = analytic_jacobian(layer, x, y)
+    actual = analysis.jacobian(layer.fixed_point_map(x), y).to(torch.float64)
+    error = torch.linalg.matrix_norm(actual - expected, ord=2).cpu()
+    # both are computed from rounded scores and products: each within jacobian_rounding of the exact J
+    tolerance = 2 * jacobian_rounding(layer, x, y).cpu()
+    size = torch.linalg.matrix_norm(expected, ord=2).cpu()
+    event("||J||_2 < 1e-6 (saturated)" if bool((size < 1e-6).all()) else "||J||_2 >= 1e-6")
+    note(f"||J_autograd - J_analytic||_2 {error.tolist()}, tolerance {tolerance.tolist()}, ||J||_2 {size.tolist()}")
+    assert bool((error <= tolerance).all()), f"autograd and THEORY.md's Jacobian differ by {error.tolist()}"
+
+
+@requires(Tag.SCORE_MATRIX)
+@given(case=cases(dtypes=(torch.float64,), scales=st.floats(0.2, 1.5)))
+def test_observed_rate_matches_spectral_radius(variant: Variant, case: Case, device) -> None:
+    """Float64 only: the window needs many decades of residual above rounding."""
+    layer = case.layer(variant, device)
+    x = case.inputs(device)
+    f = layer.fixed_point_map(x)
+    eps_f = float(map_rounding(layer, x, x).max())
+    with torch.no_grad():
+        # stop 1e3 x above the rounding floor of the residual (2 sqrt(N) eps_f): below it the rate is noise
+        solution = solve(
+            f, layer.initial_point(x), tol=2e3 * math.sqrt(case.tokens) * eps_f, max_iter=500, keep_iterates=True
+        )
+    observe(layer, x, solution)
+    if not solution.converged:
+        event("rate: Picard did not converge (no asymptotic rate)")
+        return
+    assert solution.iterates is not None
+    spectrum = analysis.spectrum(f, solution.y)
+    for b, interval in enumerate(rate_intervals(layer, x, solution.iterates)):
+        if interval is None:
+            event("rate: fewer than MIN_POINTS residuals above rounding")
+            continue
+        note(f"element {b}: {interval}")
+        assert math.isclose(interval.rho, float(spectrum.rho[b]), rel_tol=1e-6, abs_tol=1e-12), "two dense rho differ"
+        assert interval.worst_remainder_ratio <= 1, "the iteration departs from f's second-order Taylor bound"
+        assert interval.worst_ratio <= 1, "a residual leaves the bounds that J(y*) puts on it"
+        assert interval.lower <= interval.rate <= interval.upper, (
+            f"observed rate {interval.rate:.6g} outside [{interval.lower:.6g}, {interval.upper:.6g}]"
+        )
+        width = (interval.upper - interval.lower) / max(interval.rho, 1e-300)
+        event(
+            "rate interval width "
+            + ("< 5% of rho" if width < 0.05 else "< 50% of rho" if width < 0.5 else ">= 50% of rho")
+        )
+        kind = complex(spectrum.eigenvalue[b])
+        event(
+            "dominant eigenvalue "
+            + ("complex" if abs(kind.imag) > 1e-12 * abs(kind) else "negative" if kind.real < 0 else "positive")
+        )
+
+
+@requires(Tag.SCORE_MATRIX)
+@given(case=cases(scales=ANY_SCALE))
+def test_arnoldi_matches_dense_spectral_radius(variant: Variant, case: Case, device) -> None:
+    """At the point the layer's own solve reaches (fixed point, or where it stopped), Arnoldi's rho
+    equals the dense one. Each dominant value is an exact eigenvalue of its own computed Jacobian plus
+    its residual; the two computed Jacobians (dense by vmap, Arnoldi's by single jvps) are each within
+    jacobian_rounding of the exact J; Bauer-Fike turns the total backward error E into
+    |rho - rho'| <= cond(V) ||E|| with V the eigenvector matrix of J (inf when J is defective)."""
+    layer = case.layer(variant, device)
+    x = case.inputs(device)
+    solution, _ = solve_and_observe(layer, x)
+    f = layer.fixed_point_map(x)
+    dense = analysis.spectrum(f, solution.y, "dense")
+    arnoldi = analysis.spectrum(f, solution.y, "arnoldi", krylov_dim=max(2, case.tokens * case.dim // 2))
+    J = analysis.jacobian(f, solution.y).to(torch.float64)
+    # Bauer-Fike is rigorous but infinite for defective J; the first-order dominant condition is not
+    condition = torch.minimum(bauer_fike_condition(J), dominant_conditions(J, dense.rho.to(torch.float64)))
+    eps = torch.finfo(x.dtype).eps
+    # a computed residual J u - theta u is itself off by up to (n + 2) eps (||J||_2 + |theta|)
+    residual_rounding = (case.tokens * case.dim + 2) * eps * (torch.linalg.matrix_norm(J, 2).cpu() + dense.rho.cpu())
+    jacobian_error = jacobian_rounding(layer, x, solution.y).cpu()
+    for b in range(case.batch):
+        theta = complex(dense.eigenvalue[b])
+        event(f"dominant eigenvalue {eigenvalue_kind(theta)}")
+        if not bool(arnoldi.converged[b]):
+            event("arnoldi: not converged within its restarts")
+            continue
+        backward = dense.residual[b] + arnoldi.residual[b] + 2 * residual_rounding[b] + 2 * jacobian_error[b]
+        tolerance = float(condition[b] * backward) + 2 * eps * float(dense.rho[b])  # + rounding of each |theta|
+        gap = abs(float(dense.rho[b]) - float(arnoldi.rho[b]))
+        event("arnoldi vs dense: " + ("tolerance < 1e-6 rho" if tolerance < 1e-6 * float(dense.rho[b]) else "loose"))
+        note(f"element {b}: dense {theta}, arnoldi {complex(arnoldi.eigenvalue[b])}, tolerance {tolerance:.3e}")
+        assert gap <= tolerance, f"Arnoldi rho {float(arnoldi.rho[b])} vs dense {float(dense.rho[b])}"
+
+
+def bauer_fike_condition(J: Tensor) -> Tensor:
+    """cond_2 of the eigenvector matrix of each block (inf if defective): every eigenvalue of J + E lies
+    within cond ||E||_2 of an eigenvalue of J, hence |rho(J + E) - rho(J)| <= cond ||E||_2 (both ways,
+    to first order in the second)."""
+    _, right = eig_blocks(J)
+    cond = torch.linalg.cond(right)
+    return torch.where(
+        torch.isfinite(cond), cond.real if cond.is_complex() else cond, torch.full_like(cond.real, math.inf)
+    ).cpu()
+
+
+def eigenvalue_kind(value: complex) -> str:
+    """ "complex", "negative" or "positive" (an imaginary part below 1e-9 |value| counts as real)."""
+    if abs(value.imag) > 1e-9 * abs(value):
+        return "complex"
+    return "negative" if value.real < 0 else "positive"
+
+
+def eigenvalue_conditions(right: Tensor) -> Tensor:
+    """||u_k|| ||w_k|| with w_k^H u_k = 1 (rows of the inverse of the eigenvector matrix), per eigenvalue;
+    inf where the eigenvector matrix is singular (a defective eigenvalue)."""
+    inverse, info = torch.linalg.inv_ex(right)
+    cond = torch.linalg.vector_norm(right, dim=-2) * torch.linalg.vector_norm(inverse, dim=-1)
+    singular = (info != 0)[:, None] | ~torch.isfinite(cond)
+    return torch.where(singular, torch.full_like(cond, math.inf), cond)
+
+
+def dominant_conditions(J: Tensor, rho: Tensor) -> Tensor:
+    """max over eigenvalues with |lambda| >= rho / 2 of the condition ||u|| ||w|| / |w^H u| (u right, w left
+    eigenvector, the left one from eig(J^H) at the nearest conj(lambda)), per batch element: the
+    first-order factor from a backward error to an error in rho. Defective zero eigenvalues (frequent:
+    the blocks p_ij (v_j - f_i) a_i^T are rank one) do not enter while rho > 0; a multiple dominant
+    eigenvalue gives |w^H u| ~ 0 and a huge (vacuous, not wrong) factor."""
+    values, right = eig_blocks(J)
+    left_values, left = eig_blocks(J.transpose(-2, -1).conj())
+    match = (left_values.conj()[:, None, :] - values[:, :, None]).abs().argmin(dim=-1)  # [B, k] -> left index
+    w = torch.gather(left, -1, match[:, None, :].expand(-1, left.shape[-2], -1))
+    overlap = (w.conj() * right).sum(dim=-2).abs()
+    cond = torch.linalg.vector_norm(right, dim=-2) * torch.linalg.vector_norm(w, dim=-2) / overlap
+    cond = torch.where(torch.isfinite(cond), cond, torch.full_like(cond, math.inf))
+    candidates = values.abs() >= rho[:, None] / 2
+    return torch.where(candidates, cond, torch.zeros_like(cond)).amax(dim=-1).cpu()
+
+
+@requires(Tag.MEAN_FIXED_POINT)
+@given(case=cases(scales=st.one_of(ANY_SCALE, st.floats(50.0, 500.0))))
+def test_consensus_is_fixed_point(variant: Variant, case: Case, device) -> None:
+    """For any weights (even far past saturation): equal rows give uniform attention and the mean."""
+    layer = case.layer(variant, device)
+    x = case.inputs(device)
+    solve_and_observe(layer, x)
+    point = analysis.consensus_point(x)
+    with torch.no_grad():
+        image = layer.fixed_point_map(x)(point)
+    eps = torch.finfo(case.dtype).eps
+    # uniform attention up to score rounding (map_rounding) and the computed mean's own (N + 1) eps max ||x_j||
+    tolerance = map_rounding(layer, x, point).cpu() + (case.tokens + 1) * eps * analysis.token_norm(x, "rows").cpu()
+    error = analysis.token_norm(image - point, "rows").cpu()
+    note(f"||f(1 mean^T) - 1 mean^T||_(2,inf) {error.tolist()}, tolerance {tolerance.tolist()}")
+    assert bool((error <= tolerance).all()), f"1 mean(x)^T is not a fixed point: moved by {error.tolist()}"
+
+
+@requires(Tag.MEAN_FIXED_POINT, Tag.SCORE_MATRIX)
+@given(case=cases(dtypes=(torch.float64,), tokens=(2, 6), scales=ANY_SCALE))
+def test_consensus_spectral_radius(variant: Variant, case: Case, device) -> None:
+    """rho(J(1 mean^T)) from the dense Jacobian equals rho_c from the D x D matrix P = A^T V_c / N."""
+    layer = case.layer(variant, device)
+    x = case.inputs(device)
+    solve_and_observe(layer, x)
+    point = analysis.consensus_point(x)
+    J = analysis.jacobian(layer.fixed_point_map(x), point).to(torch.float64)
+    rho_dense = analysis.spectrum(layer.fixed_point_map(x), point, "dense").rho.to(torch.float64).cpu()
+    rho_c = analysis.consensus_radius(layer, x).to(torch.float64).cpu()
+    eps = torch.finfo(case.dtype).eps
+    n = case.tokens * case.dim
+    # J carries jacobian_rounding, its eigensolver n eps ||J||; each moves rho by at most cond times that
+    backward_J = jacobian_rounding(layer, x, point).cpu() + n * eps * torch.linalg.matrix_norm(J, 2).cpu()
+    tol_J = dominant_conditions(J, rho_dense) * backward_J
+    tol_c = consensus_tolerance(layer, x)
+    gap = (rho_dense - rho_c).abs()
+    bucket = "rho_c < 1 (mean attracts)" if bool((rho_c < 1).all()) else "rho_c >= 1 (mean repels)"
+    event(bucket if bool(torch.isfinite(tol_J).all()) else bucket + ", defective: vacuous")
+    note(f"rho dense {rho_dense.tolist()}, rho_c {rho_c.tolist()}, tolerance {(tol_J + tol_c).tolist()}")
+    assert bool((gap <= tol_J + tol_c).all()), (
+        f"rho at the consensus point {rho_dense.tolist()} != rho_c {rho_c.tolist()}"
+    )
+
+
+def consensus_tolerance(layer: FixedPointLayer, x: Tensor) -> Tensor:
+    """The error of rho_c from rounding in P = A^T V_c / N (each entry a sum of N products, then D more for
+    A): every eigenvalue mu_i moves by d_i <= cond(mu_i) ||E_P||; +-sqrt(mu_i mu_j) by
+    (d_i |mu_j| + d_j |mu_i|) / (2 sqrt|mu_i mu_j|); a relaxation a scales both by a."""
+    P = analysis.consensus_matrix(layer, x).to(torch.float64)
+    with torch.no_grad():
+        A = layer.score_matrix(x).to(torch.float64)  # type: ignore[operator]
+        V = layer.values(x).to(torch.float64)  # type: ignore[operator]
+    N, D = x.shape[-2], x.shape[-1]
+    eps = torch.finfo(x.dtype).eps
+    E = (
+        (N + 2 * D + 4)
+        * eps
+        * torch.linalg.matrix_norm(A, "fro")
+        * torch.linalg.matrix_norm(V - V.mean(-2, keepdim=True), "fro")
+        / N
+    )
+    mu, right = eig_blocks(P)
+    d = eigenvalue_conditions(right) * E[:, None]
+    m = mu.abs()
+    i, j = torch.triu_indices(D, D, offset=1)
+    cross = (d[:, i] * m[:, j] + d[:, j] * m[:, i]) / (2 * (m[:, i] * m[:, j]).sqrt())
+    worst = torch.cat([d, cross], dim=-1).amax(dim=-1)
+    return (analysis.relaxation(layer) * worst).cpu()

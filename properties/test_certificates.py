@@ -1,0 +1,176 @@
+"""The certificates are sound, and a certificate < 1 delivers what it promises.
+
+Soundness: at any points y1, y2 (drawn in the convex hull of the tokens, where
+the iterates live, by attention-like mixing weights that Hypothesis controls),
+
+    ||f(y1) - f(y2)|| <= kappa ||y1 - y2||      in each certificate's own norm,
+    ||J(y)||_2 <= kappa_F                        (dense 2-norm of the Jacobian),
+
+up to a rounding slack derived in :mod:`iqa.analysis.rounding`. ``target()``
+pushes the ratio observed / (certified + slack) up, so the ``thorough`` profile
+searches for the worst case (THEORY.md: the bounds are attained, so ratios near
+1 are expected; above 1 the property fails).
+
+Consequences of kappa < 1 (Banach): one fixed point, reached from any start;
+||y_{t+1} - y_t|| <= kappa^t ||y_1 - y_0|| and ||y_t - y*|| <= kappa^t ||y_0 - y*||.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import assume, given, note, target
+from hypothesis import strategies as st
+from torch import Tensor
+
+from iqa import analysis, solve
+from iqa.analysis.certified import CERTIFICATE_NORMS, in_norm, steps_needed, token_norm
+from iqa.analysis.rounding import jacobian_rounding, map_rounding
+from iqa.variants import Tag, Variant
+from properties.regimes import solve_and_observe
+from properties.strategies import ANY_SCALE, Case, cases
+from properties.tags import requires
+
+
+@st.composite
+def hull_points(draw: st.DrawFn, case: Case, count: int) -> list[Tensor]:
+    """``count`` points W x with W row-stochastic: logits (Hypothesis-controlled) times a temperature,
+    from near-uniform mixing to nearly one-hot rows, so corners and interiors of the hull both occur."""
+    B, N = case.batch, case.tokens
+    points = []
+    for _ in range(count):
+        logits = draw(st.lists(st.floats(-4, 4), min_size=B * N * N, max_size=B * N * N))
+        temperature = draw(st.sampled_from([0.1, 1.0, 3.0, 10.0]))
+        points.append(torch.tensor(logits, dtype=torch.float64).reshape(B, N, N) * temperature)
+    return points
+
+
+def mix(logits: Tensor, x: Tensor) -> Tensor:
+    return (torch.softmax(logits, dim=-1).to(x.dtype)) @ x
+
+
+def certificate_rounding(case: Case) -> float:
+    """Relative rounding of a computed certificate: norms, a cdist and an SVD of N x D data."""
+    return (case.tokens + case.dim + 4) * torch.finfo(case.dtype).eps
+
+
+@requires(Tag.SCORE_MATRIX)
+@given(case=cases(scales=ANY_SCALE), data=st.data())
+def test_lipschitz_certificates_are_sound(variant: Variant, case: Case, data: st.DataObject, device) -> None:
+    layer = case.layer(variant, device)
+    x = case.inputs(device)
+    solve_and_observe(layer, x)
+    logits1, logits2 = data.draw(hull_points(case, 2), label="mixing logits")
+    shrink = data.draw(st.sampled_from([1.0, 1e-1, 1e-2]), label="y2 - y1 shrink")
+    along_top = data.draw(st.booleans(), label="step along J's top singular vector")
+    f = layer.fixed_point_map(x)
+    y1 = mix(logits1, x)
+    if along_top:
+        # the direction that J(y1) stretches most: there ||f(y2) - f(y1)|| ~ ||J(y1)||_2 ||y2 - y1||
+        _, _, Vh = torch.linalg.svd(analysis.jacobian(f, y1))
+        top = Vh[:, 0, :].reshape(x.shape)
+        y2 = y1 + shrink * token_norm(x, "fro").to(x.dtype)[:, None, None] * top
+    else:
+        y2 = y1 + shrink * (mix(logits2, x) - y1)
+    with torch.no_grad():
+        df = f(y2) - f(y1)
+    certs = analysis.certificates(layer, x)
+    rounding = map_rounding(layer, x, y1).maximum(map_rounding(layer, x, y2))
+    for name, which in CERTIFICATE_NORMS.items():
+        kappa = getattr(certs, name).to(torch.float64).cpu()
+        if not bool(torch.isfinite(kappa).all()):
+            continue
+        lhs, dy = token_norm(df, which).cpu(), token_norm(y2 - y1, which).cpu()
+        # two evaluations of f each off by `rounding` per row; kappa itself carries a relative rounding
+        slack = 2 * in_norm(rounding, which, case.tokens).cpu() + kappa * certificate_rounding(case) * dy
+        allowed = kappa * dy + slack
+        ratio = torch.where(allowed > 0, lhs / allowed, torch.zeros_like(dy))
+        target(float(ratio.max()), label=f"{name}: observed / (certified + slack)")
+        note(f"{name}: ||f(y1) - f(y2)|| {lhs.tolist()} vs kappa ||y1 - y2|| {(kappa * dy).tolist()}")
+        assert bool((lhs <= allowed).all()), f"{name} is not a Lipschitz bound: ratio {ratio.tolist()}"
+
+
+@requires(Tag.SCORE_MATRIX)
+@given(case=cases(scales=ANY_SCALE), data=st.data())
+def test_jacobian_norm_within_kappa_F(variant: Variant, case: Case, data: st.DataObject, device) -> None:
+    layer = case.layer(variant, device)
+    x = case.inputs(device)
+    solve_and_observe(layer, x)
+    (logits,) = data.draw(hull_points(case, 1), label="mixing logits")
+    y = mix(logits, x)
+    J_norm = analysis.jacobian_norm(layer.fixed_point_map(x), y, method="dense").to(torch.float64).cpu()
+    kappa_F = analysis.certificates(layer, x).kappa_F.to(torch.float64).cpu()
+    # the computed J is off by jacobian_rounding in the 2-norm; kappa_F by its own relative rounding
+    slack = jacobian_rounding(layer, x, y).cpu() + kappa_F * certificate_rounding(case)
+    allowed = kappa_F + slack
+    ratio = torch.where(allowed > 0, J_norm / allowed, torch.zeros_like(J_norm))
+    target(float(ratio.max()), label="||J||_2 / (kappa_F + slack)")
+    note(f"||J(y)||_2 {J_norm.tolist()}, kappa_F {kappa_F.tolist()}")
+    assert bool((J_norm <= allowed).all()), f"||J||_2 exceeds kappa_F: ratio {ratio.tolist()}"
+
+
+@requires(Tag.SCORE_MATRIX)
+@given(case=cases(scales=st.floats(0.05, 0.7)), data=st.data())
+def test_contraction_gives_one_fixed_point(variant: Variant, case: Case, data: st.DataObject, device) -> None:
+    """Under kappa < 1: solves from x and from a far start meet, and both trajectories obey
+    the a-priori bounds of the certificate, in its norm."""
+    layer = case.layer(variant, device)
+    x = case.inputs(device)
+    certs = analysis.certificates(layer, x)
+    best = certs.best.to(torch.float64).cpu()
+    assume(bool((best < 1).all()))  # about 5% of these scales have no certificate < 1
+    solve_and_observe(layer, x)
+    spread = data.draw(st.sampled_from([1.0, 10.0]), label="far start spread")
+    far = spread * torch.randn(x.shape, generator=case.generator(7), dtype=torch.float64).to(x.dtype).to(device)
+    f = layer.fixed_point_map(x)
+    starts = (layer.initial_point(x), far)
+    # the largest per-row rounding of f along either trajectory (it grows with ||y||, largest at a start)
+    eps_rows = torch.stack([map_rounding(layer, x, y0) for y0 in starts]).amax(dim=0).cpu()
+    for name, which in CERTIFICATE_NORMS.items():
+        kappa = getattr(certs, name).to(torch.float64).cpu()
+        if not bool((kappa < 1).all()):
+            continue
+        k = float(kappa.max())
+        # the Frobenius residual can sink to about sqrt(N) 2 eps_f / (1 - kappa) (rounding); stop 10x above that
+        tol = 10 * math.sqrt(case.tokens) * 2 * float(eps_rows.max()) / (1 - k)
+        with torch.no_grad():
+            start_gap = max(float(token_norm(f(y0) - y0, "fro").max()) for y0 in starts)
+            budget = steps_needed(k, math.sqrt(case.tokens) * start_gap, tol)
+            runs = [solve(f, y0, tol=tol, max_iter=budget, keep_iterates=True) for y0 in starts]
+        for run in runs:
+            assert run.converged, f"{name} = {k:.3g} < 1 but Picard did not converge in {budget} steps: {run.statuses}"
+        ys = [run.y for run in runs]
+        eps_f = in_norm(eps_rows, which, case.tokens)
+        with torch.no_grad():
+            residual = [token_norm(f(y) - y, which).cpu() for y in ys]
+        # Banach: ||y - y*|| <= (r + eps_f) / (1 - kappa) for each computed endpoint
+        to_star = [(r + eps_f) / (1 - kappa) for r in residual]
+        gap = token_norm(ys[0] - ys[1], which).cpu()
+        note(f"{name} {kappa.tolist()}: endpoints differ by {gap.tolist()}, bound {(to_star[0] + to_star[1]).tolist()}")
+        assert bool((gap <= to_star[0] + to_star[1]).all()), f"two fixed points under {name} < 1"
+        for run, y_end, bound_end in zip(runs, ys, to_star):
+            assert run.iterates is not None
+            check_a_priori_bounds(run.iterates, y_end, bound_end, kappa, eps_f, which, name)
+
+
+def check_a_priori_bounds(
+    iterates: list[Tensor], y_end: Tensor, end_to_star: Tensor, kappa: Tensor, eps_f: Tensor, which: str, name: str
+) -> None:
+    """||y_{t+1} - y_t|| <= kappa^t ||y_1 - y_0|| and ||y_t - y*|| <= kappa^t ||y_0 - y*||, with y* known
+    to within end_to_star of y_end; each computed step adds eps_f, which accumulates to eps_f / (1 - kappa)."""
+    y0 = iterates[0]
+    first_step = token_norm(iterates[1] - y0, which).cpu() if len(iterates) > 1 else None
+    y0_to_star = token_norm(y0 - y_end, which).cpu() + end_to_star
+    accumulated = 2 * eps_f / (1 - kappa)
+    for t, y_t in enumerate(iterates):
+        power = kappa**t
+        dist = token_norm(y_t - y_end, which).cpu()
+        assert bool((dist <= power * y0_to_star + end_to_star + accumulated).all()), (
+            f"{name}: ||y_{t} - y*|| exceeds kappa^t ||y_0 - y*||: {dist.tolist()} vs {(power * y0_to_star).tolist()}"
+        )
+        if first_step is not None and t + 1 < len(iterates):
+            step = token_norm(iterates[t + 1] - y_t, which).cpu()
+            assert bool((step <= power * first_step + accumulated).all()), (
+                f"{name}: step {t} {step.tolist()} exceeds kappa^t ||y_1 - y_0|| {(power * first_step).tolist()}"
+            )

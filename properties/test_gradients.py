@@ -1,0 +1,612 @@
+"""Gradients through the fixed point: the backward modes agree with each other and with independent references.
+
+At y* = f(y*, theta) with J = df/dy (THEORY.md, "Implicit differentiation"):
+
+    g = v + J^T g,   dL/dtheta = g^T df/dtheta,   v = dL/dy*.
+
+The float64 reference here never goes through :func:`iqa.fixed_point`'s hook:
+J is the dense Jacobian from :func:`iqa.analysis.jacobian` (forward-mode
+products), g comes from a dense linear solve, and g^T df/dtheta from one plain
+vector-Jacobian product at the layer's own y*. Tolerances come from
+cond = ||(I - J*)^-1||_2, rho = rho(J*), the solvers' residuals and eps.
+
+Non-vacuity: comparisons of weight gradients run on variants tagged
+``weight_dependent`` (their fixed point moves with the weights), and a
+comparison whose reference norm is below :data:`FLOOR_REL` (relative to
+||v|| max|x|) fails instead of passing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from hypothesis import assume, event, given, note
+from hypothesis import strategies as st
+from torch import Tensor
+
+from iqa.analysis import certificates, jacobian, spectral_radius
+from iqa.layer import FixedPointLayer
+from iqa.solvers import Map, Solution
+from iqa.variants import Tag, Variant
+from properties.strategies import CONTRACTIVE_SCALES, Case, cases
+from properties.tags import requires
+
+F64 = torch.float64
+F32 = torch.float32
+
+#: Forward (absolute) and adjoint (relative) tolerances of the float64 solves: ~500 eps, reachable for ||y*|| <= 10.
+TOL64 = 1e-13
+MAX_ITER = 1000
+#: A reference gradient below sqrt(eps) ||v|| max|x| is indistinguishable from a weight-independent fixed point
+#: solved to TOL64 (THEORY.md: the consensus layer's weight gradients are ~1e-14 of that scale), so it fails.
+FLOOR_REL = math.sqrt(torch.finfo(F64).eps)
+#: Issue 3: float32 gradients against the float64 reference.
+F32_REL_TOL = 1e-3
+
+#: Small shapes: the dense Jacobian is at most 16 x 16 per batch element.
+small_cases = cases(batch=(1, 2), tokens=(2, 4), dim=(1, 4), dtypes=(F64,), scales=CONTRACTIVE_SCALES)
+
+
+def eps(dtype: torch.dtype) -> float:
+    return float(torch.finfo(dtype).eps)
+
+
+def solve_options(solver: str = "anderson", tol: float = TOL64, **extra: object) -> dict[str, object]:
+    return dict(solver=solver, tol=tol, max_iter=MAX_ITER, **extra)
+
+
+def cotangent(case: Case, device: torch.device | str, dtype: torch.dtype = F64) -> Tensor:
+    """A random dL/dy*, drawn from the case's seed (independent of x and of the weights)."""
+    return torch.randn(case.shape, dtype=F64, generator=case.generator(2)).to(dtype=dtype, device=device)
+
+
+@dataclass
+class Grads:
+    """dL/dtheta (all parameters, flattened in module order) and dL/dx for L = <v, layer(x)>."""
+
+    weights: Tensor
+    x: Tensor
+
+    @property
+    def all(self) -> Tensor:
+        return torch.cat([self.weights, self.x.flatten()])
+
+
+def layer_grads(layer: FixedPointLayer, x: Tensor, v: Tensor) -> Grads:
+    x_leaf = x.detach().clone().requires_grad_(True)
+    params = list(layer.parameters())
+    y = layer(x_leaf)
+    assert isinstance(y, Tensor)
+    grads = torch.autograd.grad((v * y).sum(), [*params, x_leaf], materialize_grads=True)
+    return Grads(torch.cat([g.flatten() for g in grads[:-1]]), grads[-1])
+
+
+@dataclass
+class Analysis:
+    """The float64 facts at the layer's fixed point y*: dense J, rho, cond, residual, reference gradient."""
+
+    y: Tensor
+    J: Tensor  # [B, n, n]
+    rho: Tensor  # [B]
+    cond: Tensor  # [B], ||(I - J)^-1||_2
+    residual: Tensor  # [B], ||f(y*) - y*|| (absolute)
+    g: Tensor  # the exact adjoint (I - J^T)^-1 v, by a dense solve
+    reference: Grads  # g^T df/d(theta, x) at y*
+    dtheta: Tensor  # df/dtheta at y*, dense [B n, p]
+    dx_norm: float  # ||df/dx||_2 at y* (x through the keys and values, y held fixed)
+
+    @property
+    def n(self) -> int:
+        return self.J.shape[-1]
+
+    @property
+    def worst_cond(self) -> float:
+        return float(self.cond.max())
+
+    @property
+    def scale_weights(self) -> float:
+        """||df/dtheta||_2 ||g||: what a relative error of g costs dL/dtheta (g^T df/dtheta can cancel far below)."""
+        return float(torch.linalg.matrix_norm(self.dtheta, ord=2)) * float(self.g.norm())
+
+    @property
+    def scale_x(self) -> float:
+        """||df/dx||_2 ||g||: the same for dL/dx."""
+        return self.dx_norm * float(self.g.norm())
+
+    @property
+    def scale_all(self) -> float:
+        return math.hypot(self.scale_weights, self.scale_x)
+
+    def describe(self) -> str:
+        return (
+            f"rho {[round(float(r), 4) for r in self.rho]}, cond {[round(float(c), 3) for c in self.cond]}, "
+            f"forward residual {[f'{float(r):.1e}' for r in self.residual]}"
+        )
+
+
+def pullback(layer: FixedPointLayer, x: Tensor, y: Tensor, g: Tensor) -> Grads:
+    """g^T df/d(theta, x) at y: one plain vector-Jacobian product through f(y; x), y held fixed."""
+    x_leaf = x.detach().clone().requires_grad_(True)
+    params = list(layer.parameters())
+    fy = layer.fixed_point_map(x_leaf)(y.detach())
+    grads = torch.autograd.grad(fy, [*params, x_leaf], g, materialize_grads=True)
+    return Grads(torch.cat([t.flatten() for t in grads[:-1]]), grads[-1])
+
+
+def fixed_map(layer: FixedPointLayer, x: Tensor) -> Map:
+    with torch.no_grad():
+        return layer.fixed_point_map(x.detach())
+
+
+def analyse(layer: FixedPointLayer, x: Tensor, y: Tensor, v: Tensor) -> Analysis:
+    """Dense float64 analysis at y (the layer's own fixed point), independent of iqa.grad."""
+    f = fixed_map(layer, x)
+    y = y.detach()
+    J = jacobian(f, y)
+    eye = torch.eye(J.shape[-1], dtype=J.dtype, device=J.device)
+    rho = spectral_radius(f, y)
+    cond = 1 / torch.linalg.svdvals(eye - J)[..., -1]
+    with torch.no_grad():
+        residual = torch.linalg.vector_norm((f(y) - y).flatten(1), dim=1)
+    g = torch.linalg.solve(eye - J.transpose(1, 2), v.flatten(1).unsqueeze(-1)).reshape(v.shape)
+    dtheta, dx = map_jacobians(layer, x, y)
+    dx_norm = float(torch.linalg.matrix_norm(dx, ord=2))
+    return Analysis(y, J, rho, cond, residual, g, pullback(layer, x, y, g), dtheta, dx_norm)
+
+
+def map_jacobians(layer: FixedPointLayer, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """df(y; x)/dtheta [B n, p] and df(y; x)/dx [B n, B n] at fixed y: one vector-Jacobian product per entry."""
+    x_leaf = x.detach().clone().requires_grad_(True)
+    params = list(layer.parameters())
+    fy = layer.fixed_point_map(x_leaf)(y.detach()).flatten()
+    rows_theta, rows_x = [], []
+    for i in range(fy.numel()):
+        grads = torch.autograd.grad(fy[i], [*params, x_leaf], retain_graph=True, materialize_grads=True)
+        rows_theta.append(torch.cat([t.flatten() for t in grads[:-1]]))
+        rows_x.append(grads[-1].flatten())
+    return torch.stack(rows_theta), torch.stack(rows_x)
+
+
+def solved(case: Case, variant: Variant, device: torch.device, **options: object) -> tuple[FixedPointLayer, Tensor]:
+    """The case's layer in implicit mode (float64, Anderson to TOL64) and its input, at a converged and locally
+    stable fixed point (rho(J*) < 1): where the adjoint iteration converges and the gradient properties hold.
+    (Anderson can land on an unstable fixed point; its failed adjoint is test_backward_reports' business.)"""
+    layer = case.layer(variant, device, backward="implicit", **{**solve_options(), **options})
+    x = case.inputs(device)
+    with torch.no_grad():
+        layer(x)
+    solution = layer.last_solution
+    assert solution is not None
+    event(f"forward {solution.status.name}")
+    assume(solution.converged)
+    rho = float(spectral_radius(fixed_map(layer, x), solution.y).max())
+    event(f"locally stable (rho < 1): {rho < 1}")
+    assume(rho < 1)
+    return layer, x
+
+
+def rel_err(actual: Tensor, reference: Tensor, floor: float, what: str) -> float:
+    """||actual - reference|| / ||reference||; a reference below ``floor`` fails the comparison (non-vacuity)."""
+    ref_norm = float(torch.linalg.vector_norm(reference))
+    assert ref_norm >= floor, (
+        f"{what}: reference norm {ref_norm:.3e} is below the floor {floor:.3e}; nothing to compare"
+    )
+    err = float(torch.linalg.vector_norm(actual.to(reference.dtype) - reference)) / ref_norm
+    note(f"{what}: relative error {err:.3e} (reference norm {ref_norm:.3e})")
+    return err
+
+
+def assert_close(actual: Tensor, reference: Tensor, budget: float, floor: float, what: str) -> None:
+    """||actual - reference|| <= budget (absolute); a reference below ``floor`` fails (non-vacuity)."""
+    ref_norm = float(torch.linalg.vector_norm(reference))
+    assert ref_norm >= floor, (
+        f"{what}: reference norm {ref_norm:.3e} is below the floor {floor:.3e}; nothing to compare"
+    )
+    err = float(torch.linalg.vector_norm(actual.to(reference.dtype) - reference))
+    note(f"{what}: error {err:.3e}, budget {budget:.3e}, reference norm {ref_norm:.3e}")
+    assert err <= budget, f"{what}: error {err:.3e} exceeds {budget:.3e} (reference norm {ref_norm:.3e})"
+
+
+def floor_of(x: Tensor, v: Tensor) -> float:
+    return FLOOR_REL * float(torch.linalg.vector_norm(v)) * float(x.abs().max())
+
+
+def adjoint_budget(an: Analysis, tol: float, dtype: torch.dtype = F64) -> float:
+    """Relative error of a gradient whose adjoint has relative residual <= tol, at the same y*:
+    ||g - g_exact|| <= cond tol ||v + J^T g|| <= cond tol (1 + ||J||) ||g||, plus n eps cond rounding."""
+    norm_J = torch.linalg.matrix_norm(an.J, ord=2)
+    return float((an.cond * (tol * (1 + norm_J) + an.n * eps(dtype))).max())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# implicit vs the independent dense reference, and vs unrolled
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@requires(Tag.WEIGHT_DEPENDENT)
+@given(case=small_cases)
+def test_implicit_matches_dense_reference(variant: Variant, case: Case, device) -> None:
+    """The implicit gradient equals g^T df/dtheta with g from a dense solve of (I - J*^T) g = v."""
+    layer, x = solved(case, variant, device)
+    v = cotangent(case, device)
+    grads = layer_grads(layer, x, v)
+    solution = layer.last_solution
+    assert solution is not None
+    an = analyse(layer, x, solution.y, v)
+    note(an.describe())
+    budget, floor = adjoint_budget(an, TOL64), floor_of(x, v)
+    assert_close(grads.weights, an.reference.weights, an.scale_weights * budget, floor, "dL/dW implicit vs dense")
+    assert_close(grads.x, an.reference.x, an.scale_x * budget, floor, "dL/dx implicit vs dense")
+
+
+def seed_residuals(layer: FixedPointLayer, x: Tensor, tol: float = TOL64) -> list[float]:
+    """Residuals r_t = max_b ||f(y_t) - y_t|| of the seed loop from y_0 = initial_point(x), up to the first t
+    with r_t and r_{t-1} both <= tol (so that the last step of an unrolled graph of depth T = len(result)
+    starts from a point as converged as its end), or MAX_ITER of them."""
+    f = fixed_map(layer, x)
+    history: list[float] = []
+    with torch.no_grad():
+        y = layer.initial_point(x)
+        while len(history) < MAX_ITER and not (len(history) >= 2 and max(history[-2:]) <= tol):
+            y_next = f(y)
+            history.append(float((y_next - y).flatten(1).norm(dim=1).max()))
+            y = y_next
+    return history
+
+
+def converged_depth(layer: FixedPointLayer, x: Tensor, tol: float = TOL64) -> int:
+    return len(seed_residuals(layer, x, tol))
+
+
+@requires(Tag.WEIGHT_DEPENDENT)
+@given(case=small_cases)
+def test_implicit_matches_unrolled(variant: Variant, case: Case, device) -> None:
+    """Implicit vs the seed loop unrolled for T steps (T: converged to TOL64): equal within
+    cond T rho^T (truncation) + what moving from one y* to the other changes + the adjoint budget. The implicit
+    layer solves by Picard from the same start, so both follow the same iterates to the same branch."""
+    layer, x = solved(case, variant, device, solver="picard")
+    v = cotangent(case, device)
+    implicit = layer_grads(layer, x, v)
+    history = seed_residuals(layer, x)
+    T = len(history)
+    assume(T < MAX_ITER)
+    unrolled_layer = case.layer(variant, device, n_iters=T)
+    unrolled = layer_grads(unrolled_layer, x, v)
+    solution = layer.last_solution
+    assert solution is not None
+    with torch.no_grad():
+        y_T = unrolled_layer(x)
+    assert isinstance(y_T, Tensor)
+    an = analyse(layer, x, solution.y, v)
+    an_T = analyse(layer, x, y_T, v)
+    rho = float(an.rho.max())
+    note(f"{an.describe()}; unrolled steps T = {T}")
+    # Same branch: per element, two points with residuals r1, r2 near one fixed point are within cond (r1 + r2),
+    # plus the rounding of f (n eps max|x|).
+    distance = float((y_T - solution.y).norm())
+    per_element = an.cond * (an.residual + an_T.residual) + an.n * eps(F64) * float(x.abs().max())
+    same_branch = float(per_element.norm())
+    assert distance <= same_branch, f"unrolled and implicit reached different fixed points ({distance:.2e} apart)"
+    # The unrolled gradient truncates sum_i (J^T)^i v after T terms, and each of its T factors J(y_t) is off by
+    # ~||y_t - y*||: ~T x (how far the iteration got: rho^T, or r_{T-1} / r_0 with transients) relative, times cond.
+    # The two y* differ by the forward residuals; the dense reference taken at both measures what that moves the
+    # gradient. Then the adjoint error and rounding.
+    progress = max(rho**T, max(history[-2:]) / history[0])
+    relative = an.worst_cond * T * progress + adjoint_budget(an, TOL64) + an.worst_cond * T * an.n * eps(F64)
+    floor = floor_of(x, v)
+    moved_w = float((an.reference.weights - an_T.reference.weights).norm())
+    moved_x = float((an.reference.x - an_T.reference.x).norm())
+    budget_w = float(an.scale_weights) * relative + moved_w
+    assert_close(unrolled.weights, implicit.weights, budget_w, floor, "dL/dW unrolled vs implicit")
+    assert_close(unrolled.x, implicit.x, float(an.scale_x) * relative + moved_x, floor, "dL/dx unrolled vs implicit")
+
+
+#: Weight scales where rho(J*) is moderate, so that the unrolled error decays over several steps.
+#: One batch element: with several, each decays at its own rho and the slowest shows only at the end.
+rate_cases = cases(batch=(1, 1), tokens=(2, 4), dim=(1, 4), dtypes=(F64,), scales=st.floats(1.0, 2.0))
+#: The rate check uses T where the error is this far above the noise (the reference's own error budget).
+SIGNAL_OVER_NOISE = 100.0
+#: A complex dominant pair makes e_T oscillate within its envelope; allow the envelope this factor of wobble.
+OSCILLATION = 10.0
+
+
+@requires(Tag.WEIGHT_DEPENDENT)
+@given(case=rate_cases)
+def test_unrolled_error_falls_at_rate_rho(variant: Variant, case: Case, device) -> None:
+    """e_T = ||grad unrolled-T - grad implicit|| falls like C(T) rho^T with C of low degree: the slope of
+    log e_T over the asymptotic window matches log rho(J*). Picard from the seed's start: the same branch."""
+    layer, x = solved(case, variant, device, solver="picard")
+    v = cotangent(case, device)
+    solution = layer.last_solution
+    assert solution is not None
+    an = analyse(layer, x, solution.y, v)
+    rho = float(an.rho.max())
+    event(f"rho in [{math.floor(rho * 5) / 5:.1f}, {math.floor(rho * 5) / 5 + 0.2:.1f})")
+    note(an.describe())
+    reference = an.reference.weights
+    floor = floor_of(x, v)
+    ref_norm = float(torch.linalg.vector_norm(reference))
+    assert ref_norm >= floor, f"reference weight gradient {ref_norm:.3e} below the floor {floor:.3e}"
+    noise = ref_norm * adjoint_budget(an, TOL64)
+    # Two errors above SIGNAL_OVER_NOISE x noise need rho >= SIGNAL_OVER_NOISE x noise / ||ref||; rho <= 0.8 keeps
+    # the depth (log(TOL64) / log(rho) ~ 134 steps) affordable.
+    assume(SIGNAL_OVER_NOISE * noise / ref_norm <= rho <= 0.8)
+    # Past the depth where the seed loop has converged, e_T sits at the noise; a few steps more show the floor.
+    t_max = converged_depth(layer, x) + 5
+    assume(t_max <= MAX_ITER)
+    stride = max(1, t_max // 15)
+    errors: dict[int, float] = {}
+    for T in range(1, t_max + 1, stride):
+        unrolled = case.layer(variant, device, n_iters=T)
+        errors[T] = float(torch.linalg.vector_norm(layer_grads(unrolled, x, v).weights - reference))
+    # Envelope from the right removes the dips of an oscillating error; keep T well above the noise.
+    steps = sorted(errors)
+    envelope = {T: max(errors[s] for s in steps if s >= T) for T in steps}
+    window = [T for T in steps if envelope[T] >= SIGNAL_OVER_NOISE * noise]
+    note(f"e_T: {[(T, f'{errors[T]:.1e}') for T in steps]}; noise {noise:.1e}; window {window}")
+    assert len(window) >= 2, "the unrolled error never rose above the noise: unrolled equals implicit at T = 1?"
+    # The local rate holds once the iterates are near y*: past the error's peak (a transient may first grow),
+    # fit the later half of the window (>= 3 points where there are).
+    peak = max(steps, key=lambda T: errors[T])
+    after = [T for T in window if peak <= T]
+    assert len(after) >= 2, f"the unrolled error peaks at T = {peak} and never falls above the noise"
+    tail = after[min(len(after) // 2, max(0, len(after) - 3)) :]
+    ts = torch.tensor(tail, dtype=F64)
+    logs = torch.tensor([math.log(envelope[T]) for T in tail], dtype=F64)
+    slope = float(((ts - ts.mean()) * (logs - logs.mean())).sum() / ((ts - ts.mean()) ** 2).sum())
+    t1, t2 = tail[0], tail[-1]
+    # log C(T) grows by at most degree 2 x log(t2/t1) over the window (Neumann truncation x forward error), and
+    # wobbles by at most log(OSCILLATION): the slope may exceed log rho by their sum over t2 - t1, fall short by
+    # the wobble alone.
+    upper = math.log(rho) + (2 * math.log(t2 / t1) + math.log(OSCILLATION)) / (t2 - t1)
+    lower = math.log(rho) - math.log(OSCILLATION) / (t2 - t1)
+    note(
+        f"fitted rate {math.exp(slope):.4f} on T in [{t1}, {t2}]; rho {rho:.4f}; allowed "
+        f"[{math.exp(lower):.4f}, {math.exp(upper):.4f}]"
+    )
+    assert lower <= slope <= upper, f"unrolled error falls at rate {math.exp(slope):.4f}, rho(J*) = {rho:.4f}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# finite differences, phantom, float32
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def perturbed_loss(
+    layer: FixedPointLayer, x: Tensor, v: Tensor, y_start: Tensor, directions: list[Tensor], dx: Tensor, h: float
+) -> tuple[float, Solution]:
+    """<v, y*(theta + h d, x + h dx)>, solved warm from y_start (the unperturbed y*: the same branch)."""
+    from iqa.solvers import solve
+
+    params = list(layer.parameters())
+    with torch.no_grad():
+        for p, d in zip(params, directions):
+            p.add_(d, alpha=h)
+        try:
+            f = layer.fixed_point_map(x + h * dx)
+            solution = solve(f, y_start, "anderson", tol=TOL64 / 10, max_iter=MAX_ITER)
+        finally:
+            for p, d in zip(params, directions):
+                p.sub_(d, alpha=h)
+    return float((v * solution.y).sum()), solution
+
+
+@requires(Tag.WEIGHT_DEPENDENT)
+@given(case=small_cases)
+def test_implicit_matches_finite_differences(variant: Variant, case: Case, device) -> None:
+    """<grad, d> against the central difference (L(+h) - L(-h)) / 2h in a random unit direction d over
+    (theta, x), with Richardson's estimate of the difference's own truncation error."""
+    layer, x = solved(case, variant, device)
+    v = cotangent(case, device)
+    grads = layer_grads(layer, x, v)
+    solution = layer.last_solution
+    assert solution is not None
+    an = analyse(layer, x, solution.y, v)
+    note(an.describe())
+    generator = case.generator(3)
+    params = list(layer.parameters())
+    raw = [torch.randn(p.shape, dtype=F64, generator=generator).to(device) for p in params]
+    raw_x = torch.randn(x.shape, dtype=F64, generator=generator).to(device)
+    norm = math.sqrt(sum(float((d**2).sum()) for d in raw) + float((raw_x**2).sum()))
+    directions, dx = [d / norm for d in raw], raw_x / norm
+    analytic = float(grads.weights @ torch.cat([d.flatten() for d in directions]) + (grads.x * dx).sum())
+    h = eps(F64) ** (1 / 3)  # balances the O(h^2) truncation against the O(eps / h) rounding of a central difference
+
+    def central(step: float) -> float:
+        plus, s_plus = perturbed_loss(layer, x, v, solution.y, directions, dx, step)
+        minus, s_minus = perturbed_loss(layer, x, v, solution.y, directions, dx, -step)
+        assert s_plus.converged and s_minus.converged, "a perturbed solve did not converge"
+        return (plus - minus) / (2 * step)
+
+    d_h, d_2h = central(h), central(2 * h)
+    loss_scale = float((v.abs() * solution.y.abs()).sum())
+    # Rounding: L is summed from n terms (n eps |L|) and each solve is off by cond * residual in y; both over 2h.
+    rounding = (an.n * eps(F64) * loss_scale + an.worst_cond * TOL64 * float(v.norm())) / h
+    truncation = abs(d_2h - d_h) / 3 + 2 * rounding  # Richardson: D(2h) - D(h) = 3 c h^2 + rounding of both
+    grad_norm = float(grads.all.norm())
+    tolerance = truncation + rounding + float(an.scale_all) * adjoint_budget(an, TOL64)
+    note(f"analytic {analytic:.12e}, D(h) {d_h:.12e}, D(2h) {d_2h:.12e}, tolerance {tolerance:.2e}")
+    assert grad_norm >= floor_of(x, v), "gradient below the floor: nothing to compare"
+    assert abs(d_h - analytic) <= tolerance
+
+
+@requires(Tag.WEIGHT_DEPENDENT)
+@given(case=small_cases, k=st.integers(1, 4), damping=st.sampled_from([1.0, 0.5]))
+def test_phantom_error_within_bound(variant: Variant, case: Case, k: int, damping: float, device) -> None:
+    """Phantom(k, lam) computes v^T lam sum_{i<k} B^i df/dtheta with B = (1 - lam) I + lam J*, so its error
+    is exactly -e^T df/dtheta, e = (B^T)^k g, and ||error|| <= ||df/dtheta||_2 ||e||."""
+    layer, x = solved(case, variant, device)
+    v = cotangent(case, device)
+    implicit = layer_grads(layer, x, v).weights
+    phantom_layer = case.layer(
+        variant, device, backward="phantom", phantom_steps=k, phantom_damping=damping, **solve_options()
+    )
+    phantom = layer_grads(phantom_layer, x, v).weights
+    solution = layer.last_solution
+    assert solution is not None
+    an = analyse(layer, x, solution.y, v)
+    eye = torch.eye(an.n, dtype=F64, device=an.J.device)
+    B_T = ((1 - damping) * eye + damping * an.J).transpose(1, 2)
+    e = (torch.linalg.matrix_power(B_T, k) @ an.g.flatten(1).unsqueeze(-1)).reshape(v.shape)
+    predicted = pullback(layer, x, an.y, e).weights
+    bound = float(torch.linalg.matrix_norm(an.dtheta, ord=2)) * float(e.norm())
+    error = phantom - implicit
+    # Both gradients and the prediction are taken at the same y*; what is left is the implicit one's adjoint error
+    # and rounding (the phantom's k steps round like k more terms of the adjoint).
+    slack = float(an.scale_weights) * (adjoint_budget(an, TOL64) + an.worst_cond * k * an.n * eps(F64))
+    note(f"{an.describe()}; ||error|| {float(error.norm()):.3e}, bound {bound:.3e}, slack {slack:.1e}")
+    assert float(error.norm()) <= bound + slack
+    assert float((error + predicted).norm()) <= slack, "the phantom error is not -(B^T)^k g df/dtheta"
+
+
+@requires(Tag.WEIGHT_DEPENDENT)
+@given(case=small_cases)
+def test_float32_gradients_match_float64(variant: Variant, case: Case, device) -> None:
+    """The implicit gradient computed in float32 is within 1e-3 (relative) of the float64 reference."""
+    layer, x = solved(case, variant, device)
+    v = cotangent(case, device)
+    reference = layer_grads(layer, x, v)
+    n = case.tokens * case.dim
+    # Relative stop at n eps32: the rounding level of f(y) (sums of n terms), reachable in float32.
+    layer32 = case.layer(
+        variant, device, backward="implicit", solver="anderson", stop="rel", tol=n * eps(F32), max_iter=MAX_ITER
+    ).to(F32)
+    grads32 = layer_grads(layer32, x.to(F32), v.to(F32))
+    solution = layer32.last_solution
+    assert solution is not None
+    note(f"float32 forward {solution.status.name}, residual {float(solution.residual.max()):.2e}")
+    floor = floor_of(x, v)
+    assert rel_err(grads32.weights, reference.weights, floor, "dL/dW float32 vs float64") <= F32_REL_TOL
+    assert rel_err(grads32.x, reference.x, floor, "dL/dx float32 vs float64") <= F32_REL_TOL
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# exact structure: linearity in the loss, y0 drops out, the consensus layer
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@given(case=small_cases, alpha=st.one_of(st.just(1e-12), st.floats(1e-3, 1e3)))
+def test_gradient_is_linear_in_the_loss(variant: Variant, case: Case, alpha: float, device) -> None:
+    """grad(alpha L) = alpha grad(L) for the implicit mode, down to alpha = 1e-12 (relative adjoint stop)."""
+    layer, x = solved(case, variant, device)
+    v = cotangent(case, device)
+    base = layer_grads(layer, x, v).all
+    scaled = layer_grads(layer, x, alpha * v).all
+    solution = layer.last_solution
+    assert solution is not None
+    an = analyse(layer, x, solution.y, v)
+    assert bool(torch.isfinite(scaled).all())
+    # Each adjoint solve is within the adjoint budget of the exact (linear) answer.
+    budget = 2 * float(an.scale_all) * adjoint_budget(an, TOL64)
+    assert_close(scaled / alpha, base, budget, floor_of(x, v), f"grad({alpha:g} L) / {alpha:g} vs grad L")
+
+
+@given(case=small_cases, backward=st.sampled_from(["implicit", "phantom", "unrolled"]))
+def test_zero_cotangent_gives_zero_gradient(variant: Variant, case: Case, backward: str, device) -> None:
+    """A loss that ignores y*: every gradient is exactly zero and finite, and the adjoint solve converged."""
+    layer = case.layer(variant, device, backward=backward, **solve_options())
+    x = case.inputs(device)
+    with torch.no_grad():
+        layer(x)
+    assume(layer.last_solution is not None and layer.last_solution.converged)
+    grads = layer_grads(layer, x, torch.zeros(case.shape, dtype=case.dtype, device=device)).all
+    assert bool((grads == 0).all())
+    if backward == "implicit":
+        adjoint = layer.last_backward_solution
+        assert adjoint is not None and adjoint.converged
+
+
+@given(case=small_cases, backward=st.sampled_from(["implicit", "phantom"]))
+def test_gradient_wrt_y0_is_zero(variant: Variant, case: Case, backward: str, device) -> None:
+    """y0 only picks the branch: implicit and phantom gradients never reach it, while the weights get theirs."""
+    from iqa import fixed_point
+
+    layer, x = solved(case, variant, device)
+    v = cotangent(case, device)
+    y0 = x.detach().clone().requires_grad_(True)
+    params = list(layer.parameters())
+    y = fixed_point(layer.fixed_point_map(x), y0, backward, method="anderson", tol=TOL64, max_iter=MAX_ITER)
+    grads = torch.autograd.grad((v * y).sum(), [y0, *params], allow_unused=True)
+    assert grads[0] is None or bool((grads[0] == 0).all()), "the gradient reaches y0"
+    assert all(g is not None for g in grads[1:]), "a weight got no gradient at all"
+
+
+@requires(Tag.MEAN_FIXED_POINT, Tag.SCORE_MATRIX)
+@given(case=small_cases)
+def test_consensus_gradients_where_contractive(variant: Variant, case: Case, device) -> None:
+    """Where a certificate proves contraction, y* = 1 mean(x)^T: weight gradients vanish and dL/dx is the
+    broadcast row mean of dL/dy*, up to the spread of y*'s rows and rounding."""
+    layer, x = solved(case, variant, device)
+    kappa = certificates(layer, x).best
+    event(f"certificate < 1: {bool((kappa < 1).all())}")
+    assume(bool((kappa < 1).all()))
+    v = cotangent(case, device)
+    grads = layer_grads(layer, x, v)
+    solution, adjoint = layer.last_solution, layer.last_backward_solution
+    assert solution is not None and adjoint is not None and adjoint.converged
+    y, g = solution.y, adjoint.y
+    N, D = case.tokens, case.dim
+    with torch.no_grad():
+        A, V = layer.score_matrix(x), layer.values(x)  # type: ignore[operator]
+        spread = float(torch.linalg.vector_norm(y - y.mean(-2, keepdim=True), dim=-1).max())
+        diam = float(torch.cdist(V, V).max())
+        a_max = float(torch.linalg.vector_norm(A, dim=-1).max())
+        x_max = float(torch.linalg.vector_norm(x, dim=-1).max())
+        y_mean = float(torch.linalg.vector_norm(y.mean(-2), dim=-1).max())
+        g_norm = float(g.norm())
+    # dL/dA_i = sum_j c_ij y_j with sum_j c_ij = 0 and |c_ij| <= p_ij ||g_i|| diam(V), so
+    # ||dL/dA||_F <= ||g||_F (diam(V) spread + (N + D) eps max||x_j|| ||mean y||) (the second: rounding of sum_j c_ij).
+    gamma = g_norm * (diam * spread + (N + D) * eps(F64) * x_max * y_mean)
+    jac_theta, jac_x = score_jacobians(layer, x)
+    weight_bound = jac_theta * gamma
+    # dL/dx = (keys path, <= ||dA/dx|| gamma) + sum_i p_ij g_i; |p_ij - 1/N| <= (e^{2 a_max spread} - 1)/N, and
+    # mean_i g_i = mean_i v_i + mean_i(adjoint residual) since sum_j (J^T g)_j = 0 for f = softmax(A Y^T) V.
+    r_adj = float(torch.linalg.vector_norm(adjoint.residuals[-1]))
+    x_bound = jac_x * gamma + g_norm * math.expm1(2 * a_max * spread) + r_adj + N * eps(F64) * g_norm
+    mean_v = v.mean(-2, keepdim=True).expand_as(v)
+    note(f"kappa {kappa.tolist()}, spread {spread:.2e}, weight bound {weight_bound:.2e}, x bound {x_bound:.2e}")
+    assert float(grads.weights.norm()) <= weight_bound, f"weight gradient {float(grads.weights.norm()):.3e}"
+    assert float((grads.x - mean_v).norm()) <= x_bound, f"dL/dx - mean(v): {float((grads.x - mean_v).norm()):.3e}"
+
+
+def score_jacobians(layer: FixedPointLayer, x: Tensor) -> tuple[float, float]:
+    """||dA/dtheta||_2 and ||dA/dx||_2 for A = layer.score_matrix(x), from dense Jacobians."""
+    x_leaf = x.detach().clone().requires_grad_(True)
+    params = list(layer.parameters())
+    A = layer.score_matrix(x_leaf).flatten()  # type: ignore[operator]
+    rows_theta, rows_x = [], []
+    for i in range(A.numel()):
+        grads = torch.autograd.grad(A[i], [*params, x_leaf], retain_graph=True, materialize_grads=True)
+        rows_theta.append(torch.cat([t.flatten() for t in grads[:-1]]))
+        rows_x.append(grads[-1].flatten())
+    norm = torch.linalg.matrix_norm
+    return float(norm(torch.stack(rows_theta), ord=2)), float(norm(torch.stack(rows_x), ord=2))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# non-vacuity: the fixed point moves with the weights
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@given(case=small_cases)
+def test_fixed_point_depends_on_weights(variant: Variant, case: Case, device) -> None:
+    """In the contractive regime ||dy*/dW|| is not negligible: the weight gradient of a random-cotangent loss
+    is above the floor. Consensus variants (reference, scaled, damped) declare this an expected failure."""
+    layer, x = solved(case, variant, device)
+    solution = layer.last_solution
+    assert solution is not None
+    if variant.has(Tag.SCORE_MATRIX):
+        kappa = certificates(layer, x).best
+        note(f"kappa {kappa.tolist()}")
+        assume(bool((kappa < 1).all()))
+    else:
+        rho = spectral_radius(fixed_map(layer, x), solution.y)
+        note(f"rho {rho.tolist()}")
+        assume(bool((rho < 1).all()))
+    v = cotangent(case, device)
+    weights = layer_grads(layer, x, v).weights
+    norm, floor = float(weights.norm()), floor_of(x, v)
+    note(f"||dL/dW|| = {norm:.3e}, floor {floor:.3e}")
+    assert norm >= floor, f"the weight gradient {norm:.3e} is below {floor:.3e}: the fixed point ignores the weights"

@@ -1,0 +1,249 @@
+"""Bad input gets a clear error that names the problem; nothing is coerced, clipped or cast silently.
+
+Each property draws a valid configuration, breaks one thing, and checks both the
+exception type and that its message names what is wrong. The boundary values
+that are valid (damping = 1, max_iter = 1, a tiny tol) must be accepted, so the
+checks are not simply stricter than the contract.
+
+Decision on low precision: float16 and bfloat16 are floating dtypes and are
+accepted as they are, when the layer's parameters have the same dtype; x whose
+dtype differs from the parameters' (float16 into a float32 layer, float64 into a
+float32 one) is a TypeError naming both dtypes: the layer never casts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from iqa import ImplicitQueryAttention, fixed_point, solve
+from iqa.variants import Variant
+from properties.strategies import Case, cases
+
+FLOAT_DTYPES = (torch.float64, torch.float32)
+
+
+def _layer(variant: Variant, case: Case, device, **options: Any):
+    return case.layer(variant, device, **options)
+
+
+# --- x --------------------------------------------------------------------------------------------------------------
+
+
+@given(case=cases(), extra=st.sampled_from(["drop batch", "add axis", "flatten"]))
+def test_x_must_be_three_dimensional(variant: Variant, case: Case, extra: str, device) -> None:
+    layer = _layer(variant, case, device)
+    x = case.inputs(device)
+    bad = {"drop batch": x[0], "add axis": x[None], "flatten": x.reshape(-1)}[extra]
+    with pytest.raises(ValueError, match=r"\[B, N, D\].*" + str(bad.dim()) + " dimensions"):
+        layer(bad)
+
+
+@given(case=cases(), delta=st.integers(1, 3), sign=st.sampled_from([-1, 1]))
+def test_last_dimension_must_be_embed_dim(variant: Variant, case: Case, delta: int, sign: int, device) -> None:
+    wrong = case.dim + sign * delta
+    if wrong < 1:
+        wrong = case.dim + delta
+    layer = _layer(variant, case, device)
+    x = torch.randn(case.batch, case.tokens, wrong, dtype=case.dtype, device=device)
+    with pytest.raises(ValueError, match=rf"last dimension {wrong}.*embed_dim is {case.dim}"):
+        layer(x)
+
+
+@given(case=cases(), empty=st.sampled_from(["tokens", "batch"]))
+def test_empty_batch_or_no_tokens(variant: Variant, case: Case, empty: str, device) -> None:
+    layer = _layer(variant, case, device)
+    shape = (case.batch, 0, case.dim) if empty == "tokens" else (0, case.tokens, case.dim)
+    x = torch.zeros(shape, dtype=case.dtype, device=device)
+    with pytest.raises(ValueError, match=r"N = 0" if empty == "tokens" else r"B = 0"):
+        layer(x)
+
+
+@given(case=cases(), dtype=st.sampled_from([torch.int64, torch.int32, torch.int8, torch.uint8, torch.bool]))
+def test_non_floating_dtype(variant: Variant, case: Case, dtype: torch.dtype, device) -> None:
+    layer = _layer(variant, case, device)
+    x = torch.ones(case.shape, dtype=dtype, device=device)
+    with pytest.raises(TypeError, match=rf"floating dtype.*{dtype}"):
+        layer(x)
+
+
+@given(case=cases(), value=st.sampled_from([math.nan, math.inf, -math.inf]), data=st.data())
+def test_non_finite_x(variant: Variant, case: Case, value: float, data, device) -> None:
+    """A single NaN or Inf anywhere in x is refused, and the message counts the bad entries."""
+    layer = _layer(variant, case, device)
+    x = case.inputs(device)
+    flat = x.reshape(-1).clone()
+    where = data.draw(st.sets(st.integers(0, flat.numel() - 1), min_size=1, max_size=flat.numel()), label="where")
+    flat[sorted(where)] = value
+    with pytest.raises(ValueError, match=rf"x contains {len(where)} non-finite value"):
+        layer(flat.reshape(x.shape))
+
+
+def test_x_must_be_a_tensor() -> None:
+    layer = ImplicitQueryAttention(3)
+    with pytest.raises(TypeError, match=r"torch\.Tensor.*list"):
+        layer([[[0.0, 1.0, 2.0]]])
+
+
+@given(
+    case=cases(dtypes=FLOAT_DTYPES),
+    x_dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]),
+)
+def test_dtype_is_never_cast(variant: Variant, case: Case, x_dtype: torch.dtype, device) -> None:
+    """x in a dtype other than the layer's is refused with both dtypes named, not cast."""
+    layer = _layer(variant, case, device)
+    x = case.inputs(device).to(x_dtype)
+    if x_dtype == case.dtype:
+        assert layer(x).dtype == case.dtype
+        return
+    with pytest.raises(TypeError, match=rf"x has dtype {x_dtype}.*dtype {case.dtype}"):
+        layer(x)
+
+
+@given(case=cases(batch=(1, 2), tokens=(1, 4), dim=(1, 4), dtypes=(torch.float16, torch.bfloat16)))
+def test_low_precision_runs_in_its_own_dtype(variant: Variant, case: Case, device) -> None:
+    """float16 / bfloat16 are accepted when the layer has that dtype too; the output keeps it."""
+    layer = _layer(variant, case, device, n_iters=3)
+    x = case.inputs(device)
+    with torch.no_grad():
+        y = layer(x)
+    assert y.dtype == case.dtype
+    assert y.shape == x.shape
+
+
+# --- layer options -------------------------------------------------------------------------------------------------
+
+BAD_TOL = st.one_of(st.floats(max_value=0.0), st.sampled_from([math.nan, math.inf, "1e-6", None, True]))
+BAD_MAX_ITER = st.one_of(st.integers(max_value=0), st.sampled_from([2.0, "10", math.nan, True]))
+BAD_DAMPING = st.one_of(
+    st.floats(max_value=0.0, allow_nan=False),
+    st.floats(min_value=1.0, exclude_min=True),
+    st.sampled_from([math.nan, "0.5", False]),
+)
+NAMES = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_-", min_size=1, max_size=12)
+
+
+@given(tol=BAD_TOL)
+def test_layer_tol_must_be_positive(tol: Any) -> None:
+    if tol is None:  # None means "the default" for the layer: valid
+        ImplicitQueryAttention(2, tol=tol)
+        return
+    with pytest.raises(ValueError, match=r"tol must be a finite number > 0"):
+        ImplicitQueryAttention(2, tol=tol)
+
+
+@given(max_iter=BAD_MAX_ITER)
+def test_layer_max_iter_must_be_a_positive_integer(max_iter: Any) -> None:
+    with pytest.raises(ValueError, match=r"max_iter must be an integer >= 1"):
+        ImplicitQueryAttention(2, max_iter=max_iter)
+
+
+@given(damping=BAD_DAMPING)
+def test_layer_damping_in_unit_interval(damping: Any) -> None:
+    with pytest.raises(ValueError, match=r"damping must be in \(0, 1\]"):
+        ImplicitQueryAttention(2, damping=damping)
+
+
+@given(name=NAMES.filter(lambda s: s not in ("picard", "anderson")))
+def test_unknown_solver(name: str) -> None:
+    with pytest.raises(ValueError, match=rf"unknown solver '{name}'.*picard, anderson"):
+        ImplicitQueryAttention(2, solver=name)
+
+
+@given(name=NAMES.filter(lambda s: s not in ("abs", "rel")))
+def test_unknown_stop_mode(name: str) -> None:
+    with pytest.raises(ValueError, match=rf"unknown stop mode '{name}'"):
+        ImplicitQueryAttention(2, stop=name)
+    with pytest.raises(ValueError, match=rf"unknown stop mode '{name}'"):
+        solve(lambda y: y / 2, torch.ones(1, 2), stop=name)
+
+
+@given(name=NAMES.filter(lambda s: s not in ("unrolled", "implicit", "phantom")))
+def test_unknown_backward_mode(name: str) -> None:
+    with pytest.raises(ValueError, match=rf"unknown backward mode '{name}'.*unrolled, implicit, phantom"):
+        ImplicitQueryAttention(2, backward=name)
+    with pytest.raises(ValueError, match=rf"unknown backward mode '{name}'"):
+        fixed_point(lambda y: y / 2, torch.ones(1, 2), backward=name)
+
+
+@given(embed_dim=st.one_of(st.integers(max_value=0), st.sampled_from([2.0, "4"])))
+def test_embed_dim_must_be_a_positive_integer(embed_dim: Any) -> None:
+    with pytest.raises(ValueError, match=r"embed_dim must be an integer >= 1"):
+        ImplicitQueryAttention(embed_dim)
+
+
+@given(n_iters=st.one_of(st.integers(max_value=-1), st.sampled_from([1.0, "3"])))
+def test_n_iters_must_be_a_non_negative_integer(n_iters: Any) -> None:
+    with pytest.raises(ValueError, match=r"n_iters must be an integer >= 0"):
+        ImplicitQueryAttention(2, n_iters=n_iters)
+
+
+def test_boundary_values_are_accepted() -> None:
+    """The edges of the valid ranges are valid: the checks are not stricter than the contract."""
+    x = torch.randn(1, 3, 2, dtype=torch.float64)
+    layer = ImplicitQueryAttention(2, solver="picard", tol=5e-324, max_iter=1, damping=1.0).double()
+    with torch.no_grad():
+        assert layer(x).shape == x.shape
+    assert ImplicitQueryAttention(2, n_iters=0).double()(x).equal(x)
+    assert solve(lambda y: y / 2, x, tol=1e300, max_iter=1, damping=1.0).converged
+
+
+# --- solve ------------------------------------------------------------------------------------------------------------
+
+
+@given(name=NAMES.filter(lambda s: s not in ("picard", "anderson")))
+def test_solve_unknown_method(name: str) -> None:
+    with pytest.raises(ValueError, match=rf"unknown solver method '{name}'.*picard, anderson"):
+        solve(lambda y: y / 2, torch.ones(1, 2), name)
+
+
+@given(
+    option=st.sampled_from(["tol", "max_iter", "damping", "mixing", "memory", "ridge"]),
+    data=st.data(),
+)
+def test_solve_options_are_checked(option: str, data) -> None:
+    bad, message = {
+        "tol": (BAD_TOL.filter(lambda v: v is not None), r"tol must be a finite number > 0"),
+        "max_iter": (BAD_MAX_ITER, r"max_iter must be an integer >= 1"),
+        "damping": (BAD_DAMPING, r"damping must be in \(0, 1\]"),
+        "mixing": (BAD_DAMPING, r"mixing must be in \(0, 1\]"),
+        "memory": (BAD_MAX_ITER, r"memory must be an integer >= 1"),
+        "ridge": (st.one_of(st.floats(max_value=0.0, exclude_max=True), st.just(math.inf)), r"ridge must be"),
+    }[option]
+    value = data.draw(bad, label=option)
+    with pytest.raises(ValueError, match=message):
+        solve(lambda y: y / 2, torch.ones(1, 2), "anderson", **{option: value})
+
+
+@given(
+    bad=st.sampled_from(["not a tensor", "empty batch", "no elements", "integer", "nan", "inf"]),
+    dtype=st.sampled_from(FLOAT_DTYPES),
+)
+def test_solve_start_is_checked(bad: str, dtype: torch.dtype) -> None:
+    y0: Any
+    error: type[Exception]
+    if bad == "not a tensor":
+        y0, error, message = [[1.0, 2.0]], TypeError, r"y0 must be a torch\.Tensor"
+    elif bad == "empty batch":
+        y0, error, message = torch.ones(0, 2, dtype=dtype), ValueError, r"non-empty batch"
+    elif bad == "no elements":
+        y0, error, message = torch.ones(2, 0, dtype=dtype), ValueError, r"non-empty batch"
+    elif bad == "integer":
+        y0, error, message = torch.ones(2, 2, dtype=torch.int64), TypeError, r"y0 must have a floating dtype"
+    else:
+        y0 = torch.ones(2, 2, dtype=dtype)
+        y0[1, 0] = math.nan if bad == "nan" else math.inf
+        error, message = ValueError, r"y0 contains 1 non-finite value"
+    with pytest.raises(error, match=message):
+        solve(lambda y: y / 2, y0)
+
+
+@given(steps=st.one_of(st.integers(max_value=0), st.just(1.5)))
+def test_phantom_steps_must_be_a_positive_integer(steps: Any) -> None:
+    with pytest.raises(ValueError, match=r"phantom_steps must be an integer >= 1"):
+        fixed_point(lambda y: y / 2, torch.ones(1, 2), backward="phantom", phantom_steps=steps)

@@ -1,0 +1,277 @@
+"""The layer's iterations: where the output lives, the exact small cases, and solves with a certificate.
+
+- convex hull: every output row is a convex combination of the rows of x
+  (variants tagged ``convex_hull``), up to a rounding bound derived below;
+- N = 1 gives y == x and n_iters = 0 gives x, bit for bit (seed mode);
+- where a certificate kappa < 1 (THEORY.md) proves contraction, Picard converges
+  within the a-priori step count and Picard and Anderson reach the same fixed
+  point within 2 (tol + delta) / (1 - kappa);
+- Picard on the seed's map at weight scale 3 cycles or runs out of steps, never
+  CONVERGED; Anderson may converge there, to a point whose residual, recomputed
+  from f, really is <= tol.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+
+import numpy as np
+import torch
+from hypothesis import assume, event, given, note
+from hypothesis import strategies as st
+from torch import Tensor
+
+from iqa import Status, analysis
+from iqa.layer import FixedPointLayer
+from iqa.variants import Tag, Variant
+from properties.strategies import CONTRACTIVE_SCALES, Case, cases
+from properties.tags import requires
+
+# --- convex hull --------------------------------------------------------------------------------------------------
+
+
+def hull_distance(points: Tensor, vertices: Tensor) -> Tensor:
+    """Distance from each row of ``points`` [M, D] to conv(rows of ``vertices`` [N, D]), in float64.
+
+    The nearest point of the hull lies in the relative interior of a face conv(S), where it is the
+    projection of y onto aff(S) (Caratheodory: some S with non-negative barycentric coordinates). Every
+    subset S gives a hull point, its least-squares barycentric coordinates clipped at 0 and renormalised;
+    the smallest distance over all S is therefore an upper bound that equals the distance up to rounding.
+    2^N - 1 subsets: fine for the suite's N <= 6.
+    """
+    V = vertices.detach().double().cpu().numpy()
+    P = points.detach().double().cpu().numpy()
+    best = np.full(P.shape[0], np.inf)
+    for size in range(1, V.shape[0] + 1):
+        for subset in itertools.combinations(range(V.shape[0]), size):
+            S = V[list(subset)]
+            rest = np.linalg.lstsq((S[1:] - S[0]).T, (P - S[0]).T, rcond=None)[0] if size > 1 else np.zeros((0, len(P)))
+            weights = np.clip(np.vstack([1 - rest.sum(axis=0), rest]), 0, None)  # column sums stay >= 1
+            nearest = (S.T @ (weights / weights.sum(axis=0))).T
+            best = np.minimum(best, np.linalg.norm(nearest - P, axis=1))
+    return torch.from_numpy(best)
+
+
+@requires(Tag.CONVEX_HULL)
+@given(
+    case=cases(),
+    mode=st.sampled_from(["seed", "picard"]),
+    n_iters=st.integers(0, 12),
+    damping=st.one_of(st.just(1.0), st.floats(0.25, 1.0)),
+)
+def test_output_in_convex_hull(variant: Variant, case: Case, mode: str, n_iters: int, damping: float, device):
+    """Every row of y is in conv(rows of x), in the seed's loop and in a (damped) Picard solve, at any scale.
+
+    One step y <- P x (P row-stochastic) rounds each coordinate by <= (2N + 2) eps max|x| (N products and
+    the sum of P's row); a relaxed step y + a (f - y) adds <= 3 eps max|x| and shrinks older errors by
+    1 - a, so the error stays below (2N + 5) eps max|x| / a per coordinate, sqrt(D) times that in norm.
+    ``a`` is the damping times the variant's own relaxation (``iqa.analysis.relaxation``).
+    """
+    options = {"n_iters": n_iters} if mode == "seed" else {"solver": "picard", "damping": damping, "max_iter": 50}
+    layer = case.layer(variant, device, **options)
+    x = case.inputs(device)
+    with torch.no_grad():
+        y = layer(x)
+    a = analysis.relaxation(layer) * (damping if mode == "picard" else 1.0)
+    eps = torch.finfo(case.dtype).eps
+    # + the check's own float64 rounding of V^T w - y: (N + 2) eps_64 max|x| per coordinate
+    per_coordinate = (2 * case.tokens + 5) * eps / a + (case.tokens + 2) * torch.finfo(torch.float64).eps
+    tol = math.sqrt(case.dim) * per_coordinate * float(x.abs().max())
+    event(f"{mode}, scale {'<= 1' if case.scale <= 1 else '> 1'}")
+    for b in range(case.batch):
+        distance = hull_distance(y[b], x[b])
+        note(f"b={b} distance to the hull={distance.tolist()} tol={tol:.3e}")
+        assert bool((distance <= tol).all())
+
+
+@requires(Tag.CONVEX_HULL)
+@given(case=cases(tokens=(1, 1)), n_iters=st.integers(0, 12))
+def test_single_token_is_fixed(variant: Variant, case: Case, n_iters: int, device):
+    """With N = 1 the only convex combination of the rows of x is x: y == x and every tracked iterate == x,
+    bit for bit (a softmax over one score is exactly 1)."""
+    layer = case.layer(variant, device, n_iters=n_iters)
+    x = case.inputs(device)
+    with torch.no_grad():
+        y, history = layer(x, track=True)
+    assert torch.equal(y, x)
+    assert len(history) == n_iters + 1
+    assert all(torch.equal(h, x) for h in history)
+
+
+@given(case=cases())
+def test_zero_iterations_return_x(variant: Variant, case: Case, device):
+    """n_iters = 0 returns the starting point, x itself (as a copy), bit for bit, in every variant."""
+    layer = case.layer(variant, device, n_iters=0)
+    x = case.inputs(device)
+    y, history = layer(x, track=True)
+    assert torch.equal(y, x)
+    assert y.data_ptr() != x.data_ptr()
+    assert len(history) == 1 and torch.equal(history[0], x)
+
+
+# --- solves under a certificate -----------------------------------------------------------------------------------
+
+
+def rows_norm(t: Tensor) -> Tensor:
+    """max_i ||t_i||: the "2,inf" norm of each batch element of [B, N, D], in float64."""
+    return torch.linalg.vector_norm(t.double(), dim=-1).amax(dim=-1)
+
+
+def frobenius(t: Tensor) -> Tensor:
+    """||t||_F of each batch element of [B, N, D]: the solver's residual norm, in float64."""
+    return torch.linalg.vector_norm(t.double(), dim=(-2, -1))
+
+
+def float64_twin(layer: FixedPointLayer) -> FixedPointLayer:
+    """The same layer (same stored weights) in float64: its certificates are those of the stored weights."""
+    return copy.deepcopy(layer).to(torch.float64)
+
+
+def rescale_to(layer: FixedPointLayer, x: Tensor, target: float) -> tuple[Tensor, Tensor]:
+    """x t with the largest best certificate near ``target``, and those certificates.
+
+    The certificates of softmax(A Y^T) V (+ B) grow like t^2 when x is scaled by t (A and V are linear in
+    x); a relaxation makes them affine in t^2, so a few rounds of t <- t sqrt(target / kappa) settle it.
+    """
+    twin = float64_twin(layer)
+    t = 1.0
+    for _ in range(4):
+        kappa = float(analysis.certificates(twin, (x * t).double()).best.max())
+        if kappa == 0:  # one token, or all tokens equal: f is constant, nothing to scale
+            break
+        t *= math.sqrt(target / kappa)
+    xt = x * t
+    return xt, analysis.certificates(twin, xt.double())
+
+
+def rounding(layer: FixedPointLayer, x: Tensor) -> Tensor:
+    """delta: a bound on ||fl(f(y)) - f(y)||_F for y in the region the iterates visit, per batch element.
+
+    Entry (i, d) of softmax(A Y^T) V + B sums N products of probabilities and values after D-term score
+    sums: it rounds by <= eps (N + D) (1 + max|s|) (max|V| + max|x|), with |s_ij| <= ||a_i|| (max||v|| +
+    max||x||) bounding the scores; sqrt(N D) entries give the Frobenius norm.
+    """
+    twin = float64_twin(layer)
+    xd = x.double()
+    with torch.no_grad():
+        A = twin.score_matrix(xd)  # type: ignore[operator]
+        V = twin.values(xd)  # type: ignore[operator]
+    reach = rows_norm(V) + rows_norm(xd)
+    scores = rows_norm(A) * reach
+    magnitude = V.abs().amax(dim=(-2, -1)) + xd.abs().amax(dim=(-2, -1))
+    _, n, d = x.shape
+    eps = torch.finfo(x.dtype).eps
+    return math.sqrt(n * d) * (n + d) * eps * (1 + scores) * magnitude
+
+
+@requires(Tag.SCORE_MATRIX)
+@given(
+    case=cases(scales=CONTRACTIVE_SCALES),
+    target=st.floats(0.05, 0.95),
+    tol_exponent=st.floats(0.5, 5.0),
+)
+def test_solvers_agree_under_certificate(variant: Variant, case: Case, target: float, tol_exponent: float, device):
+    """Where a certificate kappa < 1, Picard converges within the a-priori step count and Picard and Anderson
+    reach the same fixed point: ||y_P - y_A|| <= 2 (tol + delta) / (1 - kappa) in the certificate's norm.
+
+    kappa_F bounds the map in the Frobenius norm, the solver's residual norm: r_k <= kappa^k r_0. kappa_inf
+    and kappa_weights bound it in the "2,inf" norm (max row norm): r_k <= sqrt(N) kappa^k max_i ||r_0,i||.
+    Rounding adds delta per evaluation, so the residual floor is 2 delta / (1 - kappa); tol is drawn above it.
+    """
+    layer = case.layer(variant, device)
+    x, certs = rescale_to(layer, case.inputs(device), target)
+    assume(bool((certs.best < 1).all()))
+    f = layer.fixed_point_map(x)
+    y0 = layer.initial_point(x)
+    with torch.no_grad():
+        r0 = f(y0) - y0
+    delta = rounding(layer, x).cpu()
+    tokens = case.tokens
+    # each certificate below 1 bounds the Frobenius residual as kappa^k R0 + its floor 2 delta / (1 - kappa)
+    chains = [
+        (certs.kappa_F.double().cpu(), frobenius(r0).cpu() + delta),
+        (certs.kappa_inf.double().cpu(), math.sqrt(tokens) * rows_norm(r0).cpu() + delta),
+        (certs.kappa_weights.double().cpu(), math.sqrt(tokens) * rows_norm(r0).cpu() + delta),
+    ]
+    kappa = certs.best.double().cpu()
+    tol = float((2 * delta / (1 - kappa)).max()) * 10**tol_exponent
+    steps_bound = torch.full_like(kappa, math.inf)
+    for k, start in chains:
+        margin = tol - 2 * delta / (1 - k)  # > 0 only where this certificate's floor is below tol
+        usable = (k < 1) & (margin > 0)
+        k_steps = torch.ceil(torch.log(start / margin) / -torch.log(k)).clamp_min(1)
+        k_steps = torch.where(start <= margin, torch.zeros_like(k_steps), k_steps)
+        steps_bound = torch.where(usable, torch.minimum(steps_bound, k_steps), steps_bound)
+    max_iter = int(steps_bound.max()) + 1
+    event(f"kappa {'< 0.5' if float(kappa.max()) < 0.5 else '>= 0.5'}, {case.dtype}")
+    with torch.no_grad():
+        picard_layer = case.layer(variant, device, solver="picard", tol=tol, max_iter=max_iter)
+        y_p = picard_layer(x)
+        anderson_layer = case.layer(variant, device, solver="anderson", tol=tol, max_iter=max_iter)
+        y_a = anderson_layer(x)
+    picard, anderson = picard_layer.last_solution, anderson_layer.last_solution
+    assert picard is not None and anderson is not None
+    note(
+        f"kappa_F={certs.kappa_F.tolist()} kappa_inf={certs.kappa_inf.tolist()} tol={tol:.3e} "
+        f"bound={steps_bound.tolist()} picard={picard.statuses}/{picard.steps} "
+        f"anderson={anderson.statuses}/{anderson.steps}"
+    )
+    assert picard.status is Status.CONVERGED
+    assert all(s <= k + 1 for s, k in zip(picard.steps, steps_bound.tolist()))
+    assert anderson.status is Status.CONVERGED
+    # both returned points are honest: their residuals, recomputed from f, are <= tol (up to the norm's rounding)
+    slack = 1 + tokens * case.dim * torch.finfo(case.dtype).eps
+    with torch.no_grad():
+        for y in (y_p, y_a):
+            assert bool((frobenius(f(y) - y).cpu() <= tol * slack).all())
+    gap = y_p - y_a
+    radius = 2 * (tol + delta)
+    frob_ok = certs.kappa_F.double().cpu() < 1
+    assert bool((frobenius(gap).cpu() <= radius / (1 - certs.kappa_F.double().cpu()))[frob_ok].all())
+    for k in (certs.kappa_inf, certs.kappa_weights):
+        k = k.double().cpu()
+        assert bool((rows_norm(gap).cpu() <= radius / (1 - k))[k < 1].all())
+
+
+# --- the cycling regime -------------------------------------------------------------------------------------------
+
+#: Shapes where THEORY.md's "s ~ 3 never converges" holds: measured, Picard at s = 3 converged 0 times in 600
+#: draws of N, D in 10..14 (float32 and float64, 200 steps); at N = D = 8 it converged 4 times in 150, to
+#: attracting fixed points (rho 0.5-0.7) that are not the repelling consensus.
+CYCLING_SHAPES = (10, 14)
+
+
+@requires(Tag.SEED_EXACT)
+@given(
+    case=cases(batch=(1, 2), tokens=CYCLING_SHAPES, dim=CYCLING_SHAPES, scales=st.just(3.0)),
+    max_iter=st.integers(1, 200),
+    tol_exponent=st.floats(2.0, 4.0),
+)
+def test_picard_cycles_at_scale_three(variant: Variant, case: Case, max_iter: int, tol_exponent: float, device):
+    """The seed's map at weight scale 3: the consensus repels (rho_c ~ s^2 / 3 = 3), Picard cycles or wanders;
+    it must say CYCLE or MAX_ITER, never CONVERGED. Anderson may land on a fixed point (even an unstable one):
+    then its residual, recomputed from f at the returned y, really is <= tol."""
+    x = case.inputs(device)
+    eps = torch.finfo(case.dtype).eps
+    tol = eps * float(x.abs().max()) * 10**tol_exponent
+    picard_layer = case.layer(variant, device, solver="picard", tol=tol, max_iter=max_iter)
+    anderson_layer = case.layer(variant, device, solver="anderson", tol=tol, max_iter=max_iter)
+    with torch.no_grad():
+        picard_layer(x)
+        y_a = anderson_layer(x)
+    picard, anderson = picard_layer.last_solution, anderson_layer.last_solution
+    assert picard is not None and anderson is not None
+    note(f"picard={picard.statuses}/{picard.steps} anderson={anderson.statuses}/{anderson.steps} tol={tol:.3e}")
+    event(f"picard {sorted({s.name for s in picard.statuses})}, anderson {sorted({s.name for s in anderson.statuses})}")
+    assert all(s in (Status.CYCLE, Status.MAX_ITER) for s in picard.statuses)
+    f = anderson_layer.fixed_point_map(x)
+    with torch.no_grad():
+        recomputed = frobenius(f(y_a) - y_a).cpu()
+    slack = 1 + case.tokens * case.dim * eps  # the float64 norm of the same difference, vs the solver's
+    for b, status in enumerate(anderson.statuses):
+        if status is Status.CONVERGED:
+            assert float(recomputed[b]) <= tol * slack
+        else:
+            assert not float(recomputed[b]) <= tol / slack

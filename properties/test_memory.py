@@ -1,0 +1,104 @@
+"""Memory of the backward modes, as deterministic counts of bytes saved for backward.
+
+:func:`iqa.memory.saved_tensor_bytes` counts, while the forward runs, the
+distinct storages that autograd keeps for the backward (the parameters and the
+input are alive anyway and are excluded). The unrolled mode keeps every step's
+activations, so its count grows linearly with the number of forward steps; the
+implicit and phantom modes keep one application of f whatever the depth.
+"""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import event, given, note
+from hypothesis import strategies as st
+
+from iqa.memory import count_saved_tensors, saved_tensor_bytes
+from iqa.variants import Variant
+from properties.strategies import CONTRACTIVE_SCALES, Case, cases
+
+#: Forward depths at which the bytes are counted; the last one is the issue's "100 forward steps".
+DEPTHS = (25, 50, 100)
+#: At 100 forward steps the implicit mode must save at least this many times fewer bytes (issue 3).
+MIN_RATIO = 50
+#: Picard relaxation that forces exactly T steps: the residual shrinks per step by |1 - a(1 - lambda)| >= 1 - 2a = 0.9
+#: for |lambda| <= 1, so 100 steps cut it by at most 0.9^-100 ~ 4e4, far from a tol of 1e-300 (and never stall).
+FORCING_DAMPING = 0.05
+UNREACHABLE_TOL = 1e-300
+
+
+def forced_layer(case: Case, variant: Variant, device: torch.device, backward: str, steps: int) -> torch.nn.Module:
+    return case.layer(variant, device, backward=backward, damping=FORCING_DAMPING, tol=UNREACHABLE_TOL, max_iter=steps)
+
+
+def forward_bytes(case: Case, variant: Variant, device: torch.device, backward: str, steps: int) -> int:
+    """Bytes saved for backward by one forward of ``steps`` solver steps (parameters and x excluded)."""
+    layer = forced_layer(case, variant, device, backward, steps)
+    x = case.inputs(device)
+    exclude = [*layer.parameters(), x]
+    saved = saved_tensor_bytes(lambda: layer(x), exclude=exclude)  # type: ignore[arg-type, return-value]
+    solution = layer.last_solution  # type: ignore[union-attr]
+    assert solution is not None and solution.n_steps == steps, (
+        f"the forward was meant to take exactly {steps} steps, took "
+        f"{None if solution is None else solution.n_steps} ({None if solution is None else solution.status})"
+    )
+    return saved
+
+
+memory_cases = cases(tokens=(2, 6), scales=CONTRACTIVE_SCALES)
+
+
+@given(case=memory_cases)
+def test_saved_bytes_by_depth(variant: Variant, case: Case, device: torch.device) -> None:
+    """Implicit and phantom: constant in the forward depth; unrolled: exactly affine with a slope of at
+    least one iterate per step; at 100 steps the implicit mode saves >= 50x fewer bytes."""
+    event(f"dtype {case.dtype}")
+    unrolled = [forward_bytes(case, variant, device, "unrolled", t) for t in DEPTHS]
+    implicit = [forward_bytes(case, variant, device, "implicit", t) for t in DEPTHS]
+    phantom = [forward_bytes(case, variant, device, "phantom", t) for t in DEPTHS]
+    note(f"bytes at depths {DEPTHS}: unrolled {unrolled}, implicit {implicit}, phantom {phantom}")
+    assert len(set(implicit)) == 1, "the implicit mode's saved bytes depend on the number of forward steps"
+    assert len(set(phantom)) == 1, "the phantom mode's saved bytes depend on the number of forward steps"
+    assert implicit[0] > 0, "the implicit mode saved nothing: no gradient could reach the weights"
+    per_step = (unrolled[1] - unrolled[0]) / (DEPTHS[1] - DEPTHS[0])
+    # The same operations on the same shapes every step: the count is affine in the depth, exactly.
+    assert unrolled[2] - unrolled[1] == per_step * (DEPTHS[2] - DEPTHS[1]), "unrolled bytes are not linear in depth"
+    iterate_bytes = case.batch * case.tokens * case.dim * torch.finfo(case.dtype).bits // 8
+    # Each unrolled step feeds its input iterate to f, which must keep it (or something as large) for backward.
+    assert per_step >= iterate_bytes, f"unrolled saves {per_step} bytes per step, less than one iterate"
+    ratio = unrolled[-1] / implicit[-1]
+    note(f"unrolled/implicit at {DEPTHS[-1]} steps: {ratio:.1f}")
+    assert ratio >= MIN_RATIO, f"at {DEPTHS[-1]} steps implicit saves only {ratio:.1f}x fewer bytes than unrolled"
+
+
+@given(case=memory_cases, steps=st.integers(1, 4))
+def test_phantom_bytes_grow_with_its_own_steps(variant: Variant, case: Case, steps: int, device) -> None:
+    """The phantom gradient records its k damped steps: bytes are affine in k with a positive slope."""
+    x = case.inputs(device)
+
+    def phantom_bytes(k: int) -> int:
+        layer = case.layer(variant, device, backward="phantom", phantom_steps=k, tol=1e-8, max_iter=50)
+        return saved_tensor_bytes(lambda: layer(x), exclude=[*layer.parameters(), x])  # type: ignore[return-value]
+
+    counts = [phantom_bytes(k) for k in (steps, steps + 1, steps + 2)]
+    note(f"phantom bytes at k = {steps}, {steps + 1}, {steps + 2}: {counts}")
+    assert counts[1] - counts[0] == counts[2] - counts[1] > 0
+
+
+def test_count_rule_on_known_graph() -> None:
+    """The counting rule on a graph whose saves are known: x @ W @ W with W requiring grad saves
+    x, W and x @ W; W, saved twice, counts once; a saved view counts its whole storage; excluded
+    storages and no_grad count nothing."""
+    W = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    element = torch.finfo(torch.float64).bits // 8
+    counted = count_saved_tensors(lambda: x @ W @ W)
+    assert counted.saves == 4 - 1  # mm(x, W) saves x (for dW); mm(xW, W) saves xW and W (for dW and d(xW))
+    assert counted.storages == 3
+    assert counted.bytes == (x.numel() + W.numel() + x.numel()) * element
+    assert saved_tensor_bytes(lambda: x @ W @ W, exclude=[W, x]) == x.numel() * element
+    x_leaf = x.clone().requires_grad_(True)
+    # mm(x, W[:, :2]) saves the view W[:, :2] (for dx): it keeps all of W's storage alive, so all of it counts.
+    assert saved_tensor_bytes(lambda: x_leaf @ W[:, :2], exclude=[x_leaf]) == W.numel() * element
+    with torch.no_grad():
+        assert saved_tensor_bytes(lambda: x @ W @ W) == 0

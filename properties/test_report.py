@@ -1,0 +1,319 @@
+"""The reports: reproducible to the byte, complete, atomic, and telling the truth.
+
+A tiny sweep over two variants is reported twice (one process, then two
+worker processes, into different directories) and the two outputs are
+compared byte for byte; every link of every page must resolve; PNGs must
+carry no metadata; numbers in the tables are recomputed independently (by
+solving the cells again and computing spectral radii from dense autograd
+Jacobians). The pytest plugin is run on a small fake suite whose outcomes are
+known, and the command it prints for a failure is run to see that it
+reproduces the failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import textwrap
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from iqa import solve
+from iqa.atomic import atomic_open, write_json, write_text
+from iqa.measure import Sweep
+from iqa.report import build, configure_parser, main, markdown
+from iqa.report.properties import start
+from iqa.variants import resolve
+
+TINY = Sweep(
+    tokens=(2, 3),
+    dims=(2,),
+    scales=(0.5, 3.0),
+    seeds=(0,),
+    batch=2,
+    max_iter=60,
+    unrolled_T=(1, 4),
+    phantom=((1, 1.0),),
+    memory_shape=(2, 2),
+)
+VARIANTS = ("reference", "hopfield")
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    return parser.parse_args(list(argv))
+
+
+def _report(out: Path, *extra: str) -> Path:
+    selection = [a for v in VARIANTS for a in ("--variant", v)]
+    written, error = build(_args(*selection, "--out", str(out), "--no-properties", "--no-progress", *extra), sweep=TINY)
+    assert error is None and written
+    return out
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("reports")
+    return _report(base / "one"), _report(base / "two", "--jobs", "2")
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_the_same_bytes(reports: tuple[Path, Path]) -> None:
+    """Markdown, PNG and JSON files are identical across runs, output directories and --jobs."""
+    one, two = (_files(r) for r in reports)
+    assert sorted(one) == sorted(two)
+    assert any(name.endswith(".png") for name in one) and any(name.endswith(".md") for name in one)
+    different = [name for name in one if one[name] != two[name]]
+    assert different == [], f"files that differ between two runs with the same seed: {different}"
+
+
+def test_every_link_resolves(reports: tuple[Path, Path]) -> None:
+    root = reports[0]
+    pages = sorted(root.rglob("*.md"))
+    assert len(pages) == 1 + len(VARIANTS)
+    images = 0
+    for page in pages:
+        for target in _LINK.findall(page.read_text(encoding="utf-8")):
+            if "://" in target:
+                continue
+            assert (page.parent / target).is_file(), f"{page.relative_to(root)} links to missing {target}"
+            images += target.endswith(".png")
+    assert images >= 1 + 6 * len(VARIANTS)  # the comparison figure and six figures per variant
+
+
+def _chunks(data: bytes) -> list[str]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG file"
+    kinds, pos = [], 8
+    while pos < len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
+        crc = int.from_bytes(data[pos + 8 + length : pos + 12 + length], "big")
+        assert zlib.crc32(kind + body) == crc, f"corrupt {kind!r} chunk"
+        kinds.append(kind.decode("ascii"))
+        pos += 12 + length
+    return kinds
+
+
+def test_pngs_carry_no_metadata(reports: tuple[Path, Path]) -> None:
+    """No text, time or software chunks: nothing in a PNG but the picture."""
+    for path in sorted(reports[0].rglob("*.png")):
+        kinds = _chunks(path.read_bytes())
+        assert kinds[0] == "IHDR" and kinds[-1] == "IEND"
+        assert not {"tEXt", "zTXt", "iTXt", "tIME"} & set(kinds), f"{path.name} has metadata chunks {kinds}"
+
+
+def _table_row(page: str, first_cell: str) -> list[str]:
+    for line in page.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no table row starting with {first_cell!r}")
+
+
+def _solve_cells(name: str) -> list[tuple[str, int, torch.Tensor | None, torch.nn.Module, torch.Tensor, int]]:
+    """Per run: Picard's status and steps, y* (Picard's, else Anderson's, else None), layer, x, element.
+
+    Solved here with iqa.solve on layers built from the cell seeds, without iqa.measure.
+    """
+    variant = resolve(name)
+    out = []
+    for cell in TINY.cells():
+        layer = variant.make(cell.dim, scale=cell.scale, seed=cell.weight_seed, dtype=torch.float64)
+        g = torch.Generator().manual_seed(cell.input_seed)
+        x = torch.randn(TINY.batch, cell.tokens, cell.dim, dtype=torch.float64, generator=g)
+        with torch.no_grad():
+            f = layer.fixed_point_map(x)
+            picard = solve(f, x.clone(), "picard", tol=TINY.tol, max_iter=TINY.max_iter)
+            anderson = solve(f, x.clone(), "anderson", tol=TINY.tol, max_iter=TINY.max_iter)
+        for b in range(TINY.batch):
+            y_star = None
+            for solution in (picard, anderson):
+                if y_star is None and solution.statuses[b].value == "converged":
+                    y_star = solution.y[b]
+            out.append((picard.statuses[b].value, picard.steps[b], y_star, layer, x, b))
+    return out
+
+
+def _close(shown: str, value: float) -> bool:
+    """A table entry printed with 3 significant digits (or as an integer) equals value to that precision."""
+    return abs(float(shown) - value) <= 5e-3 * abs(value) + 1e-12
+
+
+def test_convergence_table_matches_a_recomputation(reports: tuple[Path, Path]) -> None:
+    page = (reports[0] / "reference" / "README.md").read_text(encoding="utf-8")
+    row = _table_row(page, "picard")
+    solved = _solve_cells("reference")
+    statuses = [s for s, *_ in solved]
+    steps = [n for s, n, *_ in solved if s == "converged"]
+    assert row[1] == f"{100 * statuses.count('converged') / len(statuses):.0f}%"
+    assert row[2] == f"{100 * statuses.count('cycle') / len(statuses):.0f}%"
+    assert _close(row[5], statistics.median(steps))
+    index = (reports[0] / "README.md").read_text(encoding="utf-8")
+    assert _table_row(index, "[`reference`](reference/README.md)")[1] == row[1]
+
+
+def test_spectral_radius_matches_dense_autograd(reports: tuple[Path, Path]) -> None:
+    """The median rho(J(y*)) of the analysis table, from torch.autograd.functional.jacobian and eigvals."""
+    page = (reports[0] / "hopfield" / "README.md").read_text(encoding="utf-8")
+    row = _table_row(page, "ρ(J(y*)) at converged fixed points")
+    rhos = []
+    for _, _, y_star, layer, x, b in _solve_cells("hopfield"):
+        if y_star is None:
+            continue
+        f = layer.fixed_point_map(x[b : b + 1])  # one sequence: its own map (hopfield is batch independent)
+        J = torch.autograd.functional.jacobian(lambda v, f=f: f(v[None])[0], y_star)
+        n = y_star.numel()
+        rhos.append(float(torch.linalg.eigvals(J.reshape(n, n)).abs().max()))
+    assert rhos, "no converged run to check"
+    assert _close(row[2], statistics.median(rhos))
+
+
+def test_metrics_json_has_no_clock(reports: tuple[Path, Path]) -> None:
+    data = json.loads((reports[0] / "reference" / "metrics.json").read_text(encoding="utf-8"))
+    assert data["variant"] == "reference"
+    assert not [k for k in data["metrics"] if "time" in k]
+    assert data["metrics"]["runs"] == len(list(TINY.cells())) * TINY.batch
+
+
+def test_bad_arguments_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_args("--variant", "no-such-variant", "--out", str(tmp_path), "--no-properties")) == 2
+    assert "no-such-variant" in capsys.readouterr().err
+    assert main(_args("--jobs", "0", "--out", str(tmp_path), "--no-properties")) == 2
+    assert "--jobs" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+# --- atomic writes -------------------------------------------------------------------------------
+
+
+def test_atomic_write_replaces_whole_file(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "page.md"
+    write_text(path, "old\n")
+    write_text(path, "new\n")
+    assert path.read_text() == "new\n"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["page.md"]
+
+
+def test_failed_write_leaves_the_old_file_and_no_debris(tmp_path: Path) -> None:
+    path = tmp_path / "page.md"
+    write_text(path, "old\n")
+    with pytest.raises(RuntimeError, match="interrupted"), atomic_open(path) as f:
+        f.write("half of the new")
+        raise RuntimeError("interrupted")
+    assert path.read_text() == "old\n"
+    with pytest.raises(ValueError):
+        write_json(path, {"x": float("nan")})  # strict JSON: NaN is an error, not a token
+    assert path.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["page.md"]
+
+
+# --- the pytest plugin on a suite with known outcomes --------------------------------------------
+
+FAKE_CONFTEST = """
+import pytest
+
+class Named:
+    def __init__(self, name):
+        self.name = name
+    def __repr__(self):
+        return f"Named({self.name!r})"
+
+def pytest_addoption(parser):
+    parser.addoption("--variant", action="append", default=[])
+
+def pytest_generate_tests(metafunc):
+    if "variant" in metafunc.fixturenames:
+        names = metafunc.config.getoption("--variant") or ["good", "bad"]
+        metafunc.parametrize("variant", [pytest.param(Named(n), id=n) for n in names])
+"""
+
+FAKE_TESTS = """
+import pytest
+from hypothesis import given, settings, strategies as st
+
+@settings(derandomize=True, database=None, max_examples=200)
+@given(n=st.integers(0, 1000))
+def test_small_numbers(variant, n):
+    assert variant.name == "good" or n < 10, "too big"
+
+def test_passes(variant):
+    pass
+
+@pytest.mark.skip(reason="not applicable here")
+def test_skipped(variant):
+    pass
+
+@pytest.mark.xfail(strict=True, reason="known to fail")
+def test_known_failure(variant):
+    assert False
+
+@pytest.mark.xfail(strict=True, reason="claimed to fail")
+def test_unexpected_pass(variant):
+    pass
+
+def test_without_variant():
+    pass
+"""
+
+
+@pytest.fixture(scope="module")
+def fake_run(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("fake")
+    (root / "pytest.ini").write_text("[pytest]\n")
+    suite = root / "suite"
+    suite.mkdir()
+    (suite / "conftest.py").write_text(textwrap.dedent(FAKE_CONFTEST))
+    (suite / "test_fake.py").write_text(textwrap.dedent(FAKE_TESTS))
+    return root, start(["good", "bad"], suite, profile="ci").wait()
+
+
+def test_plugin_records_every_outcome(fake_run) -> None:
+    _, run = fake_run
+    assert run.error is None, run.error
+    outcomes = {(t["variant"], t["function"]): t["outcome"] for t in run.results["tests"]}
+    assert outcomes == {
+        **{(v, "test_passes"): "passed" for v in ("good", "bad")},
+        **{(v, "test_skipped"): "skipped" for v in ("good", "bad")},
+        **{(v, "test_known_failure"): "xfailed" for v in ("good", "bad")},
+        **{(v, "test_unexpected_pass"): "failed" for v in ("good", "bad")},  # strict xfail that passed
+        ("good", "test_small_numbers"): "passed",
+        ("bad", "test_small_numbers"): "failed",
+    }  # test_without_variant is deselected by --iqa-variant-tests-only
+    assert run.results["summary"] == {"passed": 3, "failed": 3, "skipped": 2, "xfailed": 2, "xpassed": 0}
+
+
+def test_failure_has_minimal_example_and_a_command_that_reproduces_it(fake_run) -> None:
+    root, run = fake_run
+    (failure,) = [t for t in run.by_variant["bad"] if t["function"] == "test_small_numbers"]
+    assert failure["message"].startswith("AssertionError: too big")
+    assert "n=10" in failure["falsifying_example"]  # shrunk to the smallest counterexample
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    rerun = subprocess.run(
+        ["bash", "-c", failure["command"]], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert rerun.returncode == 1, rerun.stdout + rerun.stderr
+    assert "1 failed" in rerun.stdout and "n=10" in rerun.stdout
+
+
+def test_property_section_shows_the_failure(fake_run) -> None:
+    _, run = fake_run
+    context = markdown.Context("iqa report", {}, 0, "custom", run.display, run.profile)
+    text = "\n".join(markdown.properties_section(run.by_variant["bad"], context, run.error))
+    (failure,) = [t for t in run.by_variant["bad"] if t["function"] == "test_small_numbers"]
+    assert "### Failure: `test_small_numbers`" in text
+    assert "n=10" in text and failure["command"] in text
+    assert "**failed**" in text and "not applicable here" in text

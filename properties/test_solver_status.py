@@ -1,0 +1,489 @@
+"""The solvers report honestly, on maps whose answer is known in closed form.
+
+Independent of the layer: affine contractions y -> A y + b (fixed point
+(I - A)^-1 b), periodic maps (y -> -y + c, rotations by 2 pi / p), a map that
+returns NaN or Inf at a chosen step, expanding maps, and a translation that makes
+Anderson's least-squares system exactly singular. Every bound below is derived
+from the map's contraction factor q = ||A||_2, the damping and the dtype's eps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+import torch
+from hypothesis import assume, event, given, note
+from hypothesis import strategies as st
+from torch import Tensor
+
+from iqa import ConvergenceError, Solution, Status, solve
+from iqa.solvers import DIVERGENCE_FACTOR, MAX_PERIOD
+
+DTYPES = (torch.float64, torch.float32)
+Map = Callable[[Tensor], Tensor]
+
+
+def eps(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).eps
+
+
+def rows(t: Tensor) -> Tensor:
+    """Per batch element 2-norm over every other dimension (the solver's residual norm), in float64."""
+    return torch.linalg.vector_norm(t.double().reshape(t.shape[0], -1), dim=-1)
+
+
+def identical(a: Tensor, b: Tensor) -> bool:
+    """Bit for bit the same values, NaN matching NaN."""
+    return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
+def residuals(f: Map, y: Tensor, stop: str) -> list[float]:
+    """The stop-mode residual of y recomputed from f: ||f(y) - y|| or ||f(y) - y|| / ||f(y)||, per element."""
+    fy = f(y)
+    r = rows(fy - y)
+    if stop == "rel":
+        r = r / rows(fy)
+    return r.tolist()
+
+
+# --- strategies ---------------------------------------------------------------------------------------------------
+
+
+@st.composite
+def solver_options(draw: st.DrawFn, *, damping: bool = True) -> dict:
+    """method, stop mode, and Picard's damping or Anderson's memory and mixing."""
+    method = draw(st.sampled_from(["picard", "anderson"]))
+    options: dict = {"method": method, "stop": draw(st.sampled_from(["abs", "rel"]))}
+    relax = st.one_of(st.just(1.0), st.floats(0.25, 1.0)) if damping else st.just(1.0)
+    if method == "picard":
+        options["damping"] = draw(relax)
+    else:
+        options["memory"] = draw(st.integers(1, 6))
+        options["mixing"] = draw(relax)
+    return options
+
+
+def relaxation(options: dict) -> float:
+    """The Picard-step weight a: damping for Picard, mixing for Anderson (its fallback step)."""
+    return float(options.get("damping", options.get("mixing", 1.0)))
+
+
+@dataclass
+class Affine:
+    """f(y) = A y + b per batch element, A: [B, n, n] with ||A_b||_2 = q_b < 1, in ``dtype``."""
+
+    A: Tensor
+    b: Tensor
+    y0: Tensor
+    rho: float
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.A.dtype
+
+    def __call__(self, y: Tensor) -> Tensor:
+        return (self.A @ y.unsqueeze(-1)).squeeze(-1) + self.b
+
+    @property
+    def q(self) -> Tensor:
+        """||A_b||_2 of the matrices as stored (after the cast to dtype), in float64."""
+        return torch.linalg.matrix_norm(self.A.double(), ord=2)
+
+    @property
+    def y_star(self) -> Tensor:
+        """(I - A)^-1 b in float64: the exact fixed point of the stored map."""
+        A = self.A.double()
+        eye = torch.eye(A.shape[-1], dtype=torch.float64).expand_as(A)
+        return torch.linalg.solve(eye - A, self.b.double())
+
+    def rounding(self) -> Tensor:
+        """delta_b: bound on ||fl(f(y) - y) - (f(y) - y)|| for iterates with ||y|| <= ||y*|| + ||y0 - y*||:
+        each entry of A y + b - y sums n + 2 terms, so its error is <= (n + 2) eps (|A||y| + |b| + |y|)."""
+        n = self.A.shape[-1]
+        ys = self.y_star
+        Y = rows(ys) + rows(self.y0.double() - ys)
+        A_F = torch.linalg.matrix_norm(self.A.double())
+        return (n + 2) * eps(self.dtype) * (A_F * Y + rows(self.b) + Y)
+
+
+@st.composite
+def affine_contractions(draw: st.DrawFn, q_max: float = 0.9, dtypes: tuple[torch.dtype, ...] = DTYPES) -> Affine:
+    batch = draw(st.integers(1, 4))
+    n = draw(st.integers(1, 6))
+    dtype = draw(st.sampled_from(dtypes))
+    seed = draw(st.integers(0, 2**31 - 1))
+    q = torch.tensor(draw(st.lists(st.floats(0.0, q_max), min_size=batch, max_size=batch)), dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    M = torch.randn(batch, n, n, dtype=torch.float64, generator=g)
+    A = q[:, None, None] * M / torch.linalg.matrix_norm(M, ord=2).clamp_min(1e-300)[:, None, None]
+    b = torch.randn(batch, n, dtype=torch.float64, generator=g)
+    y_star = torch.linalg.solve(torch.eye(n, dtype=torch.float64) - A, b)
+    # y0 = y* + d with ||d|| = rho ||y*||; rho <= (1 - q) / (2 q (1 + q)) keeps ||f(y)|| >= ||y*|| / 2 on every
+    # iterate with residual <= r0 (their error is <= r0 / (1 - q) <= (1 + q) rho ||y*|| / (1 - q)).
+    q_top = float(q.max())
+    rho_max = 1.0 if q_top == 0 else min(1.0, (1 - q_top) / (2 * q_top * (1 + q_top)))
+    rho = draw(st.floats(0.01, 1.0)) * rho_max
+    d = torch.randn(batch, n, dtype=torch.float64, generator=g)
+    d = d / rows(d).clamp_min(1e-300)[:, None] * (rho * rows(y_star))[:, None]
+    return Affine(A=A.to(dtype), b=b.to(dtype), y0=(y_star + d).to(dtype), rho=rho)
+
+
+# --- contractions -------------------------------------------------------------------------------------------------
+
+
+@given(
+    affine=affine_contractions(), options=solver_options(), tol_exponent=st.floats(1.0, 6.0), extra=st.integers(0, 8)
+)
+def test_affine_contraction_reaches_known_fixed_point(
+    affine: Affine, options: dict, tol_exponent: float, extra: int
+) -> None:
+    """Picard and Anderson converge on y -> A y + b (||A||_2 = q < 1) within the a-priori step count and
+    return y with ||y - y*|| <= (r + delta) / (1 - q), r the residual they report."""
+    check_affine_solve(affine, options, tol_exponent, extra)
+
+
+@given(
+    affine=affine_contractions(q_max=0.5, dtypes=(torch.float16, torch.bfloat16)),
+    options=solver_options(),
+    tol_exponent=st.floats(0.5, 2.0),
+)
+def test_low_precision_is_solved_in_its_own_dtype(affine: Affine, options: dict, tol_exponent: float) -> None:
+    """float16 and bfloat16 maps are solved as they are (Anderson solves its small m x m system in float32,
+    which torch's CPU LU needs): the same bounds hold with that dtype's eps, and y keeps the dtype."""
+    sol = check_affine_solve(affine, options, tol_exponent, 0)
+    assert sol.y.dtype == affine.dtype
+
+
+def check_affine_solve(affine: Affine, options: dict, tol_exponent: float, extra: int) -> Solution:
+    """Solve y -> A y + b with max_iter = the a-priori step count + extra; check convergence, the step count
+    (Picard) and the distance to the known fixed point."""
+    f, q, ys = affine, affine.q, affine.y_star
+    a = relaxation(options)
+    q_eff = 1 - a * (1 - q)  # ||(1 - a) I + a A||_2 <= 1 - a (1 - q): the rate of a relaxed Picard step
+    delta = affine.rounding()
+    # a step adds (1 + q) delta to the true residual and the evaluation delta more: floor 2 delta / (1 - q_eff)
+    noise = 2 * delta / (1 - q_eff)
+    r0 = rows(f(affine.y0) - affine.y0) + delta
+    tol_abs = float(noise.max()) * 10**tol_exponent
+    # rel: ||f(y)|| >= ||y*|| / 2 on every iterate (see affine_contractions), so r <= tol_abs implies rel <= tol
+    f_low = float((rows(ys) / 2).min().clamp_min(1e-300))
+    tol = tol_abs if options["stop"] == "abs" else tol_abs / f_low
+    # r_k <= q_eff^k r_0 + noise: below tol_abs after k* steps; the solve counts k* + 1 evaluations of f
+    k_star = torch.ceil(torch.log(r0 / (tol_abs - noise)) / torch.log(1 / q_eff).clamp_min(1e-300)).clamp_min(1)
+    k_star = torch.where(r0 <= tol_abs - noise, torch.zeros_like(k_star), k_star)
+    max_iter = int(k_star.max()) + 1 + extra
+    sol = solve(f, affine.y0, tol=tol, max_iter=max_iter, **options)
+    note(f"q={q.tolist()} tol={tol:.3e} k*={k_star.tolist()} statuses={sol.statuses} steps={sol.steps}")
+    event(f"{options['method']}, {affine.dtype}, stop={options['stop']}")
+    assert sol.status is Status.CONVERGED
+    if options["method"] == "picard":
+        assert all(s <= k + 1 for s, k in zip(sol.steps, k_star.tolist()))
+    r = torch.tensor(residuals(f, sol.y, "abs"), dtype=torch.float64)
+    error = rows(sol.y.double() - ys)
+    assert bool((r <= tol_abs if options["stop"] == "abs" else r <= tol * rows(f(sol.y))).all())
+    assert bool((error <= (r + delta) / (1 - q)).all()), (error, (r + delta) / (1 - q))
+    return sol
+
+
+# --- cycles, non-finite values, divergence ------------------------------------------------------------------------
+
+
+@st.composite
+def rotations(draw: st.DrawFn) -> tuple[Map, Tensor, list[int]]:
+    """y -> c + R_b (y - c): R_b rotates each 2-plane by 2 pi / p_b (p_b = 2 is y -> -y + 2c), period p_b."""
+    batch = draw(st.integers(1, 4))
+    planes = draw(st.integers(1, 3))
+    dtype = draw(st.sampled_from(DTYPES))
+    periods = draw(st.lists(st.integers(2, MAX_PERIOD), min_size=batch, max_size=batch))
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.tensor([2 * math.pi / p for p in periods], dtype=torch.float64)
+    block = torch.stack([torch.stack([theta.cos(), -theta.sin()], -1), torch.stack([theta.sin(), theta.cos()], -1)], -2)
+    R = torch.zeros(batch, 2 * planes, 2 * planes, dtype=torch.float64)
+    for k in range(planes):
+        R[:, 2 * k : 2 * k + 2, 2 * k : 2 * k + 2] = block
+    c = torch.randn(batch, 2 * planes, dtype=torch.float64, generator=g)
+    y0 = c + torch.randn(batch, 2 * planes, dtype=torch.float64, generator=g)
+    R, c, y0 = R.to(dtype), c.to(dtype), y0.to(dtype)
+
+    def f(y: Tensor) -> Tensor:
+        return c + (R @ (y - c).unsqueeze(-1)).squeeze(-1)
+
+    return f, y0, periods
+
+
+@given(rotation=rotations(), max_iter=st.integers(1, 6 * MAX_PERIOD), tol_exponent=st.floats(1.0, 6.0))
+def test_known_cycles_are_reported_as_cycles(rotation: tuple[Map, Tensor, list[int]], max_iter: int, tol_exponent):
+    """Undamped Picard on a map of period p <= MAX_PERIOD never CONVERGES: it is a CYCLE once the detector has
+    seen two windows of MAX_PERIOD steps, and MAX_ITER before that."""
+    f, y0, periods = rotation
+    r = min(residuals(f, y0, "abs"))  # every iterate has residual 2 sin(pi / p) ||y0 - c|| (rotations are isometries)
+    tol = r / 10**tol_exponent
+    sol = solve(f, y0, "picard", tol=tol, max_iter=max_iter)
+    note(f"periods={periods} statuses={sol.statuses} steps={sol.steps}")
+    detectable = max_iter >= 2 * MAX_PERIOD
+    event(f"detectable={detectable}")
+    assert Status.CONVERGED not in sol.statuses
+    expected = Status.CYCLE if detectable else Status.MAX_ITER
+    assert sol.statuses == (expected,) * len(periods)
+    assert all(s <= min(max_iter, 2 * MAX_PERIOD) for s in sol.steps)
+
+
+@given(
+    affine=affine_contractions(),
+    options=solver_options(),
+    bad_step=st.integers(1, 12),
+    value=st.sampled_from([math.nan, math.inf, -math.inf]),
+    data=st.data(),
+)
+def test_nonfinite_value_stops_that_element_at_once(affine: Affine, options: dict, bad_step: int, value, data):
+    """f returning NaN or +-Inf for some elements at evaluation k makes each of them, unless the clean solve
+    decided it earlier, NONFINITE with steps == k (no evaluation after it counts) and a finite returned
+    iterate; every other element ends as in the clean solve."""
+    batch = affine.A.shape[0]
+    bad = data.draw(st.sets(st.integers(0, batch - 1), min_size=1), label="bad elements")
+    calls = [0]
+
+    def f(y: Tensor) -> Tensor:
+        calls[0] += 1
+        out = affine(y)
+        if calls[0] == bad_step:
+            out = out.clone()
+            out[sorted(bad), 0] = value
+        return out
+
+    tol = float(affine.rounding().min()) * 1e-3  # below the rounding floor: only an exact fixed point converges
+    clean = solve(affine, affine.y0, tol=tol, max_iter=bad_step + 4, **options)
+    sol = solve(f, affine.y0, tol=tol, max_iter=bad_step + 4, **options)
+    note(f"bad={bad} clean={clean.statuses}/{clean.steps} statuses={sol.statuses} steps={sol.steps}")
+    hit = {b for b in bad if clean.steps[b] >= bad_step}
+    event(f"elements hit: {'all' if len(hit) == batch else 'some' if hit else 'none'}")
+    for b in range(batch):
+        if b in hit:
+            assert sol.statuses[b] is Status.NONFINITE
+            assert sol.steps[b] == bad_step
+            assert not math.isfinite(float(sol.residuals[bad_step - 1, b]))
+            assert bool(torch.isfinite(sol.y[b]).all())
+        else:
+            assert (sol.statuses[b], sol.steps[b]) == (clean.statuses[b], clean.steps[b])
+    assert (sol.status is Status.NONFINITE) == bool(hit)
+    if len(hit) == batch:
+        assert sol.n_steps == bad_step == calls[0]
+
+
+@given(
+    batch=st.integers(1, 4),
+    n=st.integers(1, 4),
+    dtype=st.sampled_from(DTYPES),
+    growth=st.floats(1.5, 4.0),
+    damping=st.one_of(st.just(1.0), st.floats(0.5, 1.0)),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_expanding_map_is_diverged(batch: int, n: int, dtype, growth: float, damping: float, seed: int):
+    """y -> g y + c with g > 1: a relaxed Picard step multiplies the residual by s = 1 + a (g - 1), so it
+    passes DIVERGENCE_FACTOR times the first at t = 1 + log(factor) / log(s); DIVERGED is decided at the first
+    multiple of MAX_PERIOD after that."""
+    gen = torch.Generator().manual_seed(seed)
+    c = torch.randn(batch, n, dtype=torch.float64, generator=gen).to(dtype)
+    y0 = torch.randn(batch, n, dtype=torch.float64, generator=gen).to(dtype)
+    g = torch.tensor(growth, dtype=dtype)
+    s = 1 + damping * (float(g) - 1)
+    y_star = c.double() / (1 - float(g))
+    # y_t - y* = s^t (y0 - y*) is computed with an absolute error of ~ 4 t eps (|y_t| + |y*|) per entry, a
+    # relative one of ~ 4 t eps (1 + 2 ||y*|| / ||y0 - y*||) on the residual ratio: t moves by that / log(s)
+    first_t = 1 + math.log(DIVERGENCE_FACTOR) / math.log(s)
+    t_max = first_t + MAX_PERIOD
+    spread = float((rows(y_star) / rows(y0.double() - y_star).clamp_min(1e-300)).max())
+    band = 4 * t_max * eps(dtype) * (1 + 2 * spread) / math.log(s)
+    lo = MAX_PERIOD * math.ceil((first_t - band) / MAX_PERIOD)
+    hi = MAX_PERIOD * math.ceil((first_t + band) / MAX_PERIOD)
+    r1 = min(residuals(lambda y: g * y + c, y0, "abs"))
+    assume(r1 > 0)
+    # residuals only grow from r1: a tol below it can never be met
+    sol = solve(lambda y: g * y + c, y0, "picard", tol=r1 / 2, max_iter=hi + MAX_PERIOD, damping=damping)
+    note(f"s={s} first_t={first_t} band={band} steps={sol.steps}")
+    assert sol.statuses == (Status.DIVERGED,) * batch
+    assert all(lo <= t <= hi for t in sol.steps)
+
+
+# --- honest reports ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Mixed:
+    """A batch whose elements behave differently: y -> a_b y + c_b with a_b by kind, fast (0.2) or slow (0.97)
+    contraction, a 2-cycle (-1), or a contraction (0.5) whose f turns NaN from evaluation ``nan_step`` on.
+
+    f acts elementwise on [B, n], so element b of f(y) depends on y[b] alone, bit for bit.
+    """
+
+    a: Tensor
+    c: Tensor
+    y0: Tensor
+    kinds: list[str]
+    nan_step: int
+    calls: int = 0
+
+    SLOPES: ClassVar[dict[str, float]] = {"fast": 0.2, "slow": 0.97, "cycle": -1.0, "nan": 0.5}
+
+    def clean(self, y: Tensor) -> Tensor:
+        """f without the NaN: the map every residual is honestly measured with."""
+        return self.a * y + self.c
+
+    def __call__(self, y: Tensor) -> Tensor:
+        self.calls += 1
+        out = self.clean(y)
+        if self.calls >= self.nan_step:
+            poisoned = torch.tensor([k == "nan" for k in self.kinds], device=y.device)[:, None]
+            out = torch.where(poisoned, torch.full_like(out, math.nan), out)
+        return out
+
+    def fresh(self) -> Mixed:
+        """The same problem with its evaluation counter at zero."""
+        self.calls = 0
+        return self
+
+    def element(self, b: int) -> Map:
+        """f restricted to element b, as a batch of one: same values and the same NaN step."""
+
+        def f(y: Tensor) -> Tensor:
+            full = self.y0.clone()
+            full[b] = y[0]
+            return self(full)[b : b + 1]
+
+        return f
+
+
+@st.composite
+def mixed_problems(draw: st.DrawFn) -> Mixed:
+    batch = draw(st.integers(1, 4))
+    n = draw(st.integers(1, 4))
+    dtype = draw(st.sampled_from(DTYPES))
+    kinds = draw(st.lists(st.sampled_from(sorted(Mixed.SLOPES)), min_size=batch, max_size=batch))
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    a = torch.tensor([Mixed.SLOPES[k] for k in kinds], dtype=torch.float64)[:, None].to(dtype)
+    c = torch.randn(batch, n, dtype=torch.float64, generator=g).to(dtype)
+    y0 = torch.randn(batch, n, dtype=torch.float64, generator=g).to(dtype)
+    return Mixed(a=a, c=c, y0=y0, kinds=kinds, nan_step=draw(st.integers(1, 40)))
+
+
+@given(problem=mixed_problems(), options=solver_options(), tol=st.floats(1e-5, 1e-2), max_iter=st.integers(1, 80))
+def test_converged_exactly_when_residual_within_tol(problem: Mixed, options: dict, tol: float, max_iter: int):
+    """A solution reported CONVERGED has residual <= tol, recomputed from f at the returned y; no other status
+    has; and the overall status is CONVERGED only when every element is."""
+    sol = solve(problem.fresh(), problem.y0, tol=tol, max_iter=max_iter, **options)
+    recomputed = residuals(problem.clean, sol.y, options["stop"])
+    # the recomputation (float64 norm of the dtype difference) differs from the solver's by <= n eps relative
+    slack = problem.y0[0].numel() * eps(problem.y0.dtype)
+    note(f"kinds={problem.kinds} statuses={sol.statuses} reported={sol.residual.tolist()} recomputed={recomputed}")
+    for status in set(sol.statuses):
+        event(f"{options['method']}: {status.name}")
+    for b, status in enumerate(sol.statuses):
+        reported = float(sol.residual[b])
+        if status is Status.CONVERGED:
+            assert reported <= tol
+            assert recomputed[b] <= tol * (1 + slack)
+        else:
+            assert not reported <= tol
+            if status is not Status.NONFINITE:
+                assert not recomputed[b] <= tol * (1 - slack)
+        assert sol.history(b).numel() == sol.steps[b]
+    assert (sol.status is Status.CONVERGED) == all(s is Status.CONVERGED for s in sol.statuses)
+    assert sol.status.severity == max(s.severity for s in sol.statuses)
+
+
+@given(problem=mixed_problems(), options=solver_options(), tol=st.floats(1e-5, 1e-2), max_iter=st.integers(1, 80))
+def test_raise_on_failure_names_status_and_residual(problem: Mixed, options: dict, tol: float, max_iter: int):
+    """raise_on_failure raises ConvergenceError exactly when the solve did not converge; the message names the
+    overall status and the residual of the first element with that status, and carries the Solution."""
+    reference = solve(problem.fresh(), problem.y0, tol=tol, max_iter=max_iter, **options)
+    if reference.converged:
+        sol = solve(problem.fresh(), problem.y0, tol=tol, max_iter=max_iter, raise_on_failure=True, **options)
+        assert sol.converged
+        event("converged: nothing raised")
+        return
+    with pytest.raises(ConvergenceError, match=rf"\b{reference.status.name}\b") as info:
+        solve(problem.fresh(), problem.y0, tol=tol, max_iter=max_iter, raise_on_failure=True, **options)
+    worst = reference.statuses.index(reference.status)
+    message = str(info.value)
+    event(f"raised {reference.status.name}")
+    assert f"{float(reference.residual[worst]):.3e}" in message
+    assert f"tol={tol:.3e}" in message
+    assert info.value.solution.statuses == reference.statuses
+
+
+@given(problem=mixed_problems(), options=solver_options(), tol=st.floats(1e-5, 1e-2), max_iter=st.integers(1, 80))
+def test_elements_are_solved_independently(problem: Mixed, options: dict, tol: float, max_iter: int):
+    """Element b of a batched solve equals the solve of element b alone: a slow, cycling or NaN element
+    never changes another's iterate, status, step count or residual history; and once an element is decided
+    its history rows repeat its final residual (it is frozen)."""
+    both = solve(problem.fresh(), problem.y0, tol=tol, max_iter=max_iter, **options)
+    for b in range(problem.y0.shape[0]):
+        one = solve(problem.fresh().element(b), problem.y0[b : b + 1], tol=tol, max_iter=max_iter, **options)
+        note(f"b={b} kind={problem.kinds[b]} batched={both.statuses[b]}/{both.steps[b]} alone={one.statuses}")
+        assert one.statuses[0] is both.statuses[b]
+        assert one.steps[0] == both.steps[b]
+        assert identical(one.y[0], both.y[b])
+        assert identical(one.history(0), both.history(b))
+        frozen = both.stop_residuals[both.steps[b] - 1 :, b]
+        if problem.kinds[b] != "nan":  # a poisoned f changes its value at a frozen y: nothing to repeat
+            assert bool((frozen == frozen[0]).all())
+    event(f"{options['method']}: kinds {sorted(set(problem.kinds))}")
+
+
+# --- Anderson's safeguards -----------------------------------------------------------------------------------------
+
+
+@given(
+    batch=st.integers(1, 3),
+    n=st.integers(1, 5),
+    dtype=st.sampled_from(DTYPES),
+    memory=st.integers(2, 6),
+    mixing=st.sampled_from([1.0, 0.75, 0.5, 0.25]),
+    run=st.integers(2, 12),
+    data=st.data(),
+)
+def test_anderson_falls_back_on_singular_system(batch, n, dtype, memory, mixing, run, data):
+    """y -> min(y + c, y*) (c > 0) translates by c until it meets y*: while it does, every residual
+    f(y_i) - y_i equals c, so G G^T has identical rows and, without a ridge, is exactly singular. Anderson
+    must take Picard steps y + mixing c there, bit for bit those of damped Picard, count them in
+    ``fallbacks``, and still converge.
+
+    c, y0 and mixing are dyadic (multiples of 1/8), so every sum and difference here is exact in either dtype
+    and the residuals are bit for bit equal.
+    """
+    eighths = st.lists(st.integers(-32, 32), min_size=batch * n, max_size=batch * n)
+    y0 = torch.tensor(data.draw(eighths), dtype=dtype).reshape(batch, n) / 8
+    steps = st.lists(st.integers(4, 12), min_size=batch * n, max_size=batch * n)
+    c = torch.tensor(data.draw(steps), dtype=dtype).reshape(batch, n) / 8
+    y_star = y0 + (run + 0.5) * c  # every coordinate meets y* at the same step: run + 0.5 translations away
+
+    def f(y: Tensor) -> Tensor:
+        return torch.minimum(y + c, y_star)
+
+    # iterates y_0..y_J are all > c below y* (translation phase): J = ceil((run - 0.5) / mixing) - 1
+    J = math.ceil((run - 0.5) / mixing) - 1
+    # then f = y*: from y_(J+1) (residual <= ||c||) a relaxed step shrinks the residual by 1 - mixing. Each
+    # step rounds y by <= 2 eps |y| (the iterates run from y0 to y*), which accumulates to <= 2 eps max|y| /
+    # mixing per coordinate: tol is twice that floor, and the steps are counted to tol / 2 in exact arithmetic.
+    largest = float(torch.maximum(y0.abs().max(), y_star.abs().max()))
+    floor = math.sqrt(n) * 2 * eps(dtype) * largest / mixing
+    tol = 2 * floor
+    c_norm = float(torch.linalg.vector_norm(c.double(), dim=1).max())
+    shrink = 1 if mixing == 1 else math.ceil(math.log(c_norm / (tol - floor)) / math.log(1 / (1 - mixing)))
+    max_iter = J + 2 + shrink  # iterate y_i is evaluated at step i + 1
+    sol = solve(f, y0, "anderson", tol=tol, max_iter=max_iter, memory=memory, mixing=mixing, ridge=0.0)
+    picard = solve(f, y0, "picard", tol=tol, max_iter=max_iter, damping=mixing)
+    note(f"J={J} statuses={sol.statuses} steps={sol.steps} fallbacks={sol.fallbacks} picard steps={picard.steps}")
+    event(f"mixing={mixing}")
+    assert sol.status is Status.CONVERGED
+    assert torch.equal(sol.residuals[: J + 2], picard.residuals[: J + 2])
+    # the Anderson steps after observing y_1..y_J are fallbacks (after y_0 it is a plain Picard step)
+    assert sol.fallbacks >= J * batch
+    # only active elements count, at most once per Anderson step (every step after the first, before the last)
+    assert sol.fallbacks <= sum(max(0, s - 2) for s in sol.steps)
