@@ -3,7 +3,9 @@
 Activate it with ``-p iqa.pytest_plugin --iqa-results PATH``; ``iqa report``
 and ``iqa check`` run the property suite this way and read PATH afterwards.
 ``--iqa-variant-tests-only`` keeps only the tests that take a ``variant``
-(the per-variant properties), deselecting meta tests and examples.
+(the per-variant properties), deselecting meta tests and examples;
+``--iqa-max-examples N`` caps Hypothesis's examples and ``--iqa-no-shrink``
+skips its shrink phase (both derive a profile from the one the suite loaded).
 It works with pytest-xdist (the controller writes the file; workers attach
 each test's function and variant to its report).
 
@@ -16,6 +18,7 @@ The file (UTF-8 JSON, keys sorted, written atomically at the end of the session)
       "exitstatus": 0,                   # pytest's exit status (int)
       "hypothesis_profile": "ci",        # the profile the suite loaded
       "max_examples_cap": null,          # --iqa-max-examples N, if given
+      "shrink": true,                    # false with --iqa-no-shrink (examples as found, not minimal)
       "versions": {"python": ..., "pytest": ..., "hypothesis": ..., "torch": ..., "iqa": ...},
       "summary": {"passed": n, "failed": n, "skipped": n, "xfailed": n, "xpassed": n},
       "tests": [                         # sorted by nodeid
@@ -86,6 +89,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="cap Hypothesis's max_examples at N for tests that do not set their own (the loaded profile otherwise)",
     )
     group.addoption(
+        "--iqa-no-shrink",
+        action="store_true",
+        default=False,
+        help="skip Hypothesis's shrink phase (a smoke run: failing examples are reported as found, not minimal)",
+    )
+    group.addoption(
         "--iqa-variant-tests-only",
         action="store_true",
         default=False,
@@ -95,8 +104,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     cap = config.getoption("--iqa-max-examples")
-    if cap is not None:
-        _cap_examples(cap)
+    no_shrink = config.getoption("--iqa-no-shrink")
+    if cap is not None or no_shrink:
+        _derive_profile(cap, no_shrink)
     path = config.getoption("--iqa-results")
     if path and not hasattr(config, "workerinput"):  # xdist workers report to the controller
         config.pluginmanager.register(ResultsRecorder(config, Path(path)), "iqa-results-recorder")
@@ -123,18 +133,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.user_properties.append((_VARIANT, variant))
 
 
-def _cap_examples(cap: int) -> None:
-    """Load a profile derived from the current one (conftest has loaded it) with max_examples <= cap."""
-    if cap < 1:
+def _derive_profile(cap: int | None, no_shrink: bool) -> None:
+    """Load a profile derived from the current one (conftest has loaded it): max_examples <= cap, and
+    without the shrink phase if asked. Tests with their own @settings keep them."""
+    if cap is not None and cap < 1:
         raise pytest.UsageError(f"--iqa-max-examples must be >= 1, got {cap}")
-    from hypothesis import settings
+    from hypothesis import Phase, settings
 
     global _BASE_PROFILE
     current = settings.get_current_profile_name()
     _BASE_PROFILE = current
     parent = settings.get_profile(current)
-    name = f"{current}-max{cap}"
-    settings.register_profile(name, parent=parent, max_examples=min(cap, parent.max_examples))
+    changes: dict[str, Any] = {}
+    name = current
+    if cap is not None:
+        changes["max_examples"] = min(cap, parent.max_examples)
+        name += f"-max{cap}"
+    if no_shrink:
+        changes["phases"] = [p for p in parent.phases if p is not Phase.shrink]
+        name += "-noshrink"
+    settings.register_profile(name, parent=parent, **changes)
     settings.load_profile(name)
 
 
@@ -234,8 +252,13 @@ class ResultsRecorder:
             for spec in chosen:
                 parts += ["--variant", spec]
         cap = self.config.getoption("--iqa-max-examples", default=None)
+        no_shrink = self.config.getoption("--iqa-no-shrink", default=False)
+        if cap is not None or no_shrink:
+            parts += ["-p", "iqa.pytest_plugin"]
         if cap is not None:
-            parts += ["-p", "iqa.pytest_plugin", f"--iqa-max-examples={cap}"]
+            parts.append(f"--iqa-max-examples={cap}")
+        if no_shrink:
+            parts.append("--iqa-no-shrink")
         seed = self.config.getoption("--hypothesis-seed", default=None)
         if seed is not None:
             parts.append(f"--hypothesis-seed={seed}")
@@ -289,6 +312,7 @@ class ResultsRecorder:
                 "exitstatus": int(exitstatus),
                 "hypothesis_profile": _hypothesis_profile(),
                 "max_examples_cap": self.config.getoption("--iqa-max-examples"),
+                "shrink": not self.config.getoption("--iqa-no-shrink"),
                 "versions": _versions(),
                 "summary": summary,
                 "tests": tests,

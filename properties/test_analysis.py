@@ -138,6 +138,8 @@ def test_arnoldi_matches_dense_spectral_radius(variant: Variant, case: Case, dev
     # a computed residual J u - theta u is itself off by up to (n + 2) eps (||J||_2 + |theta|)
     residual_rounding = (case.tokens * case.dim + 2) * eps * (torch.linalg.matrix_norm(J, 2).cpu() + dense.rho.cpu())
     jacobian_error = jacobian_rounding(layer, x, solution.y).cpu()
+    assert dense.eigenvalues is not None
+    moduli = dense.eigenvalues.abs().to(torch.float64).cpu()
     for b in range(case.batch):
         theta = complex(dense.eigenvalue[b])
         event(f"dominant eigenvalue {eigenvalue_kind(theta)}")
@@ -146,10 +148,20 @@ def test_arnoldi_matches_dense_spectral_radius(variant: Variant, case: Case, dev
             continue
         backward = dense.residual[b] + arnoldi.residual[b] + 2 * residual_rounding[b] + 2 * jacobian_error[b]
         tolerance = float(condition[b] * backward) + 2 * eps * float(dense.rho[b])  # + rounding of each |theta|
+        rho = float(moduli[b].max())
+        below = moduli[b][moduli[b] < rho - tolerance]  # moduli within the tolerance of rho count as ties
+        if rho == 0 or (below.numel() and float(below.max()) > SEPARATION * rho):
+            # a cluster just below rho is Arnoldi's blind spot (iqa.analysis.spectral): not held to the dense rho
+            event(f"arnoldi: dominant modulus not separated (|lambda_2| > {SEPARATION} rho): not asserted")
+            continue
         gap = abs(float(dense.rho[b]) - float(arnoldi.rho[b]))
         event("arnoldi vs dense: " + ("tolerance < 1e-6 rho" if tolerance < 1e-6 * float(dense.rho[b]) else "loose"))
         note(f"element {b}: dense {theta}, arnoldi {complex(arnoldi.eigenvalue[b])}, tolerance {tolerance:.3e}")
         assert gap <= tolerance, f"Arnoldi rho {float(arnoldi.rho[b])} vs dense {float(dense.rho[b])}"
+
+
+#: Arnoldi is held to the dense rho where every smaller modulus is at most this fraction of rho.
+SEPARATION = 0.9
 
 
 def bauer_fike_condition(J: Tensor) -> Tensor:
@@ -191,7 +203,11 @@ def dominant_conditions(J: Tensor, rho: Tensor) -> Tensor:
     w = torch.gather(left, -1, match[:, None, :].expand(-1, left.shape[-2], -1))
     overlap = (w.conj() * right).sum(dim=-2).abs()
     cond = torch.linalg.vector_norm(right, dim=-2) * torch.linalg.vector_norm(w, dim=-2) / overlap
-    cond = torch.where(torch.isfinite(cond), cond, torch.full_like(cond, math.inf))
+    # the formula is for simple eigenvalues: a (near-)repeated one gets inf (the caller falls back to Bauer-Fike)
+    distance = (values[:, :, None] - values[:, None, :]).abs()
+    distance = distance + torch.diag_embed(torch.full_like(values.real, math.inf))
+    repeated = distance.amin(dim=-1) <= 1e-6 * rho[:, None]
+    cond = torch.where(torch.isfinite(cond) & ~repeated, cond, torch.full_like(cond, math.inf))
     candidates = values.abs() >= rho[:, None] / 2
     return torch.where(candidates, cond, torch.zeros_like(cond)).amax(dim=-1).cpu()
 
@@ -230,7 +246,7 @@ def test_consensus_spectral_radius(variant: Variant, case: Case, device) -> None
     # J carries jacobian_rounding, its eigensolver n eps ||J||; each moves rho by at most cond times that
     backward_J = jacobian_rounding(layer, x, point).cpu() + n * eps * torch.linalg.matrix_norm(J, 2).cpu()
     tol_J = dominant_conditions(J, rho_dense) * backward_J
-    tol_c = consensus_tolerance(layer, x)
+    tol_c = consensus_tolerance(layer, x) + 4 * eps * rho_c  # + the rounding of |lambda| and 1 - a + a lambda
     gap = (rho_dense - rho_c).abs()
     bucket = "rho_c < 1 (mean attracts)" if bool((rho_c < 1).all()) else "rho_c >= 1 (mean repels)"
     event(bucket if bool(torch.isfinite(tol_J).all()) else bucket + ", defective: vacuous")
@@ -242,25 +258,28 @@ def test_consensus_spectral_radius(variant: Variant, case: Case, device) -> None
 
 def consensus_tolerance(layer: FixedPointLayer, x: Tensor) -> Tensor:
     """The error of rho_c from rounding in P = A^T V_c / N (each entry a sum of N products, then D more for
-    A): every eigenvalue mu_i moves by d_i <= cond(mu_i) ||E_P||; +-sqrt(mu_i mu_j) by
-    (d_i |mu_j| + d_j |mu_i|) / (2 sqrt|mu_i mu_j|); a relaxation a scales both by a."""
+    A): every eigenvalue mu_i moves by d_i <= cond(mu_i) ||E_P|| (first order; inf when repeated or
+    defective), and +-sqrt(mu_i mu_j) by at most sqrt(d_i |mu_j| + d_j |mu_i| + d_i d_j) (|sqrt z - sqrt w|
+    <= sqrt|z - w|, finite even at mu = 0). rho_c = max |1 - a + a lambda| then moves by at most a times the
+    largest error among the eigenvalues whose image reaches rho_c / 2 (the others cannot become the max
+    unless the errors are that large, and then the bound is too)."""
     P = analysis.consensus_matrix(layer, x).to(torch.float64)
     with torch.no_grad():
         A = layer.score_matrix(x).to(torch.float64)  # type: ignore[operator]
         V = layer.values(x).to(torch.float64)  # type: ignore[operator]
     N, D = x.shape[-2], x.shape[-1]
     eps = torch.finfo(x.dtype).eps
-    E = (
-        (N + 2 * D + 4)
-        * eps
-        * torch.linalg.matrix_norm(A, "fro")
-        * torch.linalg.matrix_norm(V - V.mean(-2, keepdim=True), "fro")
-        / N
-    )
+    Vc = V - V.mean(-2, keepdim=True)
+    E = (N + 2 * D + 4) * eps * torch.linalg.matrix_norm(A, "fro") * torch.linalg.matrix_norm(Vc, "fro") / N
     mu, right = eig_blocks(P)
-    d = eigenvalue_conditions(right) * E[:, None]
+    d = torch.nan_to_num(eigenvalue_conditions(right) * E[:, None], nan=math.inf)
     m = mu.abs()
     i, j = torch.triu_indices(D, D, offset=1)
-    cross = (d[:, i] * m[:, j] + d[:, j] * m[:, i]) / (2 * (m[:, i] * m[:, j]).sqrt())
-    worst = torch.cat([d, cross], dim=-1).amax(dim=-1)
-    return (analysis.relaxation(layer) * worst).cpu()
+    cross = torch.nan_to_num((d[:, i] * m[:, j] + d[:, j] * m[:, i] + d[:, i] * d[:, j]).sqrt(), nan=math.inf)
+    a = analysis.relaxation(layer)
+    root = (mu[:, i] * mu[:, j]).sqrt()
+    moduli = torch.cat([(1 - a + a * mu).abs(), (1 - a + a * root).abs(), (1 - a - a * root).abs()], dim=-1)
+    errors = torch.cat([d, cross, cross], dim=-1)
+    rho_c = moduli.amax(dim=-1, keepdim=True).clamp_min(1 - a)
+    relevant = moduli >= rho_c / 2
+    return (a * torch.where(relevant, errors, torch.zeros_like(errors)).amax(dim=-1)).cpu()

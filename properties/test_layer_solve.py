@@ -32,6 +32,14 @@ from properties.tags import requires
 # --- convex hull --------------------------------------------------------------------------------------------------
 
 
+def scale_regime(scale: float) -> str:
+    """THEORY.md's regimes by weight scale s (for event buckets): s <= 1 mostly contracts, s ~ 3 cycles,
+    s >= 10 saturates."""
+    if scale <= 1:
+        return "s <= 1 (mostly contractive)"
+    return "1 < s <= 4 (multistable, cycling)" if scale <= 4 else "s >= 10 (saturated)"
+
+
 def hull_distance(points: Tensor, vertices: Tensor) -> Tensor:
     """Distance from each row of ``points`` [M, D] to conv(rows of ``vertices`` [N, D]), in float64.
 
@@ -79,7 +87,7 @@ def test_output_in_convex_hull(variant: Variant, case: Case, mode: str, n_iters:
     # + the check's own float64 rounding of V^T w - y: (N + 2) eps_64 max|x| per coordinate
     per_coordinate = (2 * case.tokens + 5) * eps / a + (case.tokens + 2) * torch.finfo(torch.float64).eps
     tol = math.sqrt(case.dim) * per_coordinate * float(x.abs().max())
-    event(f"{mode}, scale {'<= 1' if case.scale <= 1 else '> 1'}")
+    event(f"{mode}, {scale_regime(case.scale)}")
     for b in range(case.batch):
         distance = hull_distance(y[b], x[b])
         note(f"b={b} distance to the hull={distance.tolist()} tol={tol:.3e}")
@@ -149,19 +157,20 @@ def rescale_to(layer: FixedPointLayer, x: Tensor, target: float) -> tuple[Tensor
 def rounding(layer: FixedPointLayer, x: Tensor) -> Tensor:
     """delta: a bound on ||fl(f(y)) - f(y)||_F for y in the region the iterates visit, per batch element.
 
-    Entry (i, d) of softmax(A Y^T) V + B sums N products of probabilities and values after D-term score
-    sums: it rounds by <= eps (N + D) (1 + max|s|) (max|V| + max|x|), with |s_ij| <= ||a_i|| (max||v|| +
-    max||x||) bounding the scores; sqrt(N D) entries give the Frobenius norm.
+    Entry (i, d) of softmax(A (Y + C)^T) V (+ B) sums N products of probabilities and values after D-term
+    score sums: it rounds by <= eps (N + D) (1 + max|s|) (max|V| + max|x|), with |s_ij| <= ||a_i|| (max||v|| +
+    max||x|| + sqrt(D)) bounding the scores (iterates stay within reach of the values and x; sqrt(D) covers a
+    bounded offset C such as sinusoidal positions); sqrt(N D) entries give the Frobenius norm.
     """
     twin = float64_twin(layer)
     xd = x.double()
     with torch.no_grad():
         A = twin.score_matrix(xd)  # type: ignore[operator]
         V = twin.values(xd)  # type: ignore[operator]
-    reach = rows_norm(V) + rows_norm(xd)
+    _, n, d = x.shape
+    reach = rows_norm(V) + rows_norm(xd) + math.sqrt(d)
     scores = rows_norm(A) * reach
     magnitude = V.abs().amax(dim=(-2, -1)) + xd.abs().amax(dim=(-2, -1))
-    _, n, d = x.shape
     eps = torch.finfo(x.dtype).eps
     return math.sqrt(n * d) * (n + d) * eps * (1 + scores) * magnitude
 
@@ -198,14 +207,17 @@ def test_solvers_agree_under_certificate(variant: Variant, case: Case, target: f
     kappa = certs.best.double().cpu()
     tol = float((2 * delta / (1 - kappa)).max()) * 10**tol_exponent
     steps_bound = torch.full_like(kappa, math.inf)
-    for k, start in chains:
+    which = ["none"] * case.batch
+    for name, (k, start) in zip(("kappa_F", "kappa_inf", "kappa_weights"), chains):
         margin = tol - 2 * delta / (1 - k)  # > 0 only where this certificate's floor is below tol
         usable = (k < 1) & (margin > 0)
         k_steps = torch.ceil(torch.log(start / margin) / -torch.log(k)).clamp_min(1)
         k_steps = torch.where(start <= margin, torch.zeros_like(k_steps), k_steps)
-        steps_bound = torch.where(usable, torch.minimum(steps_bound, k_steps), steps_bound)
+        better = usable & (k_steps < steps_bound)
+        which = [name if bool(u) else w for u, w in zip(better, which)]
+        steps_bound = torch.where(better, k_steps, steps_bound)
     max_iter = int(steps_bound.max()) + 1
-    event(f"kappa {'< 0.5' if float(kappa.max()) < 0.5 else '>= 0.5'}, {case.dtype}")
+    event(f"kappa {'< 0.5' if float(kappa.max()) < 0.5 else 'in [0.5, 1)'}, bound from {which[0]}, {case.dtype}")
     with torch.no_grad():
         picard_layer = case.layer(variant, device, solver="picard", tol=tol, max_iter=max_iter)
         y_p = picard_layer(x)
@@ -263,7 +275,12 @@ def test_picard_cycles_at_scale_three(variant: Variant, case: Case, max_iter: in
         y_a = anderson_layer(x)
     picard, anderson = picard_layer.last_solution, anderson_layer.last_solution
     assert picard is not None and anderson is not None
-    note(f"picard={picard.statuses}/{picard.steps} anderson={anderson.statuses}/{anderson.steps} tol={tol:.3e}")
+    rho_c = analysis.consensus_radius(picard_layer, x).double().cpu()
+    note(
+        f"rho_c={rho_c.tolist()} picard={picard.statuses}/{picard.steps} "
+        f"anderson={anderson.statuses}/{anderson.steps} tol={tol:.3e}"
+    )
+    event(f"consensus {'repels (rho_c > 1)' if bool((rho_c > 1).all()) else 'attracts somewhere (rho_c <= 1)'}")
     event(f"picard {sorted({s.name for s in picard.statuses})}, anderson {sorted({s.name for s in anderson.statuses})}")
     assert all(s in (Status.CYCLE, Status.MAX_ITER) for s in picard.statuses)
     f = anderson_layer.fixed_point_map(x)

@@ -161,3 +161,17 @@ def test_rounded_keeps_four_digits_or_none(value: float) -> None:
         assert out is not None
         # 4 significant digits: the relative change is at most half a unit in the 4th digit
         assert abs(out - value) <= 5e-4 * abs(value)
+
+
+def test_a_failed_eigenvalue_solve_is_recorded_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    import iqa.measure.cell
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise torch.linalg.LinAlgError("eig did not converge")
+
+    monkeypatch.setattr(iqa.measure.cell, "spectral_radius", broken)
+    result = measure_variant("reference", TINY, progress=False)
+    found = [r for r in result["runs"] if r["consensus_distance"] is not None]  # runs with a converged y*
+    assert found and all(r["rho_failed"] and r["rho"] is None for r in found)
+    assert result["metrics"]["rho.failed_runs"] == len(found)
+    assert result["metrics"]["rho.p50"] is None

@@ -27,10 +27,9 @@ import torch
 from torch import Tensor
 
 from iqa.analysis.certificates import SCORES_A_YT, relaxation, score_form, supports_certificates
+from iqa.analysis.rounding import map_rounding
+from iqa.analysis.spectral import eig_blocks
 from iqa.layer import FixedPointLayer
-
-#: f(1 mean(V)^T) may differ from 1 mean(V)^T by this many eps times max|V| (rounding of softmax @ V).
-CONSENSUS_ROUNDING = 64
 
 
 def consensus_point(x: Tensor) -> Tensor:
@@ -68,13 +67,13 @@ def consensus_eigenvalues(layer: FixedPointLayer, x: Tensor, check: bool = True)
     """Every distinct-by-construction eigenvalue of df/dY at Y_c (see the module doc), [B, D^2 + 1], complex.
 
     With ``check`` (the default) the layer's map must fix 1 mean(V)^T to rounding
-    (CONSENSUS_ROUNDING eps max|V|); a layer whose equal rows do not give uniform
+    (:func:`iqa.analysis.rounding.map_rounding`); a layer whose equal rows do not give uniform
     attention (positional, hopfield) gets a ValueError instead of a wrong number.
     """
     P = consensus_matrix(layer, x)
     if check:
         _check_consensus_fixed(layer, x)
-    mu = torch.linalg.eigvals(P)  # [B, D]
+    mu = eig_blocks(P)[0]  # [B, D]
     D = mu.shape[-1]
     i, j = torch.triu_indices(D, D, offset=1, device=mu.device)
     cross = torch.sqrt(mu[:, i] * mu[:, j])
@@ -95,13 +94,16 @@ def consensus_radius(layer: FixedPointLayer, x: Tensor, check: bool = True) -> T
 
 
 def _check_consensus_fixed(layer: FixedPointLayer, x: Tensor) -> None:
+    """f(1 mean(V)^T) must be 1 mean(V)^T up to one evaluation's rounding (map_rounding, per row) and the
+    rounding of the mean itself ((N + 1) eps max ||v_j||)."""
     with torch.no_grad():
         V = layer.values(x)  # type: ignore[operator]
         point = consensus_point(V)
-        error = (layer.fixed_point_map(x)(point) - point).abs().amax()
-        limit = CONSENSUS_ROUNDING * torch.finfo(x.dtype).eps * V.abs().amax()
-    if not bool(error <= limit):
+        error = torch.linalg.vector_norm((layer.fixed_point_map(x)(point) - point).to(torch.float64), dim=-1).amax(-1)
+        row_norm = torch.linalg.vector_norm(V.to(torch.float64), dim=-1).amax(-1)
+        limit = map_rounding(layer, x, point) + (x.shape[-2] + 1) * torch.finfo(x.dtype).eps * row_norm
+    if not bool((error.cpu() <= limit.cpu()).all()):
         raise ValueError(
-            f"{type(layer).__name__}'s map does not fix 1 mean(V)^T (max deviation {float(error):.3e} > "
-            f"{float(limit):.3e}): equal rows do not give uniform attention, so the consensus analysis does not apply"
+            f"{type(layer).__name__}'s map does not fix 1 mean(V)^T (deviation {error.tolist()} > rounding "
+            f"{limit.tolist()}): equal rows do not give uniform attention, so the consensus analysis does not apply"
         )

@@ -36,6 +36,7 @@ from iqa.analysis.certificates import diameter, relaxation, supports_certificate
 from iqa.analysis.jacobian import jacobian
 from iqa.analysis.rates import MIN_POINTS, empirical_rate
 from iqa.analysis.rounding import map_rounding
+from iqa.analysis.spectral import eig_blocks
 from iqa.layer import FixedPointLayer
 
 #: The fitted window ends where ||d_t|| is still this many times above its rounding floor.
@@ -119,7 +120,7 @@ def _interval(ys: list[Tensor], J: Tensor, H: float, eps_f: float, eps: float, N
         measured = float(torch.linalg.vector_norm(d[t + 1] - J @ d[t]))
         remainder_ratio = max(remainder_ratio, measured / bound)
         nu.append(bound)
-    values, vectors = torch.linalg.eig(J.T)
+    values, vectors = (t[0] for t in eig_blocks(J.T[None]))
     top = int(values.abs().argmax())
     rho = float(values[top].abs())
     v = vectors[:, top] / torch.linalg.vector_norm(vectors[:, top])

@@ -6,16 +6,21 @@ negative (2-cycles) or a complex pair, so power iteration on J would not
 converge; instead:
 
 - ``dense`` (n <= DENSE_LIMIT): every eigenvalue of the dense block
-  (``torch.linalg.eig``);
+  (LAPACK geev through numpy, :func:`eig_blocks`);
 - ``arnoldi``: a batched Arnoldi process on the matrix-free J (jvp), Krylov
-  dimension m, explicitly restarted from the dominant Ritz vector.
+  dimension m, explicitly restarted from the sum of the top half of the Ritz
+  vectors (by modulus), a fresh random direction after a breakdown.
 
 Either way the result carries the dominant eigenpair (theta, u), ||u|| = 1, and
 its residual r = ||J u - theta u||: theta is an exact eigenvalue of J + E with
 ||E||_2 = r (backward error), so |theta - lambda| <= r for some eigenvalue
 lambda of J when J is normal, and <= cond(lambda) r to first order otherwise.
-Arnoldi may in principle miss an eigenvalue whose eigenvector the random start
-barely touches; the dense method cannot.
+Arnoldi converges to the eigenvalue of largest modulus when it stands apart
+(|lambda_2| / |lambda_1| < 1, faster the smaller); with a cluster of nearly
+equal moduli (the damped layer's 1 - a, for one) a converged Ritz value may be
+another member of the cluster, so it reports an eigenvalue that is accurate to
+its residual but not necessarily the dominant one. The dense method has no such
+blind spot and is the default up to n = DENSE_LIMIT.
 """
 
 from __future__ import annotations
@@ -102,28 +107,28 @@ def _dominant(values: Tensor) -> Tensor:
 
 
 def eig_blocks(J: Tensor) -> tuple[Tensor, Tensor]:
-    """Eigenvalues and unit eigenvectors of each block, robust to the tiny entries of saturated attention.
+    """Eigenvalues and unit eigenvectors of each block [B, n, n], through numpy's geev on the CPU.
 
-    Each block is scaled to max |entry| 1 and entries below eps of that are set
-    to zero (a backward error <= n eps ||J||, within the residual reported), as
-    LAPACK's geev can fail to converge on entries 1e-200 apart; a block that
-    still fails is retried with numpy's geev.
+    Not torch.linalg.eig: on the Jacobians of saturated attention (entries from 1
+    down to 1e-300 in one block) torch 2.13's CPU eig aborts the process or
+    fails to converge, where numpy's converges. Each block is scaled to max
+    |entry| 1 first (exact for the eigenvalues, which scale back); entries are
+    not flushed to zero, which on a defective block would move the eigenvalues
+    by far more than the entries themselves.
     """
+    import numpy as np
+
     size = J.abs().amax(dim=(-2, -1), keepdim=True)
     size = torch.where(size > 0, size, torch.ones_like(size))
-    scaled = J / size
-    scaled = torch.where(scaled.abs() < torch.finfo(J.dtype).eps, torch.zeros_like(scaled), scaled)
+    scaled = (J / size).detach().to("cpu", torch.float64).numpy()
     try:
-        values, vectors = torch.linalg.eig(scaled)
-    except torch.linalg.LinAlgError:
-        import numpy as np
-
-        complex_dtype = torch.complex128 if J.dtype == torch.float64 else torch.complex64
-        pairs = [np.linalg.eig(block.cpu().numpy()) for block in scaled]
-        values = torch.stack([torch.from_numpy(v.astype(np.complex128)) for v, _ in pairs])
-        vectors = torch.stack([torch.from_numpy(u.astype(np.complex128)) for _, u in pairs])
-        values, vectors = values.to(J.device, complex_dtype), vectors.to(J.device, complex_dtype)
-    return values * size[..., 0], vectors
+        values, vectors = np.linalg.eig(scaled)
+    except np.linalg.LinAlgError as error:
+        raise ValueError(f"the eigenvalue solver failed on a Jacobian block: {error}") from error
+    complex_dtype = torch.complex128 if J.dtype == torch.float64 else torch.complex64
+    values_t = torch.from_numpy(np.asarray(values, dtype=np.complex128)).to(J.device, complex_dtype)
+    vectors_t = torch.from_numpy(np.asarray(vectors, dtype=np.complex128)).to(J.device, complex_dtype)
+    return values_t * size[..., 0].to(complex_dtype), vectors_t
 
 
 def _dense(f: Map, y: Tensor) -> Spectrum:
@@ -153,29 +158,45 @@ def _arnoldi(f: Map, y: Tensor, m: int, max_restarts: int, rtol: float, seed: in
     theta = torch.zeros(batch, dtype=torch.complex128, device=y.device)
     residual = torch.full((batch,), math.inf, dtype=y.dtype, device=y.device)
     converged = torch.zeros(batch, dtype=torch.bool, device=y.device)
+    tiny = torch.finfo(y.dtype).tiny
+    keep = max(1, m // 2)
     for _ in range(max_restarts + 1):
-        V, H = _arnoldi_basis(matvec, start, m)
-        values, vectors = torch.linalg.eig(H[:, :m, :m])
+        V, H = _arnoldi_basis(matvec, start, m, generator)
+        values, vectors = eig_blocks(H[:, :m, :m])
         idx = _dominant(values)
         theta = values.gather(-1, idx[:, None]).squeeze(-1)
-        s = vectors.gather(-1, idx[:, None, None].expand(-1, m, 1))
-        u = (V[:, :, :m].to(s.dtype) @ s).squeeze(-1)
-        u = u / torch.linalg.vector_norm(u, dim=-1, keepdim=True).clamp_min(torch.finfo(y.dtype).tiny)
+        ritz = V[:, :, :m].to(vectors.dtype) @ vectors  # every Ritz vector, [B, n, m]
+        ritz = ritz / torch.linalg.vector_norm(ritz, dim=-2, keepdim=True).clamp_min(tiny)
+        u = ritz.gather(-1, idx[:, None, None].expand(-1, n, 1)).squeeze(-1)
         Ju = matvec(u.real).to(u.dtype) + 1j * matvec(u.imag).to(u.dtype)
         residual = torch.linalg.vector_norm(Ju - theta[:, None] * u, dim=-1).to(y.dtype)
         scale = torch.linalg.matrix_norm(H, ord="fro")
         converged = residual <= rtol * scale
         if bool(converged.all()):
             break
-        start = u.real + u.imag
+        # restart from the top half of the Ritz vectors by modulus, not the top one alone: a start that
+        # is (nearly) one eigenvector spans an invariant subspace and would lock onto that eigenvalue
+        top = values.abs().argsort(dim=-1, descending=True)[:, :keep]
+        chosen = ritz.gather(-1, top[:, None, :].expand(-1, n, -1))
+        start = (chosen.real + chosen.imag).sum(dim=-1).to(y.dtype)
     return Spectrum(theta.abs().to(y.dtype), theta, residual, converged, "arnoldi")
 
 
-def _arnoldi_basis(matvec: Map, start: Tensor, m: int) -> tuple[Tensor, Tensor]:
-    """Orthonormal Krylov basis V [B, n, m + 1] and Hessenberg H [B, m + 1, m] with J V_m = V_{m+1} H.
+def _orthogonalize(V: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """w minus its projection on the columns of V (classical Gram-Schmidt twice), and the coefficients."""
+    h = (V.transpose(1, 2) @ w[..., None]).squeeze(-1)
+    w = w - (V @ h[..., None]).squeeze(-1)
+    h2 = (V.transpose(1, 2) @ w[..., None]).squeeze(-1)
+    return w - (V @ h2[..., None]).squeeze(-1), h + h2
 
-    Classical Gram-Schmidt applied twice; on breakdown (an invariant subspace
-    found) the next basis vector is zero, which adds only zero eigenvalues to H.
+
+def _arnoldi_basis(matvec: Map, start: Tensor, m: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Orthonormal basis V [B, n, m + 1] and Hessenberg H [B, m + 1, m] with J V_m = V_{m+1} H.
+
+    On breakdown (the Krylov space is invariant: its eigenvalues are exact, but
+    the dominant one may lie outside it) H gets a zero subdiagonal entry and the
+    basis continues with a fresh random vector orthogonal to it, so that every
+    cycle searches an m-dimensional space.
     """
     batch, n = start.shape
     V = torch.zeros(batch, n, m + 1, dtype=start.dtype, device=start.device)
@@ -183,17 +204,19 @@ def _arnoldi_basis(matvec: Map, start: Tensor, m: int) -> tuple[Tensor, Tensor]:
     eps = torch.finfo(start.dtype).eps
     norm = torch.linalg.vector_norm(start, dim=-1, keepdim=True)
     V[:, :, 0] = torch.where(norm > 0, start / norm.clamp_min(torch.finfo(start.dtype).tiny), 0.0)
+    tiny = torch.finfo(start.dtype).tiny
     for k in range(m):
         w = matvec(V[:, :, k])
         scale = torch.linalg.vector_norm(w, dim=-1)
-        basis = V[:, :, : k + 1]
-        h = (basis.transpose(1, 2) @ w[..., None]).squeeze(-1)
-        w = w - (basis @ h[..., None]).squeeze(-1)
-        h2 = (basis.transpose(1, 2) @ w[..., None]).squeeze(-1)
-        w = w - (basis @ h2[..., None]).squeeze(-1)
-        H[:, : k + 1, k] = h + h2
+        w, h = _orthogonalize(V[:, :, : k + 1], w)
+        H[:, : k + 1, k] = h
         beta = torch.linalg.vector_norm(w, dim=-1)
         alive = beta > n * eps * scale
         H[:, k + 1, k] = torch.where(alive, beta, 0.0)
-        V[:, :, k + 1] = torch.where(alive[:, None], w / beta.clamp_min(torch.finfo(start.dtype).tiny)[:, None], 0.0)
+        if k + 1 < n and not bool(alive.all()):
+            fresh = torch.randn(batch, n, generator=generator, dtype=torch.float64).to(start.dtype).to(start.device)
+            fresh, _ = _orthogonalize(V[:, :, : k + 1], fresh)
+            w = torch.where(alive[:, None], w, fresh)
+            beta = torch.linalg.vector_norm(w, dim=-1)
+        V[:, :, k + 1] = w / beta.clamp_min(tiny)[:, None]
     return V, H

@@ -24,7 +24,8 @@ backward modes; pNN are quantiles):
 non-finite), ``m.rate.p50/p95`` (observed rate, converged runs),
 ``m.time_per_step_us`` (wall clock: the one non-deterministic metric),
 ``kappa.p05/p50/p95`` and ``kappa.below_one_fraction`` (best certificate),
-``rho.p05/p50/p95`` (spectral radius at y*), ``rho_consensus.*`` (at the token
+``rho.p05/p50/p95`` (spectral radius at y*; ``rho.failed_runs`` counts runs where
+the eigenvalue solver failed), ``rho_consensus.*`` (at the token
 mean, for layers that fix it), ``consensus_distance.p05/p50/p95``,
 ``weight_grad_norm.p05/p50/p95``, ``unrolled_error.T<T>.p50/p95``,
 ``phantom_error.k<k>_lam<lam>.p50/p95``, ``saved_bytes.<mode>.T<T>``, and the

@@ -6,7 +6,8 @@ batch element gives one *run* record::
 
     {"tokens", "dim", "scale", "seed", "element",
      "kappa": {"inf", "F", "weights", "best"} | None,   # certificates (None: not of the form softmax(A Y^T) V)
-     "rho": float | None,              # spectral radius of df/dy at y* (None: no converged y*)
+     "rho": float | None,              # spectral radius of df/dy at y* (None: no converged y*, or it failed)
+     "rho_failed": bool,               # the eigenvalue solver failed on the cell's Jacobian
      "rho_consensus": float | None,    # rho at the token mean 1 mean(x)^T, for layers that fix it
      "consensus_distance": float | None,   # ||y* - 1 mean(x)^T||_F / ||x - 1 mean(x)^T||_F
      "<method>": {"status", "steps", "residual", "rate", "history" (picard only)}}
@@ -89,7 +90,12 @@ def measure_cell(variant: Variant, cell: Cell, sweep: Sweep) -> dict[str, Any]:
         spread = consensus_distance(x, x)
         distance = consensus_distance(y_star, x) / spread.clamp_min(torch.finfo(x.dtype).tiny)
         rho_c = _consensus_radius(layer, x)
-    rho = spectral_radius(f, y_star).tolist() if variant.has(Tag.BATCH_INDEPENDENT) and any(found) else None
+    rho, rho_failed = None, False
+    if variant.has(Tag.BATCH_INDEPENDENT) and any(found):
+        try:
+            rho = spectral_radius(f, y_star).tolist()
+        except torch.linalg.LinAlgError:  # LAPACK's eig can fail on a nearly defective Jacobian: say so
+            rho_failed = True
     runs = []
     for b in range(sweep.batch):
         run: dict[str, Any] = {
@@ -100,6 +106,7 @@ def measure_cell(variant: Variant, cell: Cell, sweep: Sweep) -> dict[str, Any]:
             "element": b,
             "kappa": None,
             "rho": _finite(rho[b]) if rho is not None and found[b] else None,
+            "rho_failed": rho_failed and found[b],
             "rho_consensus": _finite(rho_c[b]) if rho_c is not None else None,
             "consensus_distance": _finite(float(distance[b])) if found[b] else None,
         }

@@ -66,6 +66,7 @@ def summarize(
     m["kappa.below_one_fraction"] = fraction([k is not None and k < 1 for k in kappas]) if any(kappas) else None
     rhos = [r["rho"] for r in runs]
     _quantiles(m, "rho", rhos, QUANTILES)
+    m["rho.failed_runs"] = float(sum(bool(r.get("rho_failed")) for r in runs))
     rho_c = [r["rho_consensus"] for r in runs]
     _quantiles(m, "rho_consensus", rho_c, QUANTILES)
     valid_c = [v for v in rho_c if v is not None]
@@ -99,6 +100,7 @@ _INFO = [
     (r"^(unrolled|phantom)_error\.", "lower", "relative", True),
     (r"^saved_bytes\.", "lower", "bytes", True),
     (r"^(runs|gradient_cells)$", None, "count", True),
+    (r"^rho\.failed_runs$", "lower", "count", True),
 ]
 
 

@@ -10,7 +10,8 @@ Layout of the output directory (default ``reports/``)::
 
 Every file is written atomically, and the same command with the same seed
 writes the same bytes: the property suite runs on the derandomized ``ci``
-profile (``--quick`` caps it at 3 examples per property) and timings stay out of the files.
+profile, capped at 10 examples per property (``--quick``: 3, not shrunk),
+and timings stay out of the files.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", default="reports", metavar="DIR", help="output directory (default: reports)")
     parser.add_argument(
-        "--quick", action="store_true", help="a small sweep and 3 examples per property: a smoke run (~30 s)"
+        "--quick",
+        action="store_true",
+        help="a smoke run (< 30 s): a small sweep, 3 examples per property, failing examples not shrunk",
     )
     parser.add_argument(
         "--seed",
@@ -68,8 +71,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help=f"cap Hypothesis examples per property (default: the {PROFILE} profile's; "
-        f"{QUICK_MAX_EXAMPLES} with --quick)",
+        help=f"Hypothesis examples per property at most (default {DEFAULT_MAX_EXAMPLES}, {QUICK_MAX_EXAMPLES} with "
+        f"--quick; the {PROFILE} profile's own number, 30, when larger)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -78,6 +81,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 PROFILE = "ci"
 #: Examples per property with --quick (the 30-second budget).
 QUICK_MAX_EXAMPLES = 3
+#: Examples per property otherwise: the full ci profile (30) takes most of the 3-minute budget by itself.
+DEFAULT_MAX_EXAMPLES = 10
 
 
 def _directory_name(variant: str) -> str:
@@ -143,11 +148,20 @@ def build(args: argparse.Namespace, sweep: Sweep | None = None) -> tuple[list[Pa
     sweep = (sweep or PRESETS[preset]).with_seed(args.seed)
     specs = list(args.variant) or [v.name for v in variants]
     specs = [part.strip() for spec in specs for part in spec.split(",") if part.strip()]
-    max_examples = args.max_examples if args.max_examples is not None else (QUICK_MAX_EXAMPLES if args.quick else None)
+    max_examples = args.max_examples
+    if max_examples is None:
+        max_examples = QUICK_MAX_EXAMPLES if args.quick else DEFAULT_MAX_EXAMPLES
     run: PropertyRun | None = None
     if not args.no_properties:
         # the suite runs beside the sweep: both are CPU-bound and independent
-        run = start(specs, _suite(args.suite), profile=PROFILE, max_examples=max_examples, jobs=args.jobs)
+        run = start(
+            specs,
+            _suite(args.suite),
+            profile=PROFILE,
+            max_examples=max_examples,
+            shrink=not args.quick,
+            jobs=args.jobs,
+        )
     progress = not args.no_progress
     clock = time.perf_counter()
     if args.jobs > 1:
@@ -171,6 +185,7 @@ def build(args: argparse.Namespace, sweep: Sweep | None = None) -> tuple[list[Pa
         properties_command=run.display if run is not None else None,
         properties_profile=run.profile if run is not None else None,
         properties_max_examples=run.max_examples if run is not None else None,
+        properties_shrink=run.shrink if run is not None else True,
     )
     out = Path(args.out)
     written: list[Path] = []

@@ -43,6 +43,7 @@ class Context:
     properties_command: str | None
     properties_profile: str | None
     properties_max_examples: int | None = None
+    properties_shrink: bool = True
 
 
 def fmt(value: Any) -> str:
@@ -190,10 +191,12 @@ def properties_section(tests: list[dict[str, Any]] | None, context: Context, err
         return [*lines, "The property suite was not run for this report (`--no-properties`).", ""]
     cap = context.properties_max_examples
     budget = "" if cap is None else f", capped at {cap} examples per property for the report's time budget"
+    if not context.properties_shrink:
+        budget += " and without shrinking (a smoke run: failing examples are shown as found, not minimal)"
     lines += [
         f"From one pytest run of the per-variant properties on the derandomized `{context.properties_profile}` "
-        f"Hypothesis profile{budget} (meta tests of the suite and benchmarks are not part of it; `tox` runs "
-        "them):",
+        f"Hypothesis profile{budget}. Meta tests of the suite and benchmarks are not part of it (`tox` runs "
+        "them). The command, from the repository root:",
         "",
         f"    {context.properties_command}",
         "",
@@ -222,7 +225,9 @@ def properties_section(tests: list[dict[str, Any]] | None, context: Context, err
         lines += ["```text", clean(t["message"] or "(no message)"), "```", ""]
         if t["falsifying_example"]:
             lines += [
-                "Minimal falsifying example (Hypothesis, shrunk):",
+                "Minimal falsifying example (Hypothesis, shrunk):"
+                if context.properties_shrink
+                else "Falsifying example (Hypothesis, not shrunk in this smoke run):",
                 "",
                 "```python",
                 clean(t["falsifying_example"]),
@@ -274,7 +279,13 @@ def variant_page(
         "",
         _table(analysis_rows(result), ["quantity", "p05", "p50", "p95"]),
         "",
-        f"Share of runs with a certificate κ < 1 (contraction proven): {percent(m['kappa.below_one_fraction'])}.",
+        f"Share of runs with a certificate κ < 1 (contraction proven): {percent(m['kappa.below_one_fraction'])}."
+        + (
+            f" The eigenvalue solver failed on the Jacobian of {fmt(m['rho.failed_runs'])} converged runs "
+            "(left out of the ρ quantiles)."
+            if m.get("rho.failed_runs")
+            else ""
+        ),
         "",
         f"![{FIGURES['certificate.png']}](certificate.png)",
         "",
@@ -307,6 +318,13 @@ def variant_page(
     rows = [[f"`{k}`", fmt(v), result["metric_info"][k]["unit"]] for k, v in sorted(m.items()) if _shown(result, k)]
     lines += [_table(rows, ["metric", "value", "unit"]), ""]
     return "\n".join(lines)
+
+
+def _phantom_label(sweep: dict[str, Any]) -> str:
+    if not sweep["phantom"]:
+        return "none"
+    k, lam = sweep["phantom"][0]
+    return f"k={k}, λ={lam:g}"
 
 
 def _seeds_phrase(n: int) -> str:
@@ -357,7 +375,7 @@ def index_page(
         "distance to mean p50",
         "weight grad p50",
         f"unrolled error T={max(results[0]['sweep']['unrolled_T']) if results else ''} p50",
-        "phantom error p50",
+        f"phantom ({_phantom_label(results[0]['sweep'])}) error p50" if results else "phantom error p50",
         "properties",
     ]
     lines += ["## Comparison", "", _table(rows, headers), ""]

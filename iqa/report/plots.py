@@ -284,8 +284,15 @@ def certificate_plot(variant: str, runs: list[dict[str, Any]]) -> Figure:
         ax.set_xlabel(label)
         ax.set_ylabel("observed rate (fit of ‖y_{t+1} − y_t‖ ∝ qᵗ)")
         if not points:
-            why = "this variant has no certificate" if key == "kappa" else "no spectral radius"
+            if not converged:
+                why = "no converged run with an observed rate"
+            elif key == "kappa" and not any(r["kappa"] for r in runs):
+                why = "no certificate: the map is not of the form softmax(A Yᵀ) V"
+            else:
+                why = "no ρ(J*): the variant does not claim batch_independent\nor the eigenvalue solver failed"
             _note(ax, f"{why}\n(no points to show)")
+            ax.set_xticks([])
+            ax.set_yticks([])
             continue
         xs, ys = np.array(points).T
         # saturated runs converge superlinearly (rates ~1e-20): show them at the edge, not stretch the axes

@@ -32,6 +32,7 @@ class PropertyRun:
     display: str
     profile: str
     max_examples: int | None = None
+    shrink: bool = True
     process: subprocess.Popen[bytes] | None = None
     workdir: tempfile.TemporaryDirectory[str] | None = None
     results: dict[str, Any] | None = None
@@ -66,18 +67,22 @@ def start(
     *,
     profile: str,
     max_examples: int | None = None,
+    shrink: bool = True,
     jobs: int = 1,
 ) -> PropertyRun:
     """Start pytest on ``suite`` for the variants ``specs``; :meth:`PropertyRun.wait` collects it.
 
     ``max_examples`` caps Hypothesis's examples per property (``--iqa-max-examples``: the report's time
-    budget); ``jobs`` > 1 runs pytest-xdist workers when it is installed (the verdicts do not change).
+    budget), ``shrink=False`` skips shrinking (``--iqa-no-shrink``: a smoke run); ``jobs`` > 1 runs
+    pytest-xdist workers when it is installed (the verdicts do not change).
     """
     suite = suite.resolve()
     benchmarks = suite / "benchmarks"
     selection = ["--iqa-variant-tests-only", "-p", "no:cacheprovider"]
     if max_examples is not None:
         selection.append(f"--iqa-max-examples={max_examples}")
+    if not shrink:
+        selection.append("--iqa-no-shrink")
     for spec in specs:
         selection += ["--variant", spec]
     shown = ["python", "-m", "pytest", suite.name, "-p", "iqa.pytest_plugin", *selection]
@@ -88,7 +93,7 @@ def start(
     if jobs > 1 and importlib.util.find_spec("xdist") is not None:
         args += ["-n", str(jobs)]
     display = f"HYPOTHESIS_PROFILE={profile} PYTHONHASHSEED=0 {shlex.join(shown)}"
-    run = PropertyRun(command=[], display=display, profile=profile, max_examples=max_examples)
+    run = PropertyRun(command=[], display=display, profile=profile, max_examples=max_examples, shrink=shrink)
     if not suite.is_dir():
         run.error = f"the property suite {suite} does not exist (run iqa report from the repository, or pass --suite)"
         return run

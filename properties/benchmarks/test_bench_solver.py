@@ -41,7 +41,7 @@ TOL = torch.finfo(torch.float32).tiny
 #: The window is (K, 2K] with 2K <= PILOT_STEPS; shorter windows than MIN_WINDOW are too short to time.
 PILOT_STEPS = 64
 MIN_WINDOW = MAX_PERIOD
-ROUNDS = 200
+ROUNDS = 400
 TABLE = f"one Picard step vs one evaluation of f (B={BATCH}, N={TOKENS}, D={DIM}, float32, CPU)"
 
 
