@@ -26,10 +26,11 @@ from hypothesis import assume, event, given, note
 from hypothesis import strategies as st
 from torch import Tensor
 
-from iqa.analysis import certificates, jacobian, spectral_radius
+from iqa.analysis import certificates, jacobian, saturation_gap, spectral_radius
 from iqa.layer import FixedPointLayer
 from iqa.solvers import Map, Solution
 from iqa.variants import Tag, Variant
+from properties.regimes import SATURATION_GAP
 from properties.strategies import CONTRACTIVE_SCALES, Case, cases
 from properties.tags import requires
 
@@ -184,6 +185,11 @@ def solved(case: Case, variant: Variant, device: torch.device, **options: object
     rho = float(spectral_radius(fixed_map(layer, x), solution.y).max())
     event(f"locally stable (rho < 1): {rho < 1}")
     assume(rho < 1)
+    gap = float(saturation_gap(fixed_map(layer, x), solution.y).max())
+    event(f"saturated attention: {gap <= SATURATION_GAP}")
+    # Nearly one-hot attention (regimes.py's "saturated") has J* ~ 0 and weight gradients at the rounding level:
+    # no gradient comparison has a signal there, so those cases are rejected, not compared.
+    assume(not gap <= SATURATION_GAP)
     return layer, x
 
 
@@ -310,6 +316,15 @@ rate_cases = cases(batch=(1, 1), tokens=(2, 4), dim=(1, 4), dtypes=(F64,), scale
 SIGNAL_OVER_NOISE = 100.0
 #: A complex dominant pair makes e_T oscillate within its envelope; allow the envelope this factor of wobble.
 OSCILLATION = 10.0
+#: The rate check needs rho(J*) at least this: 13 decades / log10(1 / 0.1) = 13 steps of asymptotic decay.
+RATE_RHO_MIN = 0.1
+#: The phantom check needs rho(J*) at least this: below it the phantom error is a few ulps of gradients whose
+#: terms cancel, and the slack (rounding relative to ||df/dtheta|| ||g||) no longer bounds that cancellation.
+PHANTOM_RHO_MIN = 0.05
+#: Weight scales up to 2, where rho(J*) mostly clears PHANTOM_RHO_MIN (injection contracts hard below 1).
+phantom_cases = cases(batch=(1, 2), tokens=(2, 4), dim=(1, 4), dtypes=(F64,), scales=st.floats(0.5, 2.0))
+#: The phantom check's forward tolerance: near float64's rounding floor for these small shapes (N, D <= 4, |x| ~ 1).
+PHANTOM_TOL = 1e-15
 
 
 @requires(Tag.WEIGHT_DEPENDENT)
@@ -325,6 +340,7 @@ def test_unrolled_error_falls_at_rate_rho(variant: Variant, case: Case, device) 
     rho = float(an.rho.max())
     event(f"rho in [{math.floor(rho * 5) / 5:.1f}, {math.floor(rho * 5) / 5 + 0.2:.1f})")
     note(an.describe())
+    assume(rho >= RATE_RHO_MIN)  # see the fuller precondition below; checked first so no floor is tested for it
     reference = an.reference.weights
     floor = floor_of(x, v)
     ref_norm = float(torch.linalg.vector_norm(reference))
@@ -332,7 +348,9 @@ def test_unrolled_error_falls_at_rate_rho(variant: Variant, case: Case, device) 
     noise = ref_norm * adjoint_budget(an, TOL64)
     # Two errors above SIGNAL_OVER_NOISE x noise need rho >= SIGNAL_OVER_NOISE x noise / ||ref||; rho <= 0.8 keeps
     # the depth (log(TOL64) / log(rho) ~ 134 steps) affordable.
-    assume(SIGNAL_OVER_NOISE * noise / ref_norm <= rho <= 0.8)
+    # Below RATE_RHO_MIN the error falls through the ~13 decades above rounding in a handful of steps, all of
+    # them in the forward's nonlinear transient, where C(T) is not yet of low degree: no asymptotic slope to fit.
+    assume(max(RATE_RHO_MIN, SIGNAL_OVER_NOISE * noise / ref_norm) <= rho <= 0.8)
     # Past the depth where the seed loop has converged, e_T sits at the noise; a few steps more show the floor.
     t_max = converged_depth(layer, x) + 5
     assume(t_max <= MAX_ITER)
@@ -341,12 +359,17 @@ def test_unrolled_error_falls_at_rate_rho(variant: Variant, case: Case, device) 
     for T in range(1, t_max + 1, stride):
         unrolled = case.layer(variant, device, n_iters=T)
         errors[T] = float(torch.linalg.vector_norm(layer_grads(unrolled, x, v).weights - reference))
-    # Envelope from the right removes the dips of an oscillating error; keep T well above the noise.
     steps = sorted(errors)
+    # The unrolled gradient rounds too (T chained VJPs): past the converged depth e_T sits on that floor, so the
+    # noise is the larger of the reference's budget and the measured plateau at t_max.
+    noise = max(noise, errors[steps[-1]])
+    # Envelope from the right removes the dips of an oscillating error; keep T well above the noise.
     envelope = {T: max(errors[s] for s in steps if s >= T) for T in steps}
     window = [T for T in steps if envelope[T] >= SIGNAL_OVER_NOISE * noise]
     note(f"e_T: {[(T, f'{errors[T]:.1e}') for T in steps]}; noise {noise:.1e}; window {window}")
-    assert len(window) >= 2, "the unrolled error never rose above the noise: unrolled equals implicit at T = 1?"
+    assert window, "the unrolled error never rose above the noise: unrolled equals implicit at T = 1?"
+    # One point above the noise: the error fell through it in one step (rho tiny), too few points to fit a rate.
+    assume(len(window) >= 2)
     # The local rate holds once the iterates are near y*: past the error's peak (a transient may first grow),
     # fit the later half of the window (>= 3 points where there are).
     peak = max(steps, key=lambda T: errors[T])
@@ -360,8 +383,9 @@ def test_unrolled_error_falls_at_rate_rho(variant: Variant, case: Case, device) 
     # log C(T) grows by at most degree 2 x log(t2/t1) over the window (Neumann truncation x forward error), and
     # wobbles by at most log(OSCILLATION): the slope may exceed log rho by their sum over t2 - t1, fall short by
     # the wobble alone.
+    # C(T) may also fall like T^-2 (a subdominant mode decaying out of the window): the same allowance below.
     upper = math.log(rho) + (2 * math.log(t2 / t1) + math.log(OSCILLATION)) / (t2 - t1)
-    lower = math.log(rho) - math.log(OSCILLATION) / (t2 - t1)
+    lower = math.log(rho) - (2 * math.log(t2 / t1) + math.log(OSCILLATION)) / (t2 - t1)
     note(
         f"fitted rate {math.exp(slope):.4f} on T in [{t1}, {t2}]; rho {rho:.4f}; allowed "
         f"[{math.exp(lower):.4f}, {math.exp(upper):.4f}]"
@@ -433,32 +457,47 @@ def test_implicit_matches_finite_differences(variant: Variant, case: Case, devic
 
 
 @requires(Tag.WEIGHT_DEPENDENT)
-@given(case=small_cases, k=st.integers(1, 4), damping=st.sampled_from([1.0, 0.5]))
+@given(case=phantom_cases, k=st.integers(1, 4), damping=st.sampled_from([1.0, 0.5]))
 def test_phantom_error_within_bound(variant: Variant, case: Case, k: int, damping: float, device) -> None:
     """Phantom(k, lam) computes v^T lam sum_{i<k} B^i df/dtheta with B = (1 - lam) I + lam J*, so its error
     is exactly -e^T df/dtheta, e = (B^T)^k g, and ||error|| <= ||df/dtheta||_2 ||e||."""
-    layer, x = solved(case, variant, device)
+    # The k phantom steps start from y*, whose residual r moves them (measured: the identity below is off by
+    # ~0.6 r at r = 1e-13, ~1e-16 at r = 1e-16), so this property solves to PHANTOM_TOL, 100x below TOL64.
+    layer, x = solved(case, variant, device, tol=PHANTOM_TOL)
     v = cotangent(case, device)
     implicit = layer_grads(layer, x, v).weights
     phantom_layer = case.layer(
-        variant, device, backward="phantom", phantom_steps=k, phantom_damping=damping, **solve_options()
+        variant,
+        device,
+        backward="phantom",
+        phantom_steps=k,
+        phantom_damping=damping,
+        **solve_options(tol=PHANTOM_TOL),
     )
     phantom = layer_grads(phantom_layer, x, v).weights
     solution = layer.last_solution
     assert solution is not None
     an = analyse(layer, x, solution.y, v)
+    assume(float(an.rho.max()) >= PHANTOM_RHO_MIN)
     eye = torch.eye(an.n, dtype=F64, device=an.J.device)
     B_T = ((1 - damping) * eye + damping * an.J).transpose(1, 2)
     e = (torch.linalg.matrix_power(B_T, k) @ an.g.flatten(1).unsqueeze(-1)).reshape(v.shape)
     predicted = pullback(layer, x, an.y, e).weights
     bound = float(torch.linalg.matrix_norm(an.dtheta, ord=2)) * float(e.norm())
     error = phantom - implicit
-    # Both gradients and the prediction are taken at the same y*; what is left is the implicit one's adjoint error
-    # and rounding (the phantom's k steps round like k more terms of the adjoint).
-    slack = float(an.scale_weights) * (adjoint_budget(an, TOL64) + an.worst_cond * k * an.n * eps(F64))
+    # Both gradients and the prediction are taken at the same y*; what is left is the implicit one's adjoint error,
+    # the forward's (y* to TOL64, amplified by cond like the adjoint's: a second budget) and rounding (the phantom's
+    # k steps round like k more terms of the adjoint, the two pullbacks like 2 more).
+    slack = float(an.scale_weights) * (2 * adjoint_budget(an, TOL64) + an.worst_cond * (k + 2) * an.n * eps(F64))
     note(f"{an.describe()}; ||error|| {float(error.norm()):.3e}, bound {bound:.3e}, slack {slack:.1e}")
     assert float(error.norm()) <= bound + slack
-    assert float((error + predicted).norm()) <= slack, "the phantom error is not -(B^T)^k g df/dtheta"
+    # The identity also carries the rounding of three autograd pullbacks, which cancellation inside f's VJP can
+    # push past the slack; the hook-based implicit gradient against the dense reference (same y*, same kind of
+    # pullback) measures two such terms, so 2x that measured noise covers the three.
+    noise = float((implicit - an.reference.weights).norm())
+    mismatch = float((error + predicted).norm())
+    limit = slack + 2 * noise
+    assert mismatch <= limit, f"the phantom error is not -(B^T)^k g df/dtheta: off by {mismatch:.2e} > {limit:.2e}"
 
 
 @requires(Tag.WEIGHT_DEPENDENT)

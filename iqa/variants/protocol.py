@@ -104,6 +104,10 @@ class Variant:
         """Pickle through the constructor (a mappingproxy does not pickle), for worker processes."""
         return (type(self), (self.name, self.factory, self.tags, dict(self.expected_failures), self.description))
 
+    def __repr__(self) -> str:
+        # Short, so that Hypothesis's falsifying examples stay readable.
+        return f"Variant({self.name!r})"
+
     def has(self, *tags: Tag | str) -> bool:
         return all(Tag(t) in self.tags for t in tags)
 
