@@ -15,6 +15,7 @@ import torch
 from hypothesis import strategies as st
 
 from iqa.layer import FixedPointLayer
+from iqa.measure import Sweep
 from iqa.variants import Variant
 
 DTYPES = (torch.float64, torch.float32)
@@ -72,3 +73,17 @@ def cases(
         scale=draw(scales),
         seed=draw(st.integers(0, 2**31 - 1)),
     )
+
+
+#: A sweep small enough for unit tests of the measurement and the reports (seconds, not minutes).
+TINY_SWEEP = Sweep(
+    tokens=(2, 3),
+    dims=(2,),
+    scales=(0.5, 3.0),
+    seeds=(0,),
+    batch=2,
+    max_iter=60,
+    unrolled_T=(1, 4),
+    phantom=((1, 1.0),),
+    memory_shape=(2, 2),
+)

@@ -17,22 +17,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from iqa import solve
-from iqa.measure import Sweep, measure_variant
+from iqa.measure import measure_variant
 from iqa.measure.summary import metric_info
 from iqa.measure.sweep import Cell, rounded
 from iqa.variants import resolve
-
-TINY = Sweep(
-    tokens=(2, 3),
-    dims=(2,),
-    scales=(0.5, 3.0),
-    seeds=(0,),
-    batch=2,
-    max_iter=60,
-    unrolled_T=(1, 4),
-    phantom=((1, 1.0),),
-    memory_shape=(2, 2),
-)
+from properties.strategies import TINY_SWEEP as TINY
 
 
 @pytest.fixture(scope="module")

@@ -28,22 +28,11 @@ import torch
 
 from iqa import solve
 from iqa.atomic import atomic_open, write_json, write_text
-from iqa.measure import Sweep
 from iqa.report import build, configure_parser, main, markdown
 from iqa.report.properties import start
 from iqa.variants import resolve
+from properties.strategies import TINY_SWEEP as TINY
 
-TINY = Sweep(
-    tokens=(2, 3),
-    dims=(2,),
-    scales=(0.5, 3.0),
-    seeds=(0,),
-    batch=2,
-    max_iter=60,
-    unrolled_T=(1, 4),
-    phantom=((1, 1.0),),
-    memory_shape=(2, 2),
-)
 VARIANTS = ("reference", "hopfield")
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
 
