@@ -225,15 +225,17 @@ def _adjoint_hook(
         # With a relative stop the equation is scale-free; solve it for v / s (s a power of two near max|v|
         # per batch element, so the division is exact) so that a tiny or huge loss scale never meets the
         # solver's absolute floors, then scale g back by s.
-        scale = _power_of_two_scale(v) if kwargs["stop"] == "rel" else torch.ones_like(v)
-        v_hat = v / scale
+        scale = _power_of_two_scale(v) if kwargs["stop"] == "rel" else None
+        v_hat = v / scale if scale is not None else v
 
         def adjoint_map(g: Tensor) -> Tensor:
             # materialize_grads: a map that ignores y has J = 0 (g = v), not an error.
             (jtg,) = torch.autograd.grad(fy, y_req, g, retain_graph=True, materialize_grads=True)
             return v_hat + jtg
 
-        solution = _rescaled(solve(adjoint_map, v_hat, **kwargs), scale)
+        solution = solve(adjoint_map, v_hat, **kwargs)
+        if scale is not None:
+            solution = _rescaled(solution, scale)
         record.backward = solution
         if not solution.converged:
             error = ConvergenceError(solution, "adjoint solve g = v + J^T g of the implicit backward")

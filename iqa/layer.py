@@ -30,7 +30,7 @@ from iqa.checks import (
     check_unit_interval,
 )
 from iqa.grad import AdjointOptions, SolveRecord, check_backward_mode, fixed_point
-from iqa.solvers import METHODS, Map, Solution
+from iqa.solvers import METHODS, STOP_MODES, Map, Solution
 
 DEFAULT_TOL = 1e-6
 DEFAULT_MAX_ITER = 200
@@ -80,7 +80,9 @@ class FixedPointLayer(nn.Module):
             check_positive_int("max_iter", max_iter)
         if damping is not None:
             check_unit_interval("damping", damping)
-        if stop not in ("abs", "rel"):
+            if solver == "anderson":
+                raise ValueError("damping is Picard's relaxation; Anderson's is mixing= (pass mixing=... instead)")
+        if stop not in STOP_MODES:
             raise ValueError(f"unknown stop mode {stop!r}; choose 'abs' or 'rel'")
         self.embed_dim = embed_dim
         self.n_iters = n_iters
@@ -137,14 +139,11 @@ class FixedPointLayer(nn.Module):
         )
         if self.solver == "picard":
             options["damping"] = self.damping
-        adjoint = self.adjoint
-        if adjoint is None and self.raise_on_failure:
-            adjoint = AdjointOptions(raise_on_failure=True)
         y = fixed_point(
             f,
             y0,
             self.backward,
-            adjoint=adjoint,
+            adjoint=self.adjoint,
             phantom_steps=self.phantom_steps,
             phantom_damping=self.phantom_damping,
             record=record,
@@ -199,12 +198,13 @@ class ImplicitQueryAttention(FixedPointLayer):
 
     def fixed_point_map(self, x: Tensor) -> Map:
         K = self.keys(x)
+        V = self.values(x)  # x itself for the seed: the same tensor, so the same bits
 
         def f(y: Tensor) -> Tensor:
             Q = self.Omega_Q(y)
             attn_scores = torch.matmul(K, Q.transpose(-2, -1))
             attn_probs = F.softmax(attn_scores, dim=-1)
-            return torch.matmul(attn_probs, x)
+            return torch.matmul(attn_probs, V)
 
         return f
 

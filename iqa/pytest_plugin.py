@@ -51,14 +51,13 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import sys
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from iqa.atomic import write_json
+from iqa.versions import package_versions
 
 FORMAT = "iqa-pytest-results/1"
 OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed")
@@ -157,13 +156,7 @@ def _derive_profile(cap: int | None, no_shrink: bool) -> None:
 
 
 def _versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0]}
-    for package in ("pytest", "hypothesis", "torch", "iqa"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            out[package] = "not installed"
-    return out
+    return package_versions("pytest", "hypothesis", "torch", "iqa")
 
 
 def _hypothesis_profile() -> str | None:

@@ -39,6 +39,9 @@ NORM_FLOOR = 1e-30
 DIVERGENCE_FACTOR = 1e8
 #: Cycles of period 2..MAX_PERIOD are detected.
 MAX_PERIOD = 8
+#: A residual above this fraction of the one MAX_PERIOD steps earlier has stalled (less than 10% progress,
+#: a contraction rate above 0.9^(1/8) ~ 0.987), a precondition for declaring CYCLE.
+STALL_RATIO = 0.9
 
 
 class Status(enum.Enum):
@@ -136,6 +139,8 @@ class _Tracker:
         self.statuses: list[Status | None] = [None] * batch
         self.steps = [0] * batch
         self.device = y0.device
+        #: Which elements have a status (rebuilt by mark(), so the solver loops do not rebuild it per step).
+        self.decided = torch.zeros(batch, dtype=torch.bool, device=y0.device)
         self.n_decided = 0
         self.limit: list[float] = []
         self.recent: deque[Tensor] = deque(maxlen=MAX_PERIOD + 1)
@@ -202,11 +207,8 @@ class _Tracker:
         self.statuses[b] = status
         self.steps[b] = step
         self.n_decided += 1
-
-    @property
-    def decided(self) -> Tensor:
-        """Which elements have a status, as a fresh mask (autograd may keep old ones)."""
-        return torch.tensor([s is not None for s in self.statuses], device=self.device)
+        # A new mask, never one changed in place: autograd may have saved the old one (unrolled mode).
+        self.decided = torch.tensor([s is not None for s in self.statuses], device=self.device)
 
     def check_cycles(self, step: int) -> None:
         """Mark CYCLE where y_t returns to y_{t-p} (2 <= p <= 8) and progress has stalled.
@@ -220,7 +222,7 @@ class _Tracker:
         if len(recent) < MAX_PERIOD + 1 or len(self.abs_history) <= MAX_PERIOD:
             return
         now, before = self.abs_history[-1], self.abs_history[-1 - MAX_PERIOD]
-        stalled = [self.statuses[b] is None and now[b] >= 0.9 * before[b] for b in range(len(now))]
+        stalled = [self.statuses[b] is None and now[b] >= STALL_RATIO * before[b] for b in range(len(now))]
         if not any(stalled):
             return
         with torch.no_grad():
@@ -326,7 +328,8 @@ def _anderson(
     return track.solution(y_out, "anderson", final, fallbacks)
 
 
-#: Mixing weights with sum(|alpha|) above this count as ill-conditioned.
+#: Mixing weights with sum(|alpha|) above this count as ill-conditioned: the step then amplifies the rounding
+#: of the stored iterates (eps relative) by 1e4, to ~1e-12 in float64 and ~1e-3 in float32, where it stops helping.
 ALPHA_LIMIT = 1e4
 #: An Anderson element restarts (drops its history) when its residual exceeds RESTART_FACTOR times its best.
 #: Measured on hopfield/positional/injection, N, D in 4..16, s in 1..3, tol 1e-8, 500 steps: Anderson failed

@@ -22,6 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from iqa import ImplicitQueryAttention, fixed_point, solve
+from iqa.layer import DEFAULT_TOL
 from iqa.variants import Variant
 from properties.strategies import Case, cases
 
@@ -118,7 +119,7 @@ def test_low_precision_runs_in_its_own_dtype(variant: Variant, case: Case, devic
 
 # --- layer options -------------------------------------------------------------------------------------------------
 
-BAD_TOL = st.one_of(st.floats(max_value=0.0), st.sampled_from([math.nan, math.inf, "1e-6", None, True]))
+BAD_TOL = st.one_of(st.floats(max_value=0.0), st.sampled_from([math.nan, math.inf, "1e-6", True]))
 BAD_MAX_ITER = st.one_of(st.integers(max_value=0), st.sampled_from([2.0, "10", math.nan, True]))
 BAD_DAMPING = st.one_of(
     st.floats(max_value=0.0, allow_nan=False),
@@ -128,11 +129,12 @@ BAD_DAMPING = st.one_of(
 NAMES = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_-", min_size=1, max_size=12)
 
 
+def test_layer_tol_none_means_the_default() -> None:
+    assert ImplicitQueryAttention(2, tol=None).tol == DEFAULT_TOL
+
+
 @given(tol=BAD_TOL)
 def test_layer_tol_must_be_positive(tol: Any) -> None:
-    if tol is None:  # None means "the default" for the layer: valid
-        ImplicitQueryAttention(2, tol=tol)
-        return
     with pytest.raises(ValueError, match=r"tol must be a finite number > 0"):
         ImplicitQueryAttention(2, tol=tol)
 
@@ -147,6 +149,12 @@ def test_layer_max_iter_must_be_a_positive_integer(max_iter: Any) -> None:
 def test_layer_damping_in_unit_interval(damping: Any) -> None:
     with pytest.raises(ValueError, match=r"damping must be in \(0, 1\]"):
         ImplicitQueryAttention(2, damping=damping)
+
+
+def test_layer_damping_is_not_dropped_for_anderson() -> None:
+    """Anderson has no damping (its relaxation is mixing=): asking for both is an error, not a silent no-op."""
+    with pytest.raises(ValueError, match="damping is Picard's relaxation"):
+        ImplicitQueryAttention(2, solver="anderson", damping=0.5)
 
 
 @given(name=NAMES.filter(lambda s: s not in ("picard", "anderson")))
@@ -208,7 +216,7 @@ def test_solve_unknown_method(name: str) -> None:
 )
 def test_solve_options_are_checked(option: str, data) -> None:
     bad, message = {
-        "tol": (BAD_TOL.filter(lambda v: v is not None), r"tol must be a finite number > 0"),
+        "tol": (BAD_TOL, r"tol must be a finite number > 0"),
         "max_iter": (BAD_MAX_ITER, r"max_iter must be an integer >= 1"),
         "damping": (BAD_DAMPING, r"damping must be in \(0, 1\]"),
         "mixing": (BAD_DAMPING, r"mixing must be in \(0, 1\]"),

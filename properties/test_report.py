@@ -56,6 +56,14 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return _report(base / "one"), _report(base / "two", "--jobs", "2")
 
 
+def test_a_repeated_variant_is_reported_once(tmp_path: Path) -> None:
+    """--variant reference --variant reference,reference with --jobs 2 measures and lists reference once."""
+    argv = ("--variant", "reference", "--variant", "reference,reference", "--out", str(tmp_path))
+    _, error = build(_args(*argv, "--no-properties", "--no-progress", "--jobs", "2"), sweep=TINY)
+    assert error is None
+    assert (tmp_path / "README.md").read_text().count("[`reference`]") == 1
+
+
 def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 

@@ -44,7 +44,6 @@ import contextlib
 import multiprocessing
 import sys
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import torch
@@ -56,6 +55,7 @@ from iqa.measure.summary import metric_info, summarize
 from iqa.measure.sweep import DEFAULT, PRESETS, QUICK, Cell, Sweep
 from iqa.runtime import configure_threads
 from iqa.variants import Variant, VariantError, resolve
+from iqa.versions import package_versions
 
 __all__ = [
     "DEFAULT",
@@ -78,13 +78,8 @@ _RESOLVED: dict[str, Variant] = {}
 
 
 def versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0], "torch": torch.__version__}
-    for package in ("numpy", "iqa"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            out[package] = "not installed"
-    return out
+    """The versions that the numbers of a measurement depend on."""
+    return package_versions("torch", "numpy", "iqa")
 
 
 def _spec(variant: Variant | str) -> str:

@@ -21,7 +21,6 @@ import re
 import shlex
 import sys
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,8 @@ from iqa.measure import versions as measure_versions
 from iqa.report import markdown, plots
 from iqa.report.properties import PropertyRun, start
 from iqa.runtime import configure_threads
-from iqa.variants import VariantError, resolve_all
+from iqa.variants import VariantError, resolve, resolve_all
+from iqa.versions import package_versions
 
 __all__ = ["build", "configure_parser", "main"]
 
@@ -106,14 +106,19 @@ def _command(args: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
+def _distinct_specs(given: list[str]) -> list[str]:
+    """One spec per variant, in order: worker processes and the pytest run get each variant once."""
+    specs: list[str] = []
+    seen: set[str] = set()
+    for part in (p.strip() for spec in given for p in spec.split(",")):
+        if part and (name := resolve(part).name) not in seen:
+            seen.add(name)
+            specs.append(part)
+    return specs
+
+
 def _versions() -> dict[str, str]:
-    out = measure_versions()
-    for package in ("matplotlib", "hypothesis", "pytest", "tabulate"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            out[package] = "not installed"
-    return out
+    return {**measure_versions(), **package_versions("matplotlib", "hypothesis", "pytest", "tabulate")}
 
 
 def _suite(given: str | None) -> Path:
@@ -146,8 +151,7 @@ def build(args: argparse.Namespace, sweep: Sweep | None = None) -> tuple[list[Pa
     if sweep is not None:
         preset = "custom"
     sweep = (sweep or PRESETS[preset]).with_seed(args.seed)
-    specs = list(args.variant) or [v.name for v in variants]
-    specs = [part.strip() for spec in specs for part in spec.split(",") if part.strip()]
+    specs = _distinct_specs(list(args.variant) or [v.name for v in variants])
     max_examples = args.max_examples
     if max_examples is None:
         max_examples = QUICK_MAX_EXAMPLES if args.quick else DEFAULT_MAX_EXAMPLES

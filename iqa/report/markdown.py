@@ -16,6 +16,7 @@ from typing import Any
 from tabulate import tabulate
 
 from iqa.grad import BACKWARD_MODES
+from iqa.measure.cell import phantom_name
 from iqa.pytest_plugin import OUTCOMES
 
 #: Images of a variant page: file name -> (section title, alt text).
@@ -151,7 +152,7 @@ def gradient_rows(result: dict[str, Any]) -> list[list[str]]:
             [f"unrolled, T = {T}", fmt(m.get(f"unrolled_error.T{T}.p50")), fmt(m.get(f"unrolled_error.T{T}.p95"))]
         )
     for k, lam in result["sweep"]["phantom"]:
-        name = f"k{k}_lam{lam:g}"
+        name = phantom_name(k, lam)
         rows.append(
             [
                 f"phantom, k = {k}, λ = {lam:g}",
@@ -350,7 +351,7 @@ def index_page(
         m = r["metrics"]
         last_T = max(r["sweep"]["unrolled_T"])
         first_phantom = r["sweep"]["phantom"][0] if r["sweep"]["phantom"] else None
-        phantom = fmt(m.get(f"phantom_error.k{first_phantom[0]}_lam{first_phantom[1]:g}.p50")) if first_phantom else "—"
+        phantom = fmt(m.get(f"phantom_error.{phantom_name(*first_phantom)}.p50")) if first_phantom else "—"
         rows.append(
             [
                 f"[`{r['variant']}`]({directories[r['variant']]}/README.md)",

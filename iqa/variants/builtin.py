@@ -42,16 +42,9 @@ _CONSENSUS_TAGS = {
 class ScaledQueryAttention(ImplicitQueryAttention):
     """The seed with a 1/sqrt(D) temperature: y <- softmax(K Q(y)^T / sqrt(D)) x."""
 
-    def fixed_point_map(self, x: Tensor) -> Map:
-        K = self.keys(x) / math.sqrt(self.embed_dim)
-
-        def f(y: Tensor) -> Tensor:
-            return F.softmax(K @ self.Omega_Q(y).transpose(-2, -1), dim=-1) @ x
-
-        return f
-
-    def score_matrix(self, x: Tensor) -> Tensor:
-        return super().score_matrix(x) / math.sqrt(self.embed_dim)
+    def keys(self, x: Tensor) -> Tensor:
+        """k_i = W_K x_i / sqrt(D): the seed's map and score matrix then carry the temperature."""
+        return super().keys(x) / math.sqrt(self.embed_dim)
 
     def score_weight_norm(self) -> Tensor:
         return super().score_weight_norm() / math.sqrt(self.embed_dim)
@@ -141,11 +134,10 @@ class InjectedQueryAttention(ImplicitQueryAttention):
         return self.W_V(x)
 
     def fixed_point_map(self, x: Tensor) -> Map:
-        K = self.keys(x)
-        V = self.values(x)
+        attend = super().fixed_point_map(x)  # softmax(K Q(y)^T) W_V(x)
 
         def f(y: Tensor) -> Tensor:
-            return F.softmax(K @ self.Omega_Q(y).transpose(-2, -1), dim=-1) @ V + x
+            return attend(y) + x
 
         return f
 

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from iqa import Solution, Status, solve
-from iqa.solvers import MAX_PERIOD, Map
+from iqa.solvers import MAX_PERIOD, STALL_RATIO, Map
 from iqa.variants import resolve
 from properties.strategies import Case
 
@@ -55,7 +55,7 @@ def progressing_window(pilot: Solution) -> int:
         window = r[k - 1 : 2 * k]
         falling = bool((window[1:] < window[:-1]).all())
         checks = [t for t in range(k + 1, 2 * k + 1) if t % MAX_PERIOD == 0]
-        if falling and all(bool((r[t - 1] < 0.9 * r[t - 1 - MAX_PERIOD]).all()) for t in checks):
+        if falling and all(bool((r[t - 1] < STALL_RATIO * r[t - 1 - MAX_PERIOD]).all()) for t in checks):
             return k
     raise AssertionError(f"no window of >= {MIN_WINDOW} progressing steps in {PILOT_STEPS}: {r.amax(1).tolist()}")
 
