@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from iqa import ConvergenceError, Solution, Status, solve
-from iqa.solvers import DIVERGENCE_FACTOR, MAX_PERIOD
+from iqa.solvers import DIVERGENCE_FACTOR, MAX_PERIOD, STALL_STEPS
 
 DTYPES = (torch.float64, torch.float32)
 Map = Callable[[Tensor], Tensor]
@@ -487,3 +487,43 @@ def test_anderson_falls_back_on_singular_system(batch, n, dtype, memory, mixing,
     assert sol.fallbacks >= J * batch
     # only active elements count, at most once per Anderson step (every step after the first, before the last)
     assert sol.fallbacks <= sum(max(0, s - 2) for s in sol.steps)
+
+
+def trap(y: Tensor) -> Tensor:
+    """y -> y/2 + y^2/4 for y >= 0 (fixed point 0), y -> y - 1 for y < 0 (a translation: no fixed point).
+
+    Picard from y0 in (0, 1] stays in [0, 1], where 0 <= f(y) <= 3y/4: it converges to 0. Anderson's
+    first accelerated step is the secant root of g(y) = f(y) - y = -y/2 + y^2/4 through two positive
+    iterates; g is strictly convex, so that root lies left of g's own root 0, inside the trap.
+    """
+    return torch.where(y >= 0, y / 2 + y * y / 4, y - 1)
+
+
+@given(
+    y0=st.lists(st.floats(0.125, 1.0), min_size=1, max_size=3),
+    memory=st.integers(2, 8),
+    mixing=st.sampled_from([1.0, 0.75, 0.5, 0.25]),
+)
+def test_anderson_gives_up_and_follows_picard_from_the_start(y0, memory, mixing):
+    """Where acceleration stalls but Picard converges, Anderson converges too: after STALL_STEPS steps
+    without a new best residual it restarts from y0 with damped Picard steps, bit for bit Picard's.
+
+    On :func:`trap`, in float64: step 1 evaluates y0, step 2 the Picard iterate, step 3 the secant root in
+    the trap (residual 1, above the best one). No later step in the trap improves the best, so the element
+    gives up at step 2 + STALL_STEPS and its next iterate is Picard's second. Its history therefore ends
+    with Picard's from Picard's second residual on, it takes STALL_STEPS + 1 more evaluations than Picard,
+    and every step from giving up to convergence is counted as a fallback.
+    """
+    start = torch.tensor(y0, dtype=torch.float64)
+    # Picard's rate near 0 is 1 - mixing / 2 <= 7/8 from a residual <= 1/4: ~150 steps reach 1e-9, 400 leave room.
+    tol, max_iter = 1e-9, 400
+    anderson = solve(trap, start, "anderson", tol=tol, max_iter=max_iter, memory=memory, mixing=mixing)
+    picard = solve(trap, start, "picard", tol=tol, max_iter=max_iter, damping=mixing)
+    note(f"anderson={anderson.statuses}/{anderson.steps} fallbacks={anderson.fallbacks} picard={picard.steps}")
+    assert picard.status is Status.CONVERGED
+    assert anderson.status is Status.CONVERGED
+    for b, picard_steps in enumerate(picard.steps):
+        assert anderson.steps[b] == picard_steps + STALL_STEPS + 1
+        assert torch.equal(anderson.history(b)[-(picard_steps - 1) :], picard.history(b)[1:])
+        assert torch.equal(anderson.y[b], picard.y[b])
+    assert anderson.fallbacks == sum(steps - 1 for steps in picard.steps)

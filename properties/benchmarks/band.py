@@ -6,11 +6,16 @@ band when Picard converges and the spectral radius of the Jacobian at its
 fixed point (dense eigenvalues, :func:`iqa.analysis.spectral_radius`) lies in
 [0.8, 0.95]. The grid's scales run from 1 (contractive at nn.Linear's default
 init, THEORY.md) to 3 (where the layers start to cycle), the regime where rho
-approaches 1. Results are cached per variant for the session.
+approaches 1.
+
+:func:`sample` is broader: shapes, scales and seeds drawn at random (seeded
+per variant), to look for cases where Anderson fails and Picard does not.
+Results are cached per variant for the session.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,6 +48,14 @@ class Outcome:
     anderson_status: Status
 
     @property
+    def picard_converged(self) -> bool:
+        return self.picard_status is Status.CONVERGED
+
+    @property
+    def anderson_failed(self) -> bool:
+        return self.anderson_status is not Status.CONVERGED
+
+    @property
     def in_band(self) -> bool:
         return self.rho is not None and BAND[0] <= self.rho <= BAND[1]
 
@@ -58,25 +71,57 @@ def problem(variant: Variant, case: Case) -> tuple[Callable[[torch.Tensor], torc
     return layer.fixed_point_map(x), layer.initial_point(x)
 
 
+def outcome(variant: Variant, case: Case, with_rho: bool = True) -> Outcome:
+    """Both solvers on one case, to TOL within MAX_ITER; rho(J*) at Picard's fixed point when asked."""
+    f, y0 = problem(variant, case)
+    with torch.no_grad():
+        picard = solve(f, y0, "picard", tol=TOL, max_iter=MAX_ITER)
+        anderson = solve(f, y0, "anderson", tol=TOL, max_iter=MAX_ITER)
+    rho = float(spectral_radius(f, picard.y)[0]) if with_rho and picard.converged else None
+    return Outcome(case, rho, picard.n_steps, picard.status, anderson.n_steps, anderson.status)
+
+
 _STUDIES: dict[str, list[Outcome]] = {}
 
 
 def study(variant: Variant) -> list[Outcome]:
     """Every grid case of the variant, solved by both methods (cached per variant name)."""
-    if variant.name in _STUDIES:
-        return _STUDIES[variant.name]
-    out = []
-    for scale in SCALES:
-        for seed in SEEDS:
-            case = Case(batch=1, tokens=TOKENS, dim=DIM, dtype=torch.float64, scale=scale, seed=seed)
-            f, y0 = problem(variant, case)
-            with torch.no_grad():
-                picard = solve(f, y0, "picard", tol=TOL, max_iter=MAX_ITER)
-                anderson = solve(f, y0, "anderson", tol=TOL, max_iter=MAX_ITER)
-            rho = float(spectral_radius(f, picard.y)[0]) if picard.converged else None
-            out.append(Outcome(case, rho, picard.n_steps, picard.status, anderson.n_steps, anderson.status))
-    _STUDIES[variant.name] = out
-    return out
+    if variant.name not in _STUDIES:
+        _STUDIES[variant.name] = [
+            outcome(variant, Case(batch=1, tokens=TOKENS, dim=DIM, dtype=torch.float64, scale=scale, seed=seed))
+            for scale in SCALES
+            for seed in SEEDS
+        ]
+    return _STUDIES[variant.name]
+
+
+SAMPLE_SIZE = 700  # per variant: about 350 cases where Picard converges, ~8 s per variant for both solvers
+SAMPLE_SIDES = (4, 16)  # N and D, each drawn uniformly
+SAMPLE_SCALES = (1.0, 3.0)  # the grid's range of weight scales, drawn uniformly
+
+_SAMPLES: dict[str, list[Outcome]] = {}
+
+
+def sample(variant: Variant) -> list[Outcome]:
+    """SAMPLE_SIZE random cases of the variant (float64, batch 1), solved by both methods.
+
+    Drawn from a generator seeded by the variant's name, so a variant always gets the same cases.
+    """
+    if variant.name not in _SAMPLES:
+        rng = random.Random(f"iqa-bench-sample-{variant.name}")
+        cases = [
+            Case(
+                batch=1,
+                tokens=rng.randint(*SAMPLE_SIDES),
+                dim=rng.randint(*SAMPLE_SIDES),
+                dtype=torch.float64,
+                scale=round(rng.uniform(*SAMPLE_SCALES), 3),
+                seed=rng.randrange(10**6),
+            )
+            for _ in range(SAMPLE_SIZE)
+        ]
+        _SAMPLES[variant.name] = [outcome(variant, case, with_rho=False) for case in cases]
+    return _SAMPLES[variant.name]
 
 
 def band(variant: Variant) -> list[Outcome]:

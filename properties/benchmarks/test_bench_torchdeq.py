@@ -38,6 +38,7 @@ from torch import Tensor
 
 from iqa import AdjointOptions, SolveRecord, fixed_point, solve
 from iqa.analysis import jacobian, spectral_radius
+from iqa.solvers import DEFAULT_MEMORY
 from iqa.variants import Tag, Variant
 from properties.benchmarks import band as grid
 from properties.benchmarks.conftest import median_seconds
@@ -50,7 +51,7 @@ from torchdeq.solver import anderson_solver, fixed_point_iter
 
 TOL = grid.TOL  # absolute forward residual and relative adjoint residual, the same for both libraries
 MAX_ITER = grid.MAX_ITER
-MEMORY = 5  # Anderson's history length, both libraries
+MEMORY = DEFAULT_MEMORY  # Anderson's history length, both libraries: iqa's default
 REFERENCE_TOL = 1e-13  # float64: ~100 eps * ||y||, the tightest a forward solve reaches reliably
 NORM_FLOOR = 1e-6  # a reference gradient below this norm would make relative errors meaningless: fail instead
 METHODS = {"anderson": anderson_solver, "picard": fixed_point_iter}
