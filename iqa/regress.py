@@ -63,24 +63,37 @@ OK, BETTER, WORSE, SHOWN, NEW, MISSING = "ok", "better", "WORSE", "shown", "new"
 @dataclass(frozen=True)
 class Rule:
     """How a metric may change: ``better`` direction (None: shown, never fails) and the allowance
-    absolute + relative * |before| by which it may get worse; ``reason`` says why."""
+    absolute + relative * |before| by which it may get worse, or with ``max_ratio`` the most that
+    after / before may be instead (judged only for a positive before); ``reason`` says why."""
 
     better: str | None
     absolute: float = 0.0
     relative: float = 0.0
     reason: str = ""
+    max_ratio: float | None = None
 
     def limit(self, before: float) -> float:
         """The worst value that still passes."""
+        if self.max_ratio is not None:
+            return before * self.max_ratio
         allowance = self.absolute + self.relative * abs(before)
         return before + allowance if self.better == LOWER else before - allowance
 
 
-def rules(sweep: Sweep, runs: int) -> list[tuple[str, Rule]]:
-    """(pattern, rule) for the metrics of :mod:`iqa.measure`; the first pattern that matches applies."""
+def rules(sweep: Sweep, runs: int, max_time_ratio: float | None = None) -> list[tuple[str, Rule]]:
+    """(pattern, rule) for the metrics of :mod:`iqa.measure`; the first pattern that matches applies.
+
+    Wall-clock metrics are descriptive unless ``max_time_ratio`` (``--max-time-ratio``) bounds after / before.
+    """
     one_run = 1.0 / max(runs, 1)
+    wall_clock = "wall clock: shown; fails only beyond --max-time-ratio"
     return [
-        (r"\.time_per_step_us$", Rule(None, reason="wall clock: shown; fails only beyond --max-time-ratio")),
+        (
+            r"\.time_per_step_us$",
+            Rule(None, reason=wall_clock)
+            if max_time_ratio is None
+            else Rule(LOWER, reason=wall_clock, max_ratio=max_time_ratio),
+        ),
         (
             r"\.iterations\.p\d\d$",
             Rule(
@@ -163,14 +176,14 @@ class Row:
         return None
 
 
-def _judge(name: str, before: float | None, after: float | None, rule: Rule, max_time_ratio: float | None) -> Row:
-    if name.endswith("time_per_step_us"):
-        if max_time_ratio is None or before is None or after is None or before <= 0:
-            return Row(name, before, after, "-", SHOWN, rule.reason)
-        worse = after / before > max_time_ratio
-        return Row(name, before, after, f"ratio <= {max_time_ratio:g}", WORSE if worse else OK, rule.reason)
+def _judge(name: str, before: float | None, after: float | None, rule: Rule) -> Row:
     if rule.better is None:
         return Row(name, before, after, "-", SHOWN, rule.reason)
+    if rule.max_ratio is not None:
+        if before is None or after is None or before <= 0:
+            return Row(name, before, after, "-", SHOWN, rule.reason)
+        worse = after / before > rule.max_ratio
+        return Row(name, before, after, f"ratio <= {rule.max_ratio:g}", WORSE if worse else OK, rule.reason)
     if before is None:
         return Row(name, before, after, "-", OK if after is None else BETTER, rule.reason)
     limit = rule.limit(before)
@@ -183,17 +196,26 @@ def _judge(name: str, before: float | None, after: float | None, rule: Rule, max
     return Row(name, before, after, shown, BETTER if improved else OK, rule.reason)
 
 
+def baseline_rules(baseline: Baseline, max_time_ratio: float | None = None) -> list[tuple[str, Rule]]:
+    """:func:`rules` for the baseline's own sweep and number of runs."""
+    return rules(baseline.sweep, int(baseline.metrics.get("runs") or 0), max_time_ratio)
+
+
 def compare_metrics(
     baseline: Baseline, metrics: dict[str, float | None], max_time_ratio: float | None = None
 ) -> list[Row]:
-    """One row per metric of the baseline (then any new ones), judged by :func:`rules`."""
+    """One row per metric of the baseline (then any new ones), judged by :func:`baseline_rules`."""
+    return judge_metrics(baseline, metrics, baseline_rules(baseline, max_time_ratio))
+
+
+def judge_metrics(baseline: Baseline, metrics: dict[str, float | None], table: list[tuple[str, Rule]]) -> list[Row]:
+    """:func:`compare_metrics` with the rules given: one row per metric of the baseline, then any new ones."""
     runs = baseline.metrics.get("runs")
     if runs != metrics.get("runs"):
         raise BaselineError(
             f"the baseline's sweep gave {runs} runs and now gives {metrics.get('runs')}: "
             "the measurement changed, so its metrics are not comparable; recreate the baseline with --update"
         )
-    table = rules(baseline.sweep, int(runs or 0))
     rows = []
     for name, before in baseline.metrics.items():
         if name == "runs":
@@ -202,7 +224,7 @@ def compare_metrics(
         if name not in metrics:
             rows.append(Row(name, before, None, "-", MISSING if rule.better else SHOWN, "not measured any more"))
         else:
-            rows.append(_judge(name, before, metrics[name], rule, max_time_ratio))
+            rows.append(_judge(name, before, metrics[name], rule))
     rows += [Row(name, None, value, "-", NEW) for name, value in metrics.items() if name not in baseline.metrics]
     return rows
 
@@ -223,11 +245,12 @@ def compare_verdicts(before: dict[str, str], after: dict[str, str]) -> list[Row]
 
 @dataclass
 class Report:
-    """The comparison of one variant with one baseline."""
+    """The comparison of one variant with one baseline, and the rules it was judged by."""
 
     spec: str
     baseline_path: Path
     baseline: Baseline
+    rule_table: list[tuple[str, Rule]]
     rows: list[Row] = field(default_factory=list)
 
     @property
@@ -249,9 +272,8 @@ class Report:
         )
         worse = self.regressions
         tail = f"**{len(worse)} regression(s):** " + ", ".join(r.name for r in worse) if worse else "**no regression**"
-        table_rules = rules(self.baseline.sweep, int(self.baseline.metrics.get("runs") or 0))
         legend = ["", "limits (only a change for the worse beyond its limit fails):"]
-        legend += [f"- `{pattern}`: {rule.reason}" for pattern, rule in table_rules]
+        legend += [f"- `{pattern}`: {rule.reason}" for pattern, rule in self.rule_table]
         legend += ["- properties: a verdict that turns to fail or unexpected pass", ""]
         return "\n".join([*head, table, "", tail, *legend])
 
@@ -314,11 +336,12 @@ def check(
     path = baseline_file(variant, baseline)
     stored = load(path)
     measurement = measure_variant(_measure_spec(spec, variant), stored.sweep, jobs=jobs, progress=progress)
-    rows = compare_metrics(stored, measurement["metrics"], max_time_ratio)
+    table = baseline_rules(stored, max_time_ratio)
+    rows = judge_metrics(stored, measurement["metrics"], table)
     if stored.verdicts is not None:
         name = spec if isinstance(spec, str) else variant.name
         rows += compare_verdicts(stored.verdicts, verdicts(name, stored.profile or "ci"))
-    return Report(spec if isinstance(spec, str) else variant.name, path, stored, rows)
+    return Report(spec if isinstance(spec, str) else variant.name, path, stored, table, rows)
 
 
 def update(

@@ -305,7 +305,7 @@ def _anderson(
     ridge: float,
     keep: bool,
 ) -> Solution:
-    """Anderson acceleration with two safeguards, both per batch element.
+    """Anderson acceleration with three safeguards, each per batch element.
 
     Restart: a residual above RESTART_FACTOR times the element's best drops its
     history (the extrapolation left the region where the secant model holds).
@@ -400,13 +400,14 @@ ALPHA_LIMIT = 1e4
 #: [0.8, 0.95] stayed 0.22.
 RESTART_FACTOR = 2.0
 #: An Anderson element gives up (restarts from y0 with Picard steps) after this many steps without a new best
-#: residual. Measured with memory 8 on hopfield/positional/injection (N, D in 4..16, s in 1..3, tol 1e-8, 500
-#: steps, 2172 cases where Picard converges): Anderson failed in 8 cases without it, and in 1, 0, 0 and 1 with
-#: 8, 12, 16 and 24 (each failure a case where Picard needed 476-488 of the 500 steps). 8 and 12 gave up on
-#: plateaus in the rho band that Anderson would have left (worst band ratio 1.11 and 1.07; 0.39 with 16). On a
-#: second sample (3127 cases), 16 failed once, where Picard needed 495 of the 500 steps. The price is paid where
-#: Picard fails: on the regress sweep of the six built-ins (1440 elements, tol 1e-10, 200 steps) Anderson
-#: converged on 254 elements that Picard does not solve, against 264 without the rule.
+#: residual. Measured with memory 8, before the stale-pair rule, on hopfield/positional/injection (N, D in 4..16,
+#: s in 1..3, tol 1e-8, 500 steps, 2172 cases where Picard converges): Anderson failed in 8 cases without it,
+#: and in 1, 0, 0 and 1 with 8, 12, 16 and 24 (each failure a case where Picard needed 476-488 of the 500
+#: steps). 8 and 12 gave up on plateaus in the rho band that Anderson would have left (worst band ratio 1.11 and
+#: 1.07; 0.39 with 16). With the stale-pair rule, 16 failed in none of those cases, and once in a second sample
+#: (3127 cases), where Picard needed 495 of the 500 steps. The price is paid where Picard fails: on the regress
+#: sweep of the six built-ins (1440 elements, tol 1e-10, 200 steps) Anderson converged on 257 elements that
+#: Picard does not solve, against 267 without the rule.
 STALL_STEPS = 16
 
 

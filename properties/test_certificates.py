@@ -51,8 +51,10 @@ def mix(logits: Tensor, x: Tensor) -> Tensor:
 
 
 def certificate_rounding(case: Case) -> float:
-    """Relative rounding of a computed certificate: norms, a cdist and an SVD of N x D data."""
-    return (case.tokens + case.dim + 4) * torch.finfo(case.dtype).eps
+    """Relative rounding of a computed certificate: norms, a cdist and an SVD of N x D data (sums of up to N + D
+    terms: (N + D) eps), then at most six roundings that combine them (kappa_F's product, quotient and constant
+    2 sqrt 2; a relaxation's 1 - a, a kappa and their sum; the factors 1/2 and 1/4 are exact)."""
+    return (case.tokens + case.dim + 6) * torch.finfo(case.dtype).eps
 
 
 @requires(Tag.SCORE_MATRIX)
@@ -158,19 +160,23 @@ def check_a_priori_bounds(
     iterates: list[Tensor], y_end: Tensor, end_to_star: Tensor, kappa: Tensor, eps_f: Tensor, which: str, name: str
 ) -> None:
     """||y_{t+1} - y_t|| <= kappa^t ||y_1 - y_0|| and ||y_t - y*|| <= kappa^t ||y_0 - y*||, with y* known
-    to within end_to_star of y_end; each computed step adds eps_f, which accumulates to eps_f / (1 - kappa)."""
+    to within end_to_star of y_end. A computed step is f(y_t) + e_t with ||e_t|| <= eps_f: the distance to y*
+    gains eps_f per step, which accumulates to eps_f / (1 - kappa); a difference of two steps gains
+    e_{t+1} - e_t, 2 eps_f per step, which accumulates to 2 eps_f / (1 - kappa)."""
     y0 = iterates[0]
     first_step = token_norm(iterates[1] - y0, which).cpu() if len(iterates) > 1 else None
     y0_to_star = token_norm(y0 - y_end, which).cpu() + end_to_star
-    accumulated = 2 * eps_f / (1 - kappa)
+    to_star_rounding = eps_f / (1 - kappa)  # ||y_{t+1} - y*|| <= kappa ||y_t - y*|| + eps_f, summed geometrically
+    step_rounding = 2 * eps_f / (1 - kappa)  # ||d_{t+1}|| <= kappa ||d_t|| + 2 eps_f (two evaluations), the same
     for t, y_t in enumerate(iterates):
         power = kappa**t
         dist = token_norm(y_t - y_end, which).cpu()
-        assert bool((dist <= power * y0_to_star + end_to_star + accumulated).all()), (
+        # ||y_t - y_end|| <= ||y_t - y*|| + ||y* - y_end||, the second at most end_to_star
+        assert bool((dist <= power * y0_to_star + end_to_star + to_star_rounding).all()), (
             f"{name}: ||y_{t} - y*|| exceeds kappa^t ||y_0 - y*||: {dist.tolist()} vs {(power * y0_to_star).tolist()}"
         )
         if first_step is not None and t + 1 < len(iterates):
             step = token_norm(iterates[t + 1] - y_t, which).cpu()
-            assert bool((step <= power * first_step + accumulated).all()), (
+            assert bool((step <= power * first_step + step_rounding).all()), (
                 f"{name}: step {t} {step.tolist()} exceeds kappa^t ||y_1 - y_0|| {(power * first_step).tolist()}"
             )

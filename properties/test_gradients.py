@@ -19,6 +19,7 @@ comparison whose reference norm is below :data:`FLOOR_REL` (relative to
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -29,8 +30,9 @@ from torch import Tensor
 from iqa.analysis import certificates, jacobian, saturation_gap, spectral_radius
 from iqa.grad import AdjointOptions
 from iqa.layer import FixedPointLayer
-from iqa.solvers import Map, Solution
+from iqa.solvers import Solution
 from iqa.variants import Tag, Variant
+from properties.fixed_points import cotangent, fixed_map, stable_fixed_point
 from properties.regimes import SATURATION_GAP
 from properties.strategies import CONTRACTIVE_SCALES, Case, cases
 from properties.tags import requires
@@ -57,11 +59,6 @@ def eps(dtype: torch.dtype) -> float:
 
 def solve_options(solver: str = "anderson", tol: float = TOL64, **extra: object) -> dict[str, object]:
     return dict(solver=solver, tol=tol, max_iter=MAX_ITER, **extra)
-
-
-def cotangent(case: Case, device: torch.device | str, dtype: torch.dtype = F64) -> Tensor:
-    """A random dL/dy*, drawn from the case's seed (independent of x and of the weights)."""
-    return torch.randn(case.shape, dtype=F64, generator=case.generator(2)).to(dtype=dtype, device=device)
 
 
 @dataclass
@@ -137,11 +134,6 @@ def pullback(layer: FixedPointLayer, x: Tensor, y: Tensor, g: Tensor) -> Grads:
     return Grads(torch.cat([t.flatten() for t in grads[:-1]]), grads[-1])
 
 
-def fixed_map(layer: FixedPointLayer, x: Tensor) -> Map:
-    with torch.no_grad():
-        return layer.fixed_point_map(x.detach())
-
-
 def analyse(layer: FixedPointLayer, x: Tensor, y: Tensor, v: Tensor) -> Analysis:
     """Dense float64 analysis at y (the layer's own fixed point), independent of iqa.grad."""
     f = fixed_map(layer, x)
@@ -158,17 +150,23 @@ def analyse(layer: FixedPointLayer, x: Tensor, y: Tensor, v: Tensor) -> Analysis
     return Analysis(y, J, rho, cond, residual, g, pullback(layer, x, y, g), dtheta, dx_norm)
 
 
-def map_jacobians(layer: FixedPointLayer, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """df(y; x)/dtheta [B n, p] and df(y; x)/dx [B n, B n] at fixed y: one vector-Jacobian product per entry."""
+def dense_jacobians(layer: FixedPointLayer, x: Tensor, output: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+    """d output(x)/dtheta [m, p] and d output(x)/dx [m, x.numel()] (m = output's size, theta = the layer's parameters
+    flattened in module order), dense: one vector-Jacobian product per entry, independent of iqa.analysis."""
     x_leaf = x.detach().clone().requires_grad_(True)
     params = list(layer.parameters())
-    fy = layer.fixed_point_map(x_leaf)(y.detach()).flatten()
+    out = output(x_leaf).flatten()
     rows_theta, rows_x = [], []
-    for i in range(fy.numel()):
-        grads = torch.autograd.grad(fy[i], [*params, x_leaf], retain_graph=True, materialize_grads=True)
+    for i in range(out.numel()):
+        grads = torch.autograd.grad(out[i], [*params, x_leaf], retain_graph=True, materialize_grads=True)
         rows_theta.append(torch.cat([t.flatten() for t in grads[:-1]]))
         rows_x.append(grads[-1].flatten())
     return torch.stack(rows_theta), torch.stack(rows_x)
+
+
+def map_jacobians(layer: FixedPointLayer, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """df(y; x)/dtheta [B n, p] and df(y; x)/dx [B n, B n] at fixed y."""
+    return dense_jacobians(layer, x, lambda x_leaf: layer.fixed_point_map(x_leaf)(y.detach()))
 
 
 def analyse_solved(layer: FixedPointLayer, x: Tensor, v: Tensor) -> Analysis:
@@ -180,19 +178,10 @@ def analyse_solved(layer: FixedPointLayer, x: Tensor, v: Tensor) -> Analysis:
 
 def solved(case: Case, variant: Variant, device: torch.device, **options: object) -> tuple[FixedPointLayer, Tensor]:
     """The case's layer in implicit mode (float64, Anderson to TOL64) and its input, at a converged and locally
-    stable fixed point (rho(J*) < 1): where the adjoint iteration converges and the gradient properties hold.
-    (Anderson can land on an unstable fixed point; its failed adjoint is test_backward_reports' business.)"""
-    layer = case.layer(variant, device, backward="implicit", **{**solve_options(), **options})
-    x = case.inputs(device)
-    with torch.no_grad():
-        layer(x)
+    stable fixed point (:func:`properties.fixed_points.stable_fixed_point`), not saturated."""
+    layer, x = stable_fixed_point(case, variant, device, backward="implicit", **{**solve_options(), **options})
     solution = layer.last_solution
     assert solution is not None
-    event(f"forward {solution.status.name}")
-    assume(solution.converged)
-    rho = float(spectral_radius(fixed_map(layer, x), solution.y).max())
-    event(f"locally stable (rho < 1): {rho < 1}")
-    assume(rho < 1)
     gap = float(saturation_gap(fixed_map(layer, x), solution.y).max())
     event(f"saturated attention: {gap <= SATURATION_GAP}")
     # Nearly one-hot attention (regimes.py's "saturated") has J* ~ 0 and weight gradients at the rounding level:
@@ -402,6 +391,10 @@ def test_unrolled_error_falls_at_rate_rho(variant: Variant, case: Case, device) 
 # ---------------------------------------------------------------------------------------------------------------
 
 
+#: The perturbed solves' absolute stop, 10x below TOL64 so that their error stays below the forward's.
+FD_TOL = TOL64 / 10
+
+
 def perturbed_loss(
     layer: FixedPointLayer, x: Tensor, v: Tensor, y_start: Tensor, directions: list[Tensor], dx: Tensor, h: float
 ) -> tuple[float, Solution]:
@@ -414,50 +407,82 @@ def perturbed_loss(
             p.add_(d, alpha=h)
         try:
             f = layer.fixed_point_map(x + h * dx)
-            solution = solve(f, y_start, "anderson", tol=TOL64 / 10, max_iter=MAX_ITER)
+            solution = solve(f, y_start, "anderson", tol=FD_TOL, max_iter=MAX_ITER)
         finally:
             for p, d in zip(params, directions):
                 p.sub_(d, alpha=h)
     return float((v * solution.y).sum()), solution
 
 
-@requires(Tag.WEIGHT_DEPENDENT)
-@given(case=small_cases)
-def test_implicit_matches_finite_differences(variant: Variant, case: Case, device) -> None:
-    """<grad, d> against the central difference (L(+h) - L(-h)) / 2h in a random unit direction d over
-    (theta, x), with Richardson's estimate of the difference's own truncation error."""
-    layer, x = solved(case, variant, device)
-    v = cotangent(case, device)
-    grads = layer_grads(layer, x, v)
-    solution = layer.last_solution
-    assert solution is not None
-    an = analyse(layer, x, solution.y, v)
-    note(an.describe())
-    generator = case.generator(3)
-    params = list(layer.parameters())
-    raw = [torch.randn(p.shape, dtype=F64, generator=generator).to(device) for p in params]
-    raw_x = torch.randn(x.shape, dtype=F64, generator=generator).to(device)
-    norm = math.sqrt(sum(float((d**2).sum()) for d in raw) + float((raw_x**2).sum()))
-    directions, dx = [d / norm for d in raw], raw_x / norm
-    analytic = float(grads.weights @ torch.cat([d.flatten() for d in directions]) + (grads.x * dx).sum())
+def probe_direction(reference: Tensor, generator: torch.Generator, floor: float, what: str) -> Tensor:
+    """The unit direction (2 u + r) / ||2 u + r||, u = reference / ||reference||, r a random unit vector: since
+    <u, r> >= -1 and ||2 u + r|| <= 3, <reference, d> >= ||reference|| / 3, so a difference along d carries a
+    third of the gradient (a random direction's share, ~||reference|| / sqrt(p), can vanish), while r still
+    probes errors off the reference's direction. A reference below ``floor`` fails: nothing to probe."""
+    ref_norm = float(torch.linalg.vector_norm(reference))
+    assert ref_norm >= floor, f"{what}: reference norm {ref_norm:.3e} is below the floor {floor:.3e}; nothing to probe"
+    r = torch.randn(reference.shape, dtype=F64, generator=generator).to(reference.device)
+    d = 2 * reference / ref_norm + r / torch.linalg.vector_norm(r)
+    return d / torch.linalg.vector_norm(d)
+
+
+def check_central_difference(
+    layer: FixedPointLayer,
+    x: Tensor,
+    v: Tensor,
+    an: Analysis,
+    directions: list[Tensor],
+    dx: Tensor,
+    analytic: float,
+    gradient_error: float,
+    what: str,
+) -> None:
+    """analytic (= <gradient, (directions, dx)>, a unit direction) against the central difference
+    (L(+h) - L(-h)) / 2h, with Richardson's estimate of the difference's own truncation error; ``gradient_error``
+    bounds ||gradient - exact|| (so |analytic - exact| too)."""
     h = eps(F64) ** (1 / 3)  # balances the O(h^2) truncation against the O(eps / h) rounding of a central difference
 
     def central(step: float) -> float:
-        plus, s_plus = perturbed_loss(layer, x, v, solution.y, directions, dx, step)
-        minus, s_minus = perturbed_loss(layer, x, v, solution.y, directions, dx, -step)
-        assert s_plus.converged and s_minus.converged, "a perturbed solve did not converge"
+        plus, s_plus = perturbed_loss(layer, x, v, an.y, directions, dx, step)
+        minus, s_minus = perturbed_loss(layer, x, v, an.y, directions, dx, -step)
+        assert s_plus.converged and s_minus.converged, f"{what}: a perturbed solve did not converge"
         return (plus - minus) / (2 * step)
 
     d_h, d_2h = central(h), central(2 * h)
-    loss_scale = float((v.abs() * solution.y.abs()).sum())
-    # Rounding: L is summed from n terms (n eps |L|) and each solve is off by cond * residual in y; both over 2h.
-    rounding = (an.n * eps(F64) * loss_scale + an.worst_cond * TOL64 * float(v.norm())) / h
+    loss_scale = float((v.abs() * an.y.abs()).sum())
+    # L sums v.numel() products (v.numel() eps sum|v y|); each solve's y is within cond sqrt(B) FD_TOL of its y*.
+    error_L = v.numel() * eps(F64) * loss_scale + an.worst_cond * math.sqrt(v.shape[0]) * FD_TOL * float(v.norm())
+    rounding = error_L / h  # two losses, each off by error_L, over 2h
     truncation = abs(d_2h - d_h) / 3 + 2 * rounding  # Richardson: D(2h) - D(h) = 3 c h^2 + rounding of both
-    grad_norm = float(grads.all.norm())
-    tolerance = truncation + rounding + float(an.scale_all) * adjoint_budget(an, TOL64)
-    note(f"analytic {analytic:.12e}, D(h) {d_h:.12e}, D(2h) {d_2h:.12e}, tolerance {tolerance:.2e}")
-    assert grad_norm >= floor_of(x, v), "gradient below the floor: nothing to compare"
-    assert abs(d_h - analytic) <= tolerance
+    tolerance = truncation + rounding + gradient_error
+    note(f"{what}: analytic {analytic:.12e}, D(h) {d_h:.12e}, D(2h) {d_2h:.12e}, tolerance {tolerance:.2e}")
+    assert abs(d_h - analytic) <= tolerance, f"{what}: analytic {analytic:.12e} vs central difference {d_h:.12e}"
+
+
+@requires(Tag.WEIGHT_DEPENDENT)
+@given(case=small_cases)
+def test_implicit_matches_finite_differences(variant: Variant, case: Case, device) -> None:
+    """The weight part and the x part of the implicit gradient, each on its own, against central differences
+    along a unit direction of that part alone (:func:`probe_direction`: leaning on the dense reference, whose
+    norm must clear the floor, so that each difference carries at least a third of that part's gradient)."""
+    layer, x = solved(case, variant, device)
+    v = cotangent(case, device)
+    grads = layer_grads(layer, x, v)
+    an = analyse_solved(layer, x, v)
+    note(an.describe())
+    params = list(layer.parameters())
+    budget, floor = adjoint_budget(an, TOL64), floor_of(x, v)
+    generator = case.generator(3)
+    d_w = probe_direction(an.reference.weights, generator, floor, "dL/dW")
+    directions = [d.view_as(p) for d, p in zip(d_w.split([p.numel() for p in params]), params)]
+    zero_w, zero_x = [torch.zeros_like(p) for p in params], torch.zeros_like(x)
+    # ||dL/dW - exact|| <= scale_weights x the adjoint's relative error, the same for x (Analysis.scale_*).
+    w_error, x_error = an.scale_weights * budget, an.scale_x * budget
+    analytic_w = float(grads.weights @ d_w)
+    check_central_difference(layer, x, v, an, directions, zero_x, analytic_w, w_error, "dL/dW")
+    d_x = probe_direction(an.reference.x, generator, floor, "dL/dx")
+    analytic_x = float((grads.x * d_x).sum())
+    check_central_difference(layer, x, v, an, zero_w, d_x, analytic_x, x_error, "dL/dx")
 
 
 @requires(Tag.WEIGHT_DEPENDENT)
@@ -610,16 +635,9 @@ def test_consensus_gradients_where_contractive(variant: Variant, case: Case, dev
 
 def score_jacobians(layer: FixedPointLayer, x: Tensor) -> tuple[float, float]:
     """||dA/dtheta||_2 and ||dA/dx||_2 for A = layer.score_matrix(x), from dense Jacobians."""
-    x_leaf = x.detach().clone().requires_grad_(True)
-    params = list(layer.parameters())
-    A = layer.score_matrix(x_leaf).flatten()  # type: ignore[operator]
-    rows_theta, rows_x = [], []
-    for i in range(A.numel()):
-        grads = torch.autograd.grad(A[i], [*params, x_leaf], retain_graph=True, materialize_grads=True)
-        rows_theta.append(torch.cat([t.flatten() for t in grads[:-1]]))
-        rows_x.append(grads[-1].flatten())
+    jac_theta, jac_x = dense_jacobians(layer, x, layer.score_matrix)  # type: ignore[arg-type]
     norm = torch.linalg.matrix_norm
-    return float(norm(torch.stack(rows_theta), ord=2)), float(norm(torch.stack(rows_x), ord=2))
+    return float(norm(jac_theta, ord=2)), float(norm(jac_x, ord=2))
 
 
 # ---------------------------------------------------------------------------------------------------------------

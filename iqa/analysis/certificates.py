@@ -87,6 +87,14 @@ def diameter(points: Tensor) -> Tensor:
     return torch.cdist(points, points).amax(dim=(-2, -1))
 
 
+def max_row_norm(t: Tensor) -> Tensor:
+    """max_i ||t_i|| over the rows of each batch element of t [B, N, D] (the "2,inf" norm), [B], in t's dtype.
+
+    The row norm that kappa_inf and the rounding bounds are stated in; t [N, D] gives a scalar.
+    """
+    return torch.linalg.vector_norm(t, dim=-1).amax(dim=-1)
+
+
 def certificates(layer: FixedPointLayer, x: Tensor) -> Certificates:
     """kappa_inf, kappa_F and the weights-only bound for each batch element of x.
 
@@ -106,9 +114,9 @@ def certificates(layer: FixedPointLayer, x: Tensor) -> Certificates:
         diam = diameter(V)
         weight_norm = getattr(layer, "score_weight_norm", None)
         if form == SCORES_A_YT:
-            kappa_inf = 0.5 * diam * torch.linalg.vector_norm(A, dim=-1).amax(dim=-1)
+            kappa_inf = 0.5 * diam * max_row_norm(A)
             kappa_F = diam * torch.linalg.matrix_norm(A, ord=2) / (2 * math.sqrt(2))
-            spread = torch.linalg.vector_norm(x, dim=-1).amax(dim=-1)
+            spread = max_row_norm(x)
             factor = 0.5
         else:
             kappa_inf = kappa_F = 0.25 * diam * diameter(A)

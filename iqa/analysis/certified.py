@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from iqa.analysis.certificates import certificates
+from iqa.analysis.certificates import certificates, max_row_norm
 from iqa.analysis.rounding import map_rounding
 from iqa.layer import FixedPointLayer
 from iqa.solvers import Solution, solve
@@ -32,7 +32,7 @@ def token_norm(t: Tensor, which: str) -> Tensor:
     """||t||_(2,inf) ("rows") or ||t||_F ("fro") over the last two dimensions, per batch element, in float64."""
     t = t.detach().to(torch.float64)
     if which == "rows":
-        return torch.linalg.vector_norm(t, dim=-1).amax(dim=-1)
+        return max_row_norm(t)
     if which == "fro":
         return torch.linalg.vector_norm(t, dim=(-2, -1))
     raise ValueError(f"unknown norm {which!r}; choose 'rows' or 'fro'")

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from iqa.analysis.certificates import SCORES_A_YT, relaxation, score_form, supports_certificates
+from iqa.analysis.certificates import SCORES_A_YT, max_row_norm, relaxation, score_form, supports_certificates
 from iqa.analysis.rounding import map_rounding
 from iqa.analysis.spectral import eig_blocks
 from iqa.layer import FixedPointLayer
@@ -99,8 +99,8 @@ def _check_consensus_fixed(layer: FixedPointLayer, x: Tensor) -> None:
     with torch.no_grad():
         V = layer.values(x)  # type: ignore[operator]
         point = consensus_point(V)
-        error = torch.linalg.vector_norm((layer.fixed_point_map(x)(point) - point).to(torch.float64), dim=-1).amax(-1)
-        row_norm = torch.linalg.vector_norm(V.to(torch.float64), dim=-1).amax(-1)
+        error = max_row_norm((layer.fixed_point_map(x)(point) - point).to(torch.float64))
+        row_norm = max_row_norm(V.to(torch.float64))
         limit = map_rounding(layer, x, point) + (x.shape[-2] + 1) * torch.finfo(x.dtype).eps * row_norm
     if not bool((error.cpu() <= limit.cpu()).all()):
         raise ValueError(

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from iqa.analysis.certificates import diameter, relaxation, supports_certificates
+from iqa.analysis.certificates import diameter, max_row_norm, relaxation, supports_certificates
 from iqa.analysis.jacobian import jacobian
 from iqa.analysis.rates import MIN_POINTS, empirical_rate
 from iqa.analysis.rounding import map_rounding
@@ -52,7 +52,7 @@ def second_order_constant(layer: FixedPointLayer, x: Tensor) -> Tensor:
     with torch.no_grad():
         A = layer.score_matrix(x).to(torch.float64)  # type: ignore[operator]
         V = layer.values(x).to(torch.float64)  # type: ignore[operator]
-    a_max = torch.linalg.vector_norm(A, dim=-1).amax(dim=-1)
+    a_max = max_row_norm(A)
     return (relaxation(layer) * 3 * diameter(V) * a_max**2).cpu()
 
 
@@ -74,10 +74,6 @@ class RateInterval:
     @property
     def consistent(self) -> bool:
         return self.worst_ratio <= 1 and self.worst_remainder_ratio <= 1 and self.lower <= self.rate <= self.upper
-
-
-def _rows(t: Tensor) -> float:
-    return float(torch.linalg.vector_norm(t.to(torch.float64), dim=-1).amax())
 
 
 def rate_intervals(layer: FixedPointLayer, x: Tensor, iterates: list[Tensor]) -> list[RateInterval | None]:
@@ -115,8 +111,8 @@ def _interval(ys: list[Tensor], J: Tensor, H: float, eps_f: float, eps: float, N
     # the a-priori remainder nu_t (Taylor with H, rounding of f twice and of J d_t) and the measured one
     nu, remainder_ratio = [], 0.0
     for t in range(start, end):
-        dist = max(_rows(ys[t] - ys[-1]), _rows(ys[t + 1] - ys[-1]))
-        bound = math.sqrt(N) * (H * dist * _rows(dY[t]) + 2 * eps_f) + n * eps * J_fro * r[t]
+        dist = max(float(max_row_norm(ys[t] - ys[-1])), float(max_row_norm(ys[t + 1] - ys[-1])))
+        bound = math.sqrt(N) * (H * dist * float(max_row_norm(dY[t])) + 2 * eps_f) + n * eps * J_fro * r[t]
         measured = float(torch.linalg.vector_norm(d[t + 1] - J @ d[t]))
         remainder_ratio = max(remainder_ratio, measured / bound)
         nu.append(bound)

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor
 
-from iqa.analysis.certificates import diameter, relaxation, supports_certificates
+from iqa.analysis.certificates import diameter, max_row_norm, relaxation, supports_certificates
 from iqa.layer import FixedPointLayer
 
 
@@ -35,16 +35,12 @@ def weight_norm_product(layer: FixedPointLayer) -> float:
     return product
 
 
-def _row_norm_max(t: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(t.to(torch.float64), dim=-1).amax(dim=-1)
-
-
 def score_rounding(layer: FixedPointLayer, x: Tensor, y: Tensor) -> Tensor:
     """s_err per batch element, [B] (float64): a bound on the rounding of any one score."""
     eps = torch.finfo(x.dtype).eps
     D = x.shape[-1]
-    X = _row_norm_max(x)
-    Y = _row_norm_max(y) + X + math.sqrt(D)
+    X = max_row_norm(x.to(torch.float64))
+    Y = max_row_norm(y.to(torch.float64)) + X + math.sqrt(D)
     return (D + 2) * eps * weight_norm_product(layer) * X * Y
 
 
@@ -55,7 +51,7 @@ def map_rounding(layer: FixedPointLayer, x: Tensor, y: Tensor) -> Tensor:
     with torch.no_grad():
         V = layer.values(x) if supports_certificates(layer) else x  # type: ignore[operator]
     diam = diameter(V.to(torch.float64))
-    spread = _row_norm_max(V) + _row_norm_max(y) + _row_norm_max(x)
+    spread = max_row_norm(V.to(torch.float64)) + max_row_norm(y.to(torch.float64)) + max_row_norm(x.to(torch.float64))
     return diam * (score_rounding(layer, x, y) + 4 * eps) + (N + 4) * eps * spread
 
 
@@ -78,7 +74,7 @@ def jacobian_rounding(layer: FixedPointLayer, x: Tensor, y: Tensor) -> Tensor:
     N, D = x.shape[-2], x.shape[-1]
     with torch.no_grad():
         V = (layer.values(x) if supports_certificates(layer) else x).to(torch.float64)  # type: ignore[operator]
-    scale = weight_norm_product(layer) * _row_norm_max(x) * (diameter(V) + 2 * _row_norm_max(V))
+    scale = weight_norm_product(layer) * max_row_norm(x.to(torch.float64)) * (diameter(V) + 2 * max_row_norm(V))
     a = relaxation(layer)
     inner = math.sqrt(N * D) * scale * (score_rounding(layer, x, y) + (2 * N + 2 * D + 8) * eps)
     return a * inner + 3 * eps * (1 - a) * math.sqrt(N * D)

@@ -33,10 +33,17 @@ import torch
 from torch import Tensor
 from torch.func import jvp as _func_jvp
 
-from iqa.analysis.jacobian import DENSE_LIMIT, _check_point, _primal, jacobian
+from iqa.analysis.jacobian import DENSE_LIMIT, _check_point, _primal, iterative_rtol, jacobian
 from iqa.solvers import Map
 
 METHODS = ("auto", "dense", "arnoldi")
+
+#: Moduli within this relative gap of the largest count as equal, and the larger imaginary part wins (a conjugate
+#: pair reports its +imag member). It breaks ties, it does not set accuracy: the choice moves rho by < 1e-12
+#: relative, far below the 4 digits reports print and the 1% regress allows; and 1e-12 = 4500 eps64 keeps the copies
+#: of a multiple eigenvalue together while geev's split of them, cond (n + 2) eps ||J|| / rho, stays below that.
+#: Not scaled by eps: in float32, 1 - TIE rounds to 1, so only exact ties (conjugate pairs) count there.
+TIE = 1e-12
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,7 @@ def spectrum(
     beyond. Arnoldi stops when every element's residual is <= rtol * ||H||_F
     (H the Hessenberg matrix, a lower bound on ||J||_F), or after
     ``max_restarts`` restarts, and says which elements got there; the default
-    rtol is max(1e-10, 100 eps) of y's dtype.
+    rtol is :func:`iqa.analysis.jacobian.iterative_rtol` of n and y's dtype.
     """
     _check_point(y)
     if method not in METHODS:
@@ -93,7 +100,7 @@ def spectrum(
     if not (isinstance(max_restarts, int) and max_restarts >= 0):
         raise ValueError(f"max_restarts must be an integer >= 0, got {max_restarts!r}")
     if rtol is None:
-        rtol = max(1e-10, 100 * torch.finfo(y.dtype).eps)
+        rtol = iterative_rtol(n, y.dtype)
     return _arnoldi(f, y, min(krylov_dim, n), max_restarts, rtol, seed)
 
 
@@ -101,7 +108,7 @@ def _dominant(values: Tensor) -> Tensor:
     """Index of the largest |value| per row; among equal moduli, the one with the larger imaginary part."""
     modulus = values.abs()
     top = modulus.amax(dim=-1, keepdim=True)
-    near = modulus >= top * (1 - 1e-12)
+    near = modulus >= top * (1 - TIE)
     imag = torch.where(near, values.imag, torch.full_like(values.imag, -math.inf))
     return imag.argmax(dim=-1)
 

@@ -26,7 +26,8 @@ non-finite), ``m.rate.p50/p95`` (observed rate, converged runs),
 ``kappa.p05/p50/p95`` and ``kappa.below_one_fraction`` (best certificate),
 ``rho.p05/p50/p95`` (spectral radius at y*; ``rho.failed_runs`` counts runs where
 the eigenvalue solver failed), ``rho_consensus.*`` (at the token
-mean, for layers that fix it), ``consensus_distance.p05/p50/p95``,
+mean, for layers that fix it; each ``below_one_fraction`` is over every run, a run
+without a value counting as not below one), ``consensus_distance.p05/p50/p95``,
 ``weight_grad_norm.p05/p50/p95``, ``unrolled_error.T<T>.p50/p95``,
 ``phantom_error.k<k>_lam<lam>.p50/p95``, ``saved_bytes.<mode>.T<T>``, and the
 counts ``runs`` and ``gradient_cells``.

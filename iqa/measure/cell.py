@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -130,7 +131,7 @@ def measure_cell(variant: Variant, cell: Cell, sweep: Sweep) -> dict[str, Any]:
         runs.append(run)
     gradients = None
     if cell.gradients and all(found):
-        gradients = measure_gradients(variant, cell, sweep, rho)
+        gradients = measure_gradients(variant, cell, sweep, rho, x=x, solutions=solutions)
     return {"key": list(cell.key), "runs": runs, "gradients": gradients, "timing": timing}
 
 
@@ -166,9 +167,24 @@ def _relative(a: Tensor, ref: Tensor, floor: float) -> float | None:
     return _finite(float(torch.linalg.vector_norm(a - ref)) / norm)
 
 
-def measure_gradients(variant: Variant, cell: Cell, sweep: Sweep, rho: list[float] | None) -> dict[str, Any]:
-    """Implicit vs unrolled-T and phantom gradients of L = <G, y*> for one cell (see the module docstring)."""
-    x = inputs(cell, sweep)
+def measure_gradients(
+    variant: Variant,
+    cell: Cell,
+    sweep: Sweep,
+    rho: list[float] | None,
+    *,
+    x: Tensor | None = None,
+    solutions: Mapping[str, Solution] | None = None,
+) -> dict[str, Any]:
+    """Implicit vs unrolled-T and phantom gradients of L = <G, y*> for one cell (see the module docstring).
+
+    ``x`` is the cell's input batch (drawn from the cell when not given) and ``solutions`` the cell's solves
+    by method, as :func:`measure_cell` ran them. The implicit gradient's forward is Picard's, else
+    Anderson's where Picard does not converge; the layer's Picard forward is the cell's own Picard solve
+    (same weights, x, y0, tol and max_iter), so when ``solutions`` holds a failed one it is not run again.
+    """
+    if x is None:
+        x = inputs(cell, sweep)
     generator = torch.Generator().manual_seed(cell.input_seed + 1)
     G = torch.randn(x.shape, dtype=torch.float64, generator=generator).to(x.dtype)
     floor = GRADIENT_FLOOR * float(torch.linalg.vector_norm(G))
@@ -184,13 +200,14 @@ def measure_gradients(variant: Variant, cell: Cell, sweep: Sweep, rho: list[floa
             g = _flat_grad((G * y).sum(), [xg, *params])
         return g, sum(p.numel() for p in params), layer
 
-    solver = dict(solver="picard", tol=sweep.tol, max_iter=sweep.max_iter)
+    picard = solutions.get("picard") if solutions is not None else None
+    method = "anderson" if picard is not None and not picard.converged else "picard"
+    solver = dict(solver=method, tol=sweep.tol, max_iter=sweep.max_iter)
     implicit, n_weights, layer = gradient(backward="implicit", **solver)
-    adjoint = layer.last_backward_solution
-    if layer.last_solution is None or not layer.last_solution.converged:
+    if method == "picard" and (layer.last_solution is None or not layer.last_solution.converged):
         solver["solver"] = "anderson"
         implicit, n_weights, layer = gradient(backward="implicit", **solver)
-        adjoint = layer.last_backward_solution
+    adjoint = layer.last_backward_solution
     forward_ok = layer.last_solution is not None and layer.last_solution.converged
     weights = implicit[implicit.numel() - n_weights :]
     record: dict[str, Any] = {

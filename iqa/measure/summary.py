@@ -35,6 +35,18 @@ def fraction(flags: list[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
 
+def below_one_fraction(values: list[float | None]) -> float | None:
+    """The share of all runs whose value (the best certificate kappa, rho at the token mean) is < 1.
+
+    A run without a value proves nothing and counts as not below one, so the share is of every run, as the
+    report words it ("Share of runs with a certificate κ < 1"); None when no run has a value (the quantity
+    does not apply to the variant).
+    """
+    if all(v is None for v in values):
+        return None
+    return fraction([v is not None and v < 1 for v in values])
+
+
 def _quantiles(metrics: dict[str, float | None], name: str, values: list[float | None], keys: Iterable[str]) -> None:
     for key in keys:
         metrics[f"{name}.{key}"] = quantile(values, QUANTILES[key])
@@ -63,14 +75,13 @@ def summarize(
         m[f"{method}.time_per_step_us"] = 1e6 * seconds / steps if steps else None
     kappas = [r["kappa"]["best"] if r["kappa"] else None for r in runs]
     _quantiles(m, "kappa", kappas, QUANTILES)
-    m["kappa.below_one_fraction"] = fraction([k is not None and k < 1 for k in kappas]) if any(kappas) else None
+    m["kappa.below_one_fraction"] = below_one_fraction(kappas)
     rhos = [r["rho"] for r in runs]
     _quantiles(m, "rho", rhos, QUANTILES)
     m["rho.failed_runs"] = float(sum(bool(r.get("rho_failed")) for r in runs))
     rho_c = [r["rho_consensus"] for r in runs]
     _quantiles(m, "rho_consensus", rho_c, QUANTILES)
-    valid_c = [v for v in rho_c if v is not None]
-    m["rho_consensus.below_one_fraction"] = fraction([v < 1 for v in valid_c]) if valid_c else None
+    m["rho_consensus.below_one_fraction"] = below_one_fraction(rho_c)
     _quantiles(m, "consensus_distance", [r["consensus_distance"] for r in runs], ("p05", "p50", "p95"))
     _quantiles(m, "weight_grad_norm", [g["weight_grad_norm"] for g in gradients], ("p05", "p50", "p95"))
     depths = sorted({int(t) for g in gradients for t in g["unrolled_error"]})

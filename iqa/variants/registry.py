@@ -9,12 +9,14 @@ Plug-ins register under the entry-point group ``iqa.variants`` the same way.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import inspect
 import sys
 import traceback
-from importlib.metadata import entry_points
+from collections.abc import Callable, Iterable
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +39,27 @@ def builtin_variants() -> dict[str, Variant]:
 
 
 def plugin_variants() -> dict[str, Variant]:
-    """Variants that installed packages register under the ``iqa.variants`` group."""
+    """Variants that installed packages register under the ``iqa.variants`` group.
+
+    Loaded once per process for each ``sys.path`` (on which the installed
+    distributions are found) and each ``entry_points`` function (tests may swap
+    in their own), not on every :func:`resolve`; a plug-in that fails to load is
+    not remembered, so it fails with the same error every time. After installing
+    a package into a running process, :func:`clear_plugin_cache`.
+    """
+    return dict(_load_plugins(entry_points, tuple(str(p) for p in sys.path)))
+
+
+def clear_plugin_cache() -> None:
+    """Forget the loaded plug-ins: the next lookup reads the entry points again."""
+    _load_plugins.cache_clear()
+
+
+@functools.cache
+def _load_plugins(find: Callable[..., Iterable[EntryPoint]], path: tuple[str, ...]) -> dict[str, Variant]:
+    """The plug-in variants that ``find`` (``entry_points``) lists with ``sys.path`` = ``path``."""
     found = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in find(group=ENTRY_POINT_GROUP):
         origin = f"plug-in variant {ep.name!r} (entry point {ep.value!r} in group {ENTRY_POINT_GROUP!r})"
         try:
             obj = ep.load()
