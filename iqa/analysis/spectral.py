@@ -19,8 +19,12 @@ Arnoldi converges to the eigenvalue of largest modulus when it stands apart
 (|lambda_2| / |lambda_1| < 1, faster the smaller); with a cluster of nearly
 equal moduli (the damped layer's 1 - a, for one) a converged Ritz value may be
 another member of the cluster, so it reports an eigenvalue that is accurate to
-its residual but not necessarily the dominant one. The dense method has no such
-blind spot and is the default up to n = DENSE_LIMIT.
+its residual but not necessarily the dominant one. A Krylov dimension m <= 3
+restarts from a single Ritz vector; when that vector has almost no component
+along the dominant eigenvector, the restarts can lock onto a smaller eigenvalue
+with a small residual (seen with m = 2, n = 4, |lambda_2| / |lambda_1| = 0.64),
+so use m >= 4. The dense method has no such blind spot and is the default up to
+n = DENSE_LIMIT.
 """
 
 from __future__ import annotations
