@@ -46,7 +46,9 @@ MAX_ITER = 1000
 #: A reference gradient below sqrt(eps) ||v|| max|x| is indistinguishable from a weight-independent fixed point
 #: solved to TOL64 (THEORY.md: the consensus layer's weight gradients are ~1e-14 of that scale), so it fails.
 FLOOR_REL = math.sqrt(torch.finfo(F64).eps)
-#: Issue 3: float32 gradients against the float64 reference.
+#: Issue 3's target for float32 gradients against the float64 reference. What float32 itself costs is smaller: the
+#: forward and adjoint stop at n eps32 relative and round at n eps32, ~2 cond n eps32 (1 + ||J||) <= ~1e-4 for n <= 16
+#: and cond <= ~10 (contractive scales); the target must hold on top of that, so it is asserted as stated.
 F32_REL_TOL = 1e-3
 
 #: Small shapes: the dense Jacobian is at most 16 x 16 per batch element.
