@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from iqa import analysis, solve
-from iqa.analysis.linearization import SIGNAL_TO_NOISE, rate_intervals, second_order_constant
+from iqa.analysis.linearization import SIGNAL_TO_NOISE, matrix_power_norms, rate_intervals, second_order_constant
 from iqa.analysis.rates import MIN_POINTS
 from iqa.analysis.rounding import jacobian_rounding, map_rounding
 from iqa.analysis.spectral import eig_blocks
@@ -160,10 +160,7 @@ def rate_check(layer: FixedPointLayer, x: Tensor, solution: Solution, b: int, rh
     top = int(values[0].abs().argmax())
     mu, v = complex(values[0, top]), vectors[0, :, top] / torch.linalg.vector_norm(vectors[0, :, top])
     left_residual = float(torch.linalg.vector_norm(J.T.to(v.dtype) @ v - mu * v))  # v^T J = mu v^T + this
-    power, G = torch.eye(n, dtype=torch.float64), 1.0
-    for k in range(1, m):
-        power = power @ J
-        G = max(G, float(torch.linalg.matrix_norm(power, 2)) / rho**k)
+    G = max(norm / rho**k for k, norm in enumerate(matrix_power_norms(J, m - 1).tolist()))
     y_e = y_end[0].to(torch.float64).cpu()
     dist = [float(torch.linalg.vector_norm(y - y_e, dim=-1).max()) for y in ys[: usable + 1]]
     d = [(ys[t + 1] - ys[t]).reshape(-1) for t in range(t1, usable)]

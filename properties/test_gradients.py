@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from iqa.analysis import certificates, jacobian, saturation_gap, spectral_radius
+from iqa.analysis.linearization import matrix_power_norms
 from iqa.grad import AdjointOptions
 from iqa.layer import FixedPointLayer
 from iqa.solvers import Solution
@@ -289,11 +290,8 @@ def path_terms(layer: FixedPointLayer, x: Tensor, an: Analysis, history: list[fl
         dtheta, dx = map_jacobians(layer, x, y_t)
         ratios_w.append(float(torch.linalg.matrix_norm(dtheta - an.dtheta, 2)) / history[t])
         ratios_x.append(float(torch.linalg.matrix_norm(dx - an.dx, 2)) / history[t])
-    J = an.J.to(F64).cpu()
-    power, G = torch.eye(J.shape[-1], dtype=F64).expand_as(J), 1.0
-    for k in range(1, T if rho > 0 else 1):
-        power = power @ J
-        G = max(G, float(torch.linalg.matrix_norm(power, 2).max()) / rho**k)
+    norms = matrix_power_norms(an.J.to(F64).cpu(), T - 1 if rho > 0 else 0).amax(dim=-1).tolist()
+    G = max(norm / rho**k for k, norm in enumerate(norms))
     weighted = sum(r * rho ** (T - 1 - t) for t, r in enumerate(history)) * G * float(v.norm())
     return max(ratios_w) * weighted, max(ratios_x) * weighted
 

@@ -93,6 +93,17 @@ def rate_intervals(layer: FixedPointLayer, x: Tensor, iterates: list[Tensor]) ->
     return out
 
 
+def matrix_power_norms(J: Tensor, length: int) -> Tensor:
+    """||J^k||_2 for k = 0..length, [length + 1, *batch] (J is [..., n, n]): how far the powers of J stray
+    above rho^k (transient growth of a non-normal J) over a window of that many steps."""
+    norms = [torch.ones(J.shape[:-2], dtype=J.dtype, device=J.device)]
+    power = torch.eye(J.shape[-1], dtype=J.dtype, device=J.device).expand_as(J)
+    for _ in range(length):
+        power = power @ J
+        norms.append(torch.linalg.matrix_norm(power, 2))
+    return torch.stack(norms)
+
+
 def _interval(ys: list[Tensor], J: Tensor, H: float, eps_f: float, eps: float, N: int) -> RateInterval | None:
     n = J.shape[0]
     dY = [ys[t + 1] - ys[t] for t in range(len(ys) - 1)]
@@ -121,11 +132,7 @@ def _interval(ys: list[Tensor], J: Tensor, H: float, eps_f: float, eps: float, N
     rho = float(values[top].abs())
     v = vectors[:, top] / torch.linalg.vector_norm(vectors[:, top])
     projection = [float((v @ d[t].to(v.dtype)).abs()) for t in range(start, end + 1)]
-    power_norms = [1.0]
-    power = torch.eye(n, dtype=J.dtype)
-    for _ in range(length):
-        power = power @ J
-        power_norms.append(float(torch.linalg.matrix_norm(power, 2)))
+    power_norms = matrix_power_norms(J, length).tolist()
     worst, weight_sum, upper_sum, lower_sum, lower_finite = 0.0, 0.0, 0.0, 0.0, True
     for s in range(start, end + 1):
         for t in range(s + 1, end + 1):

@@ -212,13 +212,20 @@ def _grid_axes(ax: Axes, tokens: list[int], scales: list[float]) -> None:
     ax.grid(False)
 
 
+def _method_panels(
+    runs: list[dict[str, Any]], sweep: dict[str, Any], margin: float
+) -> tuple[list[int], list[float], list[str], dict[tuple[int, int], list[Any]], Figure, Any]:
+    """The (N, weight scale) grid of a sweep, its runs by cell, and a figure with one panel per method
+    (``margin`` inches beside the panels for a colour bar or legend)."""
+    tokens, scales, methods = list(sweep["tokens"]), list(sweep["scales"]), list(sweep["methods"])
+    fig = _figure(4.2 * len(methods) + margin, 3.8)
+    return tokens, scales, methods, _by_cell(runs, tokens, scales), fig, fig.subplots(1, len(methods), squeeze=False)[0]
+
+
 @_styled
 def iterations_map(variant: str, runs: list[dict[str, Any]], sweep: dict[str, Any]) -> Figure:
     """Median steps to tol over (N, weight scale), one panel per method; grey where nothing converged."""
-    tokens, scales, methods = list(sweep["tokens"]), list(sweep["scales"]), list(sweep["methods"])
-    cells = _by_cell(runs, tokens, scales)
-    fig = _figure(4.2 * len(methods) + 0.8, 3.8)
-    axes = fig.subplots(1, len(methods), squeeze=False)[0]
+    tokens, scales, methods, cells, fig, axes = _method_panels(runs, sweep, margin=0.8)
     norm = LogNorm(vmin=1, vmax=sweep["max_iter"])
     image = None
     for ax, method in zip(axes, methods):
@@ -245,10 +252,7 @@ def iterations_map(variant: str, runs: list[dict[str, Any]], sweep: dict[str, An
 @_styled
 def status_map(variant: str, runs: list[dict[str, Any]], sweep: dict[str, Any]) -> Figure:
     """Share of each status per (N, weight scale) cell, as stacked bars inside the cell, one panel per method."""
-    tokens, scales, methods = list(sweep["tokens"]), list(sweep["scales"]), list(sweep["methods"])
-    cells = _by_cell(runs, tokens, scales)
-    fig = _figure(4.2 * len(methods) + 1.6, 3.8)
-    axes = fig.subplots(1, len(methods), squeeze=False)[0]
+    tokens, scales, methods, cells, fig, axes = _method_panels(runs, sweep, margin=1.6)
     for ax, method in zip(axes, methods):
         for (i, j), members in cells.items():
             bottom = i - 0.45

@@ -19,6 +19,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pytest
 import torch
 
 from iqa import Status, solve
@@ -127,3 +128,16 @@ def sample(variant: Variant) -> list[Outcome]:
 def band(variant: Variant) -> list[Outcome]:
     """The variant's grid cases in the band (possibly none)."""
     return [o for o in study(variant) if o.in_band]
+
+
+def band_or_skip(variant: Variant) -> list[Outcome]:
+    """The variant's band cases; the calling test is skipped when there are none."""
+    cases = band(variant)
+    if not cases:
+        pytest.skip(f"{variant.name}: no case of the grid has rho(J*) in {BAND}")
+    return cases
+
+
+def slowest(outcomes: list[Outcome]) -> Outcome:
+    """The outcome on which Picard needed the most steps."""
+    return max(outcomes, key=lambda o: o.picard)

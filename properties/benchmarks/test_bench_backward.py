@@ -67,13 +67,18 @@ def forward_steps(layer: FixedPointLayer, damping: float) -> int:
     return steps
 
 
+def timed(benchmark: Any, variant: Variant, mode: str, damping: float) -> tuple[FixedPointLayer, int]:
+    """Time forward + backward in ``mode`` on the damping's problem; the layer and its forward step count."""
+    layer, run = build(variant, mode, damping)
+    benchmark.group = f"backward[{variant.name}-damping {damping}]"
+    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1)
+    return layer, forward_steps(layer, damping)
+
+
 @requires(Tag.WEIGHT_DEPENDENT)
 @pytest.mark.parametrize("damping", list(DEPTHS))
 def test_unrolled(benchmark, summary, variant: Variant, damping: float) -> None:
-    layer, run = build(variant, "unrolled", damping)
-    benchmark.group = f"backward[{variant.name}-damping {damping}]"
-    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1)
-    steps = forward_steps(layer, damping)
+    _, steps = timed(benchmark, variant, "unrolled", damping)
     benchmark.extra_info.update(mode="unrolled", forward_steps=steps)
     if benchmark.stats:
         MEASURED[(variant.name, damping)] = {
@@ -88,10 +93,7 @@ def test_unrolled(benchmark, summary, variant: Variant, damping: float) -> None:
 @pytest.mark.parametrize("damping", list(DEPTHS))
 def test_implicit(benchmark, summary, variant: Variant, damping: float) -> None:
     """Asserts min(implicit) <= min(unrolled) on the same problem (the unrolled one measured just before)."""
-    layer, run = build(variant, "implicit", damping)
-    benchmark.group = f"backward[{variant.name}-damping {damping}]"
-    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1)
-    steps = forward_steps(layer, damping)
+    layer, steps = timed(benchmark, variant, "implicit", damping)
     adjoint = layer.last_backward_solution
     assert adjoint is not None and adjoint.converged, "the adjoint solve did not converge"
     benchmark.extra_info.update(mode="implicit", forward_steps=steps, adjoint_steps=adjoint.n_steps)

@@ -37,10 +37,7 @@ TABLE = "Forward + backward median wall time (s) per backward mode against forwa
 @pytest.mark.parametrize("depth", DEPTHS)
 @pytest.mark.parametrize("mode", BACKWARD_MODES)
 def test_forward_backward(benchmark, summary, variant: Variant, mode: str, depth: int) -> None:
-    band = grid.band(variant)
-    if not band:
-        pytest.skip(f"{variant.name}: no case of the grid has rho(J*) in {grid.BAND}")
-    hardest = max(band, key=lambda o: o.picard)
+    hardest = grid.slowest(grid.band_or_skip(variant))
     assert hardest.picard > max(DEPTHS), f"the slowest band case needs only {hardest.picard} steps"
     case = hardest.case
     adjoint = AdjointOptions(tol=grid.TOL, max_iter=grid.MAX_ITER)

@@ -30,13 +30,6 @@ SAMPLE_TABLE = (
 )
 
 
-def _band(variant: Variant) -> list[grid.Outcome]:
-    cases = grid.band(variant)
-    if not cases:
-        pytest.skip(f"{variant.name}: no case of the grid has rho(J*) in {grid.BAND}")
-    return cases
-
-
 def _solve_all(variant: Variant, cases: list[Case], method: str) -> None:
     for case in cases:
         f, y0 = grid.problem(variant, case)
@@ -48,7 +41,7 @@ def _solve_all(variant: Variant, cases: list[Case], method: str) -> None:
 @pytest.mark.parametrize("method", ["picard", "anderson"])
 def test_band_cases(benchmark, summary, variant: Variant, method: str) -> None:
     """Time each solver over the variant's band cases (same cases, same tolerance)."""
-    band = _band(variant)
+    band = grid.band_or_skip(variant)
     benchmark.group = f"solvers-compare[{variant.name}]"
     benchmark.pedantic(_solve_all, args=(variant, [o.case for o in band], method), rounds=5, warmup_rounds=1)
     table = summary(TABLE)
@@ -61,12 +54,12 @@ def test_band_cases(benchmark, summary, variant: Variant, method: str) -> None:
 def test_anderson_halves_picard_in_band(benchmark, summary, variant: Variant) -> None:
     """The counts behind the target; times Anderson on the band case that Picard finds hardest."""
     outcomes = grid.study(variant)
-    band = _band(variant)
+    band = grid.band_or_skip(variant)
     ratios = [o.ratio for o in band]
     band_failures = [o for o in band if o.anderson_failed]
     picard_converged = [o for o in outcomes if o.picard_converged]
     grid_failures = [o for o in picard_converged if o.anderson_failed]
-    hardest = max(band, key=lambda o: o.picard)
+    hardest = grid.slowest(band)
     benchmark.group = f"solvers-compare[{variant.name}]"
     benchmark.pedantic(_solve_all, args=(variant, [hardest.case], "anderson"), rounds=5, warmup_rounds=1)
     median = statistics.median(ratios)
@@ -110,7 +103,7 @@ def test_anderson_never_fails_where_picard_converges(benchmark, summary, variant
     failures = [o for o in converged if o.anderson_failed]
     within_half = [o for o in failures if o.picard <= HALF_BUDGET]
     both = [o for o in converged if not o.anderson_failed]
-    hardest = max(both, key=lambda o: o.picard)
+    hardest = grid.slowest(both)
     benchmark.group = f"solvers-compare[{variant.name}]"
     benchmark.pedantic(_solve_all, args=(variant, [hardest.case], "anderson"), rounds=5, warmup_rounds=1)
     facts = {
