@@ -23,8 +23,8 @@ The file (UTF-8 JSON, keys sorted, written atomically at the end of the session)
       "summary": {"passed": n, "failed": n, "skipped": n, "xfailed": n, "xpassed": n},
       "tests": [                         # sorted by nodeid
         {
-          "nodeid": "properties/test_seed.py::test_layer_equals_seed_bitwise[reference]",
-          "file": "properties/test_seed.py",
+          "nodeid": "properties/variant/test_seed.py::test_layer_equals_seed_bitwise[reference]",
+          "file": "properties/variant/test_seed.py",
           "function": "test_layer_equals_seed_bitwise",   # the test function's name
           "variant": "reference",        # the variant's name, or null for tests without one
           "outcome": "passed" | "failed" | "skipped" | "xfailed" | "xpassed",

@@ -16,7 +16,7 @@ runs first (pytest keeps file order) and leaves its timings in
 :data:`MEASURED`; ``test_implicit`` compares against them. The minimum over
 rounds is compared: it is the round least disturbed by other processes, the
 estimate of the cost itself. Memory is not timed here: it is an exact count
-(``properties/test_memory.py``).
+(``properties/variant/test_memory.py``).
 """
 
 from __future__ import annotations

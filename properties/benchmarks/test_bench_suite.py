@@ -1,6 +1,6 @@
 """The property suite's throughput: Hypothesis examples per second, per variant.
 
-Every Hypothesis property in ``properties/test_*.py`` whose only arguments
+Every Hypothesis property in ``properties/variant/test_*.py`` whose only arguments
 besides the drawn ones are the ``variant`` and ``device`` fixtures runs once
 per selected variant, under the settings the suite itself runs with (the
 Hypothesis profile: ``ci`` in tox), and skipping what the suite skips (a tag
@@ -25,7 +25,7 @@ import pytest
 import torch
 from hypothesis import settings
 
-import properties
+import properties.variant
 from iqa.variants import Variant
 from properties.benchmarks.conftest import median_seconds
 from properties.tags import required_tags
@@ -37,10 +37,10 @@ TABLE = "Property suite throughput (Hypothesis examples per second)"
 def _properties() -> tuple[list[tuple[str, Callable[..., Any]]], list[str]]:
     """(name, test) of every runnable property, and the names of those needing other fixtures."""
     runnable, other = [], []
-    for info in pkgutil.iter_modules(properties.__path__):
+    for info in pkgutil.iter_modules(properties.variant.__path__):
         if not info.name.startswith("test_"):
             continue
-        module = importlib.import_module(f"properties.{info.name}")
+        module = importlib.import_module(f"properties.variant.{info.name}")
         for name, obj in sorted(vars(module).items()):
             if not name.startswith("test_") or not hasattr(obj, "hypothesis"):
                 continue

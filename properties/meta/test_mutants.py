@@ -53,11 +53,13 @@ def load_property(spec: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(f"properties.{module_name}")
     except ModuleNotFoundError as error:
-        raise LookupError(f"property module properties/{module_name}.py does not exist ({error})") from None
+        path = module_name.replace(".", "/")
+        raise LookupError(f"property module properties/{path}.py does not exist ({error})") from None
     prop = getattr(module, function, None)
     if not callable(prop):
         props = sorted(n for n in dir(module) if n.startswith("test_"))
-        raise LookupError(f"properties/{module_name}.py has no property {function!r}; it has: {', '.join(props)}")
+        path = module_name.replace(".", "/")
+        raise LookupError(f"properties/{path}.py has no property {function!r}; it has: {', '.join(props)}")
     return prop
 
 

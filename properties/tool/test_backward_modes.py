@@ -15,11 +15,10 @@ also proves that no warning was raised.
 from __future__ import annotations
 
 import math
-import warnings
 
 import pytest
 import torch
-from hypothesis import assume, event, given, note
+from hypothesis import event, given, note
 from hypothesis import strategies as st
 from torch import Tensor
 
@@ -27,112 +26,13 @@ from iqa import (
     AdjointOptions,
     BackwardConvergenceWarning,
     ConvergenceError,
-    NonConvergedForwardWarning,
     SolveRecord,
-    Status,
     fixed_point,
 )
 from iqa.analysis import jacobian, vjp
-from iqa.layer import FixedPointLayer
-from iqa.variants import Variant
-from properties.fixed_points import cotangent, stable_fixed_point
-from properties.strategies import CONTRACTIVE_SCALES, Case, cases
 
 F64 = torch.float64
 EPS = torch.finfo(F64).eps
-TOL = 1e-12
-MAX_ITER = 500
-
-report_cases = cases(batch=(1, 3), tokens=(2, 5), dim=(1, 5), dtypes=(F64,), scales=CONTRACTIVE_SCALES)
-
-
-def backward_of(layer: FixedPointLayer, x: Tensor, v: Tensor) -> list[Tensor]:
-    """Run L = <v, layer(x)> backward; return the parameter gradients."""
-    params = list(layer.parameters())
-    y = layer(x)
-    assert isinstance(y, Tensor)
-    return list(torch.autograd.grad((v * y).sum(), params, materialize_grads=True))
-
-
-def converged_layer(case: Case, variant: Variant, device: torch.device, **options: object) -> FixedPointLayer:
-    """The case's layer in implicit mode (tol TOL, MAX_ITER steps, then ``options``) after a forward that reached
-    a locally stable fixed point (:func:`properties.fixed_points.stable_fixed_point`)."""
-    defaults: dict[str, object] = {"backward": "implicit", "tol": TOL, "max_iter": MAX_ITER}
-    layer, _ = stable_fixed_point(case, variant, device, **{**defaults, **options})
-    return layer
-
-
-@given(case=report_cases, solver=st.sampled_from(["picard", "anderson"]))
-def test_adjoint_solution_is_kept_and_its_residual_holds(variant: Variant, case: Case, solver: str, device) -> None:
-    """After backward, last_backward_solution is CONVERGED, and the returned g satisfies
-    ||g - v - J^T g|| <= tol ||v + J^T g|| per batch element, recomputed here with an independent vjp."""
-    layer = converged_layer(case, variant, device, solver=solver)
-    x, v = case.inputs(device), cotangent(case, device)
-    backward_of(layer, x, v)
-    adjoint, forward = layer.last_backward_solution, layer.last_solution
-    assert adjoint is not None and forward is not None
-    assert adjoint.converged and adjoint.stop == "rel" and adjoint.method == solver
-    g = adjoint.y
-    with torch.no_grad():
-        f = layer.fixed_point_map(x)
-    jtg = vjp(f, forward.y, g)
-    dims = tuple(range(1, g.dim()))
-    residual = torch.linalg.vector_norm(g - v - jtg, dim=dims)
-    image = torch.linalg.vector_norm(v + jtg, dim=dims)
-    # Rounding of v + J^T g: n eps (||v|| + ||J^T g||), n = N D terms per row product.
-    n = case.tokens * case.dim
-    rounding = n * EPS * (torch.linalg.vector_norm(v, dim=dims) + torch.linalg.vector_norm(jtg, dim=dims))
-    note(f"relative residuals {(residual / image).tolist()}, reported {adjoint.residual.tolist()}")
-    assert bool((residual <= adjoint.tol * image + rounding).all())
-    # The reported residual is the one of the returned g (same quantity, same point).
-    assert torch.allclose(adjoint.residual, (residual / image).cpu(), rtol=0, atol=float((rounding / image).max()))
-
-
-@given(case=report_cases)
-def test_adjoint_cut_short_warns_and_keeps_its_solution(variant: Variant, case: Case, device) -> None:
-    """An adjoint allowed one step fails where J^T v is not negligible: it warns, keeps its MAX_ITER Solution,
-    and the gradient is the finite, nonzero one-step iterate, not silently zero. Nonzero over (weights, x): at a
-    consensus fixed point (reference, scaled) the weight part is exactly 0 whatever g is (THEORY.md)."""
-    layer = converged_layer(case, variant, device, adjoint=AdjointOptions(max_iter=1))
-    x, v = case.inputs(device), cotangent(case, device)
-    forward = layer.last_solution
-    assert forward is not None
-    with torch.no_grad():
-        jtv = vjp(layer.fixed_point_map(x), forward.y, v)
-    relative = torch.linalg.vector_norm(jtv.flatten(1), dim=1) / torch.linalg.vector_norm((v + jtv).flatten(1), dim=1)
-    # One step from g0 = v leaves the relative residual ||J^T v|| / ||v + J^T v||: above tol, the solve must fail.
-    assume(bool((relative > TOL).any()))
-    x_leaf = x.clone().requires_grad_(True)
-    y = layer(x_leaf)
-    assert isinstance(y, Tensor)
-    with pytest.warns(BackwardConvergenceWarning, match="adjoint solve"):
-        grads = torch.autograd.grad((v * y).sum(), [*layer.parameters(), x_leaf], materialize_grads=True)
-    adjoint = layer.last_backward_solution
-    assert adjoint is not None
-    assert adjoint.status is Status.MAX_ITER and adjoint.n_steps == 1
-    flat = torch.cat([g.flatten() for g in grads])
-    assert bool(torch.isfinite(flat).all()) and float(flat.abs().max()) > 0
-
-
-@given(case=report_cases, where=st.sampled_from(["adjoint options", "layer"]))
-def test_adjoint_failure_raises_under_raise_on_failure(variant: Variant, case: Case, where: str, device) -> None:
-    """raise_on_failure (on the AdjointOptions, or on the layer, which the adjoint inherits) turns the failed
-    adjoint into a ConvergenceError that carries the Solution the layer also keeps."""
-    if where == "layer":
-        options: dict[str, object] = dict(raise_on_failure=True, adjoint=AdjointOptions(max_iter=1))
-    else:
-        options = dict(adjoint=AdjointOptions(max_iter=1, raise_on_failure=True))
-    layer = converged_layer(case, variant, device, **options)
-    x, v = case.inputs(device), cotangent(case, device)
-    forward = layer.last_solution
-    assert forward is not None
-    with torch.no_grad():
-        jtv = vjp(layer.fixed_point_map(x), forward.y, v)
-    assume(bool((torch.linalg.vector_norm(jtv.flatten(1), dim=1) > TOL * (v + jtv).flatten(1).norm(dim=1)).any()))
-    with pytest.raises(ConvergenceError, match="adjoint solve") as raised:
-        backward_of(layer, x, v)
-    assert raised.value.solution is layer.last_backward_solution
-    assert raised.value.solution.status is Status.MAX_ITER
 
 
 def linear_map(n: int, rho: float, seed: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -165,37 +65,6 @@ def test_adjoint_fails_where_rho_exceeds_one(n: int, rho: float, seed: int, rais
     assert record.backward is not None and not record.backward.converged
     event(f"adjoint {record.backward.status.name}")
     note(f"adjoint status {record.backward.status}, residual {record.backward.residual.tolist()}")
-
-
-@given(case=report_cases, backward=st.sampled_from(["implicit", "phantom"]))
-def test_gradient_after_nonconverged_forward_warns(variant: Variant, case: Case, backward: str, device) -> None:
-    """A forward cut to one step is not at a fixed point: its implicit or phantom gradient warns. The implicit
-    adjoint at that point may fail too (rho(J) >= 1 there): then it warns as well, and only then."""
-    layer = case.layer(variant, device, backward=backward, tol=TOL, max_iter=1, adjoint=AdjointOptions(max_iter=500))
-    x, v = case.inputs(device), cotangent(case, device)
-    with torch.no_grad():
-        layer(x)
-    forward = layer.last_solution
-    assert forward is not None
-    assume(not forward.converged)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        backward_of(layer, x, v)
-    messages = [str(w.message) for w in caught if issubclass(w.category, NonConvergedForwardWarning)]
-    assert any("not a fixed point" in m for m in messages), f"no NonConvergedForwardWarning: {caught}"
-    adjoint = layer.last_backward_solution
-    adjoint_failed = backward == "implicit" and adjoint is not None and not adjoint.converged
-    event(f"{backward}: adjoint failed at the non-fixed point: {adjoint_failed}")
-    warned = any(issubclass(w.category, BackwardConvergenceWarning) for w in caught)
-    assert warned == adjoint_failed, f"adjoint converged: {not adjoint_failed}, BackwardConvergenceWarning: {warned}"
-
-
-@given(case=report_cases)
-def test_unrolled_gradient_of_a_nonconverged_forward_is_silent(variant: Variant, case: Case, device) -> None:
-    """The unrolled gradient is the exact gradient of the steps taken: no warning (warnings are errors here).
-    Two steps: the solver returns the last iterate whose residual it measured, y_1 = f(y_0)."""
-    layer = case.layer(variant, device, backward="unrolled", tol=TOL, max_iter=2)
-    backward_of(layer, case.inputs(device), cotangent(case, device))
 
 
 def small_map(seed: int) -> tuple[Tensor, Tensor]:

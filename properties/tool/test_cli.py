@@ -78,7 +78,7 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_default_suite_is_beside_the_package() -> None:
-    assert cli.default_suite() == Path(__file__).resolve().parent
+    assert cli.default_suite() == Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name", sorted(cli.DELEGATED))

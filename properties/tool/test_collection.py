@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: Generous: collection imports torch and every property module (a few seconds on a loaded 2-core machine).
 TIMEOUT_S = 300
 

@@ -34,7 +34,7 @@ from iqa.variants import (
     resolve_all,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BUILTIN_NAMES = [v.name for v in BUILTIN_VARIANTS]
 
 USER_MODULE = '''
@@ -275,7 +275,7 @@ def _collect(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
             sys.executable,
             "-m",
             "pytest",
-            "properties/test_seed.py",
+            "properties/variant/test_seed.py",
             "--collect-only",
             "-q",
             "-p",

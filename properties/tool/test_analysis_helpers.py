@@ -14,19 +14,16 @@ import math
 
 import pytest
 import torch
-from hypothesis import assume, event, given, note, target
+from hypothesis import event, given, note, target
 from hypothesis import strategies as st
 from torch import Tensor
 
 from iqa import analysis, solve
-from iqa.analysis.linearization import second_order_constant
 from iqa.analysis.rounding import jacobian_rounding, map_rounding
 from iqa.analysis.spectral import eig_blocks
 from iqa.solvers import Status
-from iqa.variants import Tag, Variant
 from properties import regimes
 from properties.strategies import ANY_SCALE, Case, cases
-from properties.tags import requires
 
 SEEDS = st.integers(0, 2**31 - 1)
 
@@ -239,22 +236,6 @@ def test_consensus_refuses_maps_without_a_consensus_point() -> None:
         analysis.consensus_radius(resolve("hopfield").make(3, scale=1.0), x)
 
 
-@requires(Tag.SCORE_MATRIX)
-@given(case=cases(scales=ANY_SCALE))
-def test_attention_weights_are_the_softmax_of_the_map(variant: Variant, case: Case, device) -> None:
-    """The recorded weights are those that reproduce f(y) = p V (+ the rest): one softmax, rows summing to 1."""
-    layer = case.layer(variant, device)
-    x = case.inputs(device)
-    f = layer.fixed_point_map(x)
-    weights = analysis.attention_weights(f, x)
-    assert len(weights) == 1 and weights[0].shape == (case.batch, case.tokens, case.tokens)
-    eps = torch.finfo(case.dtype).eps
-    assert bool(((weights[0].sum(-1) - 1).abs() <= (case.tokens + 2) * eps).all())
-    gap = analysis.saturation_gap(f, x)
-    assert bool(((gap >= 0) & (gap <= 1)).all())
-    assert bool(analysis.saturation_gap(lambda y: 2 * y, x).isnan().all())
-
-
 @given(case=cases(dtypes=(torch.float32,), scales=ANY_SCALE), data=st.data())
 def test_rounding_bounds_hold_against_float64(case: Case, data: st.DataObject) -> None:
     """map_rounding and jacobian_rounding of a float32 layer bound its distance to the same layer in
@@ -282,54 +263,6 @@ def test_rounding_bounds_hold_against_float64(case: Case, data: st.DataObject) -
     J_bound = jacobian_rounding(layer, x, y)
     target(float((J_error / J_bound).max()), label="J rounding / jacobian_rounding")
     assert bool((J_error <= J_bound).all()), f"J rounding {J_error.tolist()} > bound {J_bound.tolist()}"
-
-
-@requires(Tag.SCORE_MATRIX)
-@given(case=cases(dtypes=(torch.float64,), scales=ANY_SCALE), step=st.sampled_from([1e-1, 1e-2, 1e-3]))
-def test_second_order_constant_bounds_the_taylor_remainder(variant: Variant, case: Case, step: float, device) -> None:
-    """||f(y + d) - f(y) - J(y) d||_row <= H / 2 ||d||^2_(2,inf) (+ the rounding of two f and one J d)."""
-    layer = case.layer(variant, device)
-    x = case.inputs(device)
-    mixing = torch.softmax(torch.randn(case.tokens, case.tokens, generator=case.generator(4), dtype=torch.float64), -1)
-    y = mixing.to(device) @ x
-    d = step * torch.randn(x.shape, generator=case.generator(6), dtype=torch.float64).to(device)
-    f = layer.fixed_point_map(x)
-    with torch.no_grad():
-        remainder = f(y + d) - f(y) - analysis.jvp(f, y, d)
-    H = second_order_constant(layer, x)
-    size = analysis.token_norm(d, "rows").cpu()
-    rounding = (
-        2 * map_rounding(layer, x, y + d).cpu()
-        + jacobian_rounding(layer, x, y).cpu() * analysis.token_norm(d, "fro").cpu()
-    )
-    observed = analysis.token_norm(remainder, "rows").cpu()
-    target(float((observed / (H / 2 * size**2 + rounding)).max()), label="remainder / bound")
-    assert bool((observed <= H / 2 * size**2 + rounding).all()), f"remainder {observed.tolist()} vs H {H.tolist()}"
-
-
-@requires(Tag.SCORE_MATRIX)
-@given(case=cases(scales=st.floats(0.05, 0.7)))
-def test_certified_solve_bound_holds(variant: Variant, case: Case, device) -> None:
-    """The proven ||y - y*|| bound holds against y* from a float64 solve to 1e-13 of the same layer."""
-    layer = case.layer(variant, device)
-    x = case.inputs(device)
-    _, kappa = analysis.best_certificate(layer, x)
-    event(f"certificate < 1: {bool((kappa < 1).all())}")
-    assume(bool((kappa < 1).all()))  # the bound is proven only under a certificate < 1
-    result = analysis.certified_solve(layer, x)
-    wide = case.layer(variant, device)
-    wide.load_state_dict(layer.state_dict())
-    wide = wide.to(torch.float64)
-    with torch.no_grad():
-        reference = solve(wide.fixed_point_map(x.double()), x.double(), tol=1e-13, max_iter=10_000)
-    assert reference.converged
-    # the float64 reference is itself within (1e-13 + its rounding) / (1 - kappa) of y*
-    slack = analysis.in_norm(torch.full_like(kappa, 1e-13), result.norm, case.tokens) / (1 - kappa)
-    error = analysis.token_norm(result.y.double() - reference.y, result.norm).cpu()
-    target(float((error / result.error_bound).max()), label="error / proven bound")
-    assert bool((error <= result.error_bound + slack).all()), (
-        f"error {error.tolist()} > bound {result.error_bound.tolist()}"
-    )
 
 
 @given(case=cases(scales=ANY_SCALE))
