@@ -6,18 +6,23 @@ Picard, iqa against torchdeq) or deterministic counts (iterations, residuals,
 gradient errors) that a timing table does not show. Tests put them in a
 :class:`SummaryTable` through the ``summary`` fixture; each table is printed as
 Markdown at the end of the session (and the same numbers go to each
-benchmark's ``extra_info``, so ``--benchmark-autosave`` keeps them).
+benchmark's ``extra_info``, so ``--benchmark-autosave`` keeps them), and the
+tables are also written to ``.benchmarks/summary-<UTC time>-<sizes>.md``.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 from tabulate import tabulate
+
+from iqa.atomic import atomic_open
 
 
 @dataclass
@@ -85,6 +90,20 @@ def median_seconds(benchmark: Any) -> float | None:
     return None if not stats else float(stats.stats.median)
 
 
+#: ``--sizes``: which problem sizes the realistic-size benchmarks run (test_bench_scale.py).
+SIZE_SETS = ("small", "large")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("iqa").addoption(
+        "--sizes",
+        choices=SIZE_SETS,
+        default="small",
+        help="problem sizes of test_bench_scale.py: small (default, its smallest shape: seconds) or large "
+        "(B = 8, N in 64/256/1024, D in 64/128, 1 and 4 heads: tens of minutes on one CPU thread)",
+    )
+
+
 @pytest.fixture(autouse=True)
 def _never_under_xdist(request: pytest.FixtureRequest) -> Iterator[None]:
     """Timing under xdist shares cores between workers and measures the neighbours, not the code."""
@@ -94,8 +113,19 @@ def _never_under_xdist(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    for table in _TABLES.values():
-        if table.rows:
-            terminalreporter.write_sep("-", table.title)
-            terminalreporter.write_line(table.markdown())
+#: Where the session's tables go as Markdown, beside pytest-benchmark's saved runs.
+SUMMARY_DIR = ".benchmarks"
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    tables = [table for table in _TABLES.values() if table.rows]
+    for table in tables:
+        terminalreporter.write_sep("-", table.title)
+        terminalreporter.write_line(table.markdown())
+    if tables:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        path = Path(config.rootpath) / SUMMARY_DIR / f"summary-{stamp}-{config.getoption('sizes', 'small')}.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(path) as out:
+            out.write("\n\n".join(f"### {table.title}\n\n{table.markdown()}" for table in tables) + "\n")
+        terminalreporter.write_line(f"summary tables written to {path}")

@@ -1,6 +1,7 @@
 """The peer, side by side: iqa against torchdeq on the same map, tolerance and data.
 
-torchdeq (PyPI; ``tox -e bench`` installs it) is called through its own API:
+torchdeq (PyPI; ``tox -e bench`` installs it) is called through its own API
+(the drivers are in :mod:`properties.benchmarks.peers`):
 ``torchdeq.solver.anderson_solver`` / ``fixed_point_iter`` for the forward
 solve, under ``torch.no_grad()`` as its DEQ core does, and the IFT backward
 of ``torchdeq.grad.backward_factory(grad_type="ift")`` (the
@@ -46,15 +47,15 @@ from properties.strategies import Case
 from properties.tags import requires
 
 pytest.importorskip("torchdeq", reason="torchdeq is not installed (tox -e bench installs it)")
-from torchdeq.grad import backward_factory
-from torchdeq.solver import anderson_solver, fixed_point_iter
+from properties.benchmarks import peers
+from properties.benchmarks.peers import AdjointProbe, Counted
 
 TOL = grid.TOL  # absolute forward residual and relative adjoint residual, the same for both libraries
 MAX_ITER = grid.MAX_ITER
 MEMORY = DEFAULT_MEMORY  # Anderson's history length, both libraries: iqa's default
 REFERENCE_TOL = 1e-13  # float64: ~100 eps * ||y||, the tightest a forward solve reaches reliably
 NORM_FLOOR = 1e-6  # a reference gradient below this norm would make relative errors meaningless: fail instead
-METHODS = {"anderson": anderson_solver, "picard": fixed_point_iter}
+METHODS = peers.METHODS
 COUNTS = f"iqa / torchdeq, same map, tol {TOL:g}: f evaluations, residuals, gradient errors"
 TIMES = f"iqa / torchdeq, same map, tol {TOL:g}: median wall time (s); iqa= is iqa run to torchdeq's residuals"
 
@@ -91,53 +92,13 @@ def _problem(variant: Variant, kind: str) -> Problem:
     return Problem(kind, case, layer, x, weight)
 
 
-class Counted:
-    """f with a count of its (batched) evaluations."""
-
-    def __init__(self, f: Callable[[Tensor], Tensor]) -> None:
-        self.f = f
-        self.calls = 0
-
-    def __call__(self, y: Tensor) -> Tensor:
-        self.calls += 1
-        return self.f(y)
-
-
-@dataclass
-class AdjointProbe:
-    """What torchdeq's adjoint solve did: its map's evaluations and the relative residual of its answer."""
-
-    calls: int = 0
-    residual: float | None = None
-
-
 def _torchdeq_forward(method: str, f: Callable[[Tensor], Tensor], y0: Tensor) -> Tensor:
-    options = {"m": MEMORY} if method == "anderson" else {}
-    with torch.no_grad():
-        z, _, _ = METHODS[method](f, y0, max_iter=MAX_ITER, tol=TOL, stop_mode="abs", **options)
-    return z
+    return peers.torchdeq_forward(method, f, y0, tol=TOL, stop="abs", max_iter=MAX_ITER, memory=MEMORY)
 
 
 def _torchdeq_ift(method: str, probe: AdjointProbe | None = None) -> Any:
     """torchdeq's IFT gradient functor, its backward solver optionally watched by ``probe``."""
-    solver = METHODS[method]
-
-    def watched_solver(func: Callable[[Tensor], Tensor], x0: Tensor, **options: Any) -> Any:
-        if probe is None:
-            return solver(func, x0, **options)
-        counted = Counted(func)
-        out = solver(counted, x0, **options)
-        probe.calls = counted.calls
-        with torch.no_grad():
-            g = out[0]
-            image = func(g)
-            probe.residual = float(torch.linalg.vector_norm(image - g) / torch.linalg.vector_norm(image))
-        return out
-
-    options: dict[str, Any] = {"max_iter": MAX_ITER, "tol": TOL, "stop_mode": "rel"}
-    if method == "anderson":
-        options["m"] = MEMORY
-    return backward_factory(grad_type="ift", b_solver=watched_solver, b_solver_kwargs=options)
+    return peers.torchdeq_ift(method, tol=TOL, stop="rel", max_iter=MAX_ITER, memory=MEMORY, probe=probe)
 
 
 def _iqa_output(
