@@ -60,10 +60,18 @@ MEMORY_MIN_TOKENS = 256  # ... for N >= 256
 NORM_FLOOR = 1e-6  # a reference gradient below this norm would make relative errors meaningless: fail
 ROUND_BUDGET_S = 6.0
 MIN_ROUNDS, MAX_ROUNDS = 1, 7
-TABLE = (
-    f"Realistic sizes: hopfield-style multi-head attention, float32, weight scale 1, rel tol {TOL:g}, "
-    f"unrolled T = {UNROLLED_T}; min wall time over rounds (s), peak memory of forward + backward (MiB)"
-)
+_PROBLEM = f"multi-head hopfield-style attention, float32, weight scale 1, rel tol {TOL:g}"
+TABLES = {
+    "forward": f"Realistic sizes, forward solve: min wall time over rounds (s) and f evaluations; {_PROBLEM}",
+    "backward": f"Realistic sizes, backward alone: min wall time over rounds (s), gradient error against unrolled "
+    f"T = {UNROLLED_T}; {_PROBLEM}",
+    "memory": f"Realistic sizes, peak memory of forward + backward (MiB, fresh process); {_PROBLEM}",
+}
+RATIOS = {
+    "forward": {"anderson / tdq": ("iqa-anderson", "tdq-anderson")},
+    "backward": {"implicit / tdq": ("implicit", "tdq-implicit")},
+    "memory": {"implicit / unrolled": ("implicit", "unrolled"), "tdq / unrolled": ("tdq-implicit", "unrolled")},
+}
 
 #: (size id, runner) -> what a test measured, for the tests of the same size that compare with it.
 MEASURED: dict[tuple[str, str], dict[str, Any]] = {}
@@ -118,11 +126,10 @@ def _timed(
     return {"min": float(stats.stats.min), "median": float(stats.stats.median), "rounds": rounds}
 
 
-def _record(summary: Any, size: Size, **values: Any) -> None:
-    table = summary(TABLE)
-    table.ratio("fwd anderson / tdq", "fwd iqa-anderson", "fwd tdq-anderson")
-    table.ratio("bwd implicit / tdq", "bwd implicit", "bwd tdq-implicit")
-    table.ratio("peak implicit / unrolled", "MiB implicit", "MiB unrolled")
+def _record(summary: Any, kind: str, size: Size, **values: Any) -> None:
+    table = summary(TABLES[kind])
+    for name, (numerator, denominator) in RATIOS[kind].items():
+        table.ratio(name, numerator, denominator)
     table.add(size.id, **values)
 
 
@@ -153,7 +160,7 @@ def test_forward(benchmark, summary, request, size: Size, runner: str) -> None:
     times = _timed(benchmark, device, lambda: problem_.forward(problem, runner, f))
     benchmark.extra_info.update(size=size.id, runner=runner, tol=TOL, stop=STOP, **facts, **times)
     MEASURED[(size.id, runner)] = times
-    _record(summary, size, **{f"fwd {runner}": times.get("min"), f"evals {runner}": facts["evals"]})
+    _record(summary, "forward", size, **{runner: times.get("min"), f"evals {runner}": facts["evals"]})
     if runner == "iqa-anderson" and "min" in times:
         theirs = _peer(size, "tdq-anderson")["min"]
         assert times["min"] <= TIME_RATIO * theirs, (
@@ -202,9 +209,9 @@ def test_backward(benchmark, summary, request, size: Size, runner: str) -> None:
         facts["grad err"] = float((gradient - reference).norm() / reference.norm())
         facts["picard rate"] = rate
     benchmark.extra_info.update(size=size.id, runner=runner, unrolled_T=UNROLLED_T, **facts, **times)
-    _record(summary, size, **{f"bwd {runner}": times.get("min")})
+    _record(summary, "backward", size, **{runner: times.get("min")})
     if "grad err" in facts:
-        _record(summary, size, **{f"grad err {runner}": facts["grad err"], "picard rate": facts["picard rate"]})
+        _record(summary, "backward", size, **{f"err {runner}": facts["grad err"], "picard rate": facts["picard rate"]})
     if runner != "implicit":
         return
     # Forward and adjoint each stop at relative residual TOL, so y and g are each within TOL / (1 - rho) of
@@ -238,7 +245,7 @@ def test_peak_memory(benchmark, summary, request, size: Size, runner: str) -> No
     result = measured[-1]
     benchmark.extra_info.update(size=size.id, runner=runner, peak_bytes=result.bytes, how=result.how)
     MEASURED[(size.id, f"peak {runner}")] = {"bytes": result.bytes}
-    _record(summary, size, **{f"MiB {runner}": result.mib})
+    _record(summary, "memory", size, **{runner: result.mib})
     if runner != "implicit" or size.tokens < MEMORY_MIN_TOKENS:
         return
     unrolled = _peer(size, "peak unrolled")["bytes"]
