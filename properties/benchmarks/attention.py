@@ -25,6 +25,7 @@ through :func:`peak_workload`.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,9 @@ class Size:
     heads: int
 
     def __post_init__(self) -> None:
+        for name, value in (("B", self.batch), ("N", self.tokens), ("D", self.dim), ("h", self.heads)):
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"size {name} must be a positive integer, got {value!r}")
         if self.dim % self.heads:
             raise ValueError(f"D = {self.dim} is not divisible by h = {self.heads}")
 
@@ -64,8 +68,11 @@ class Size:
 
     @classmethod
     def parse(cls, text: str) -> Size:
-        """The inverse of :attr:`id`."""
-        fields = dict((part[0], int(part[1:])) for part in text.split("-"))
+        """The inverse of :attr:`id`: "B8-N256-D64-h4" (fields in any order); ValueError naming what is wrong."""
+        match = re.fullmatch(r"(?:[BNDh]\d+)(?:-[BNDh]\d+){3}", text.strip())
+        fields = {part[0]: int(part[1:]) for part in text.strip().split("-")} if match else {}
+        if sorted(fields) != sorted("BNDh"):
+            raise ValueError(f"{text!r} is not a size like B8-N256-D64-h4 (B, N, D and h once each)")
         return cls(fields["B"], fields["N"], fields["D"], fields["h"])
 
 

@@ -12,6 +12,7 @@ tables are also written to ``.benchmarks/summary-<UTC time>-<sizes>.md``.
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import pytest
 from tabulate import tabulate
 
 from iqa.atomic import atomic_open
+from properties.benchmarks.attention import Size
 
 
 @dataclass
@@ -90,17 +92,34 @@ def median_seconds(benchmark: Any) -> float | None:
     return None if not stats else float(stats.stats.median)
 
 
-#: ``--sizes``: which problem sizes the realistic-size benchmarks run (test_bench_scale.py).
+#: ``--sizes``: the named size sets of the realistic-size benchmarks (test_bench_scale.py).
 SIZE_SETS = ("small", "large")
+
+
+def sizes_option(text: str) -> str:
+    """``--sizes``' value checked: a name of SIZE_SETS, or comma-separated sizes like B8-N512-D96-h2."""
+    if text in SIZE_SETS:
+        return text
+    for part in text.split(","):
+        try:
+            Size.parse(part)
+        except ValueError as error:
+            hint = f"give {' or '.join(SIZE_SETS)}, or sizes like {_EXAMPLE}"
+            raise argparse.ArgumentTypeError(f"{error} ({hint})") from error
+    return text
+
+
+_EXAMPLE = "B8-N512-D96-h2,B4-N128-D64-h1"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.getgroup("iqa").addoption(
         "--sizes",
-        choices=SIZE_SETS,
+        type=sizes_option,
         default="small",
-        help="problem sizes of test_bench_scale.py: small (default, its smallest shape: seconds) or large "
-        "(B = 8, N in 64/256/1024, D in 64/128, 1 and 4 heads: tens of minutes on one CPU thread)",
+        help="problem sizes of test_bench_scale.py: small (default, its smallest multi-head shape: seconds), "
+        "large (B = 8, N in 64/256/1024, D in 64/128, 1 and 4 heads: tens of minutes on one CPU thread), "
+        f"or comma-separated sizes such as {_EXAMPLE}",
     )
 
 
@@ -124,7 +143,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_line(table.markdown())
     if tables:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        path = Path(config.rootpath) / SUMMARY_DIR / f"summary-{stamp}-{config.getoption('sizes', 'small')}.md"
+        path = Path(config.rootpath) / SUMMARY_DIR / f"summary-{stamp}.md"
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(path) as out:
             out.write("\n\n".join(f"### {table.title}\n\n{table.markdown()}" for table in tables) + "\n")

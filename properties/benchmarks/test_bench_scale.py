@@ -5,7 +5,8 @@ implicit attention, float32, weight scale 1, relative tol 1e-4 for every
 forward and adjoint solve, Anderson memory 8 for both libraries. ``--sizes
 large`` runs the issue's grid, B = 8, N in {64, 256, 1024}, D in {64, 128},
 h in {1, 4}; the default (``--sizes small``) runs its smallest multi-head shape
-only, so that a plain ``tox -e bench`` exercises this module in seconds.
+only, so that a plain ``tox -e bench`` exercises this module in seconds;
+``--sizes B8-N512-D96-h2,...`` runs the sizes given.
 
 Per size:
 
@@ -81,7 +82,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Sizes from ``--sizes``; each size's runners in the order the comparisons need (the peer first)."""
     if "size" not in metafunc.fixturenames:
         return
-    sizes = SIZES[metafunc.config.getoption("sizes", "small")]
+    spec = metafunc.config.getoption("sizes", "small")
+    sizes = SIZES[spec] if spec in SIZES else [Size.parse(part) for part in spec.split(",")]
     runners = {
         "test_forward": ["tdq-anderson", "iqa-anderson", "iqa-picard"],
         "test_backward": ["unrolled", "tdq-implicit", "implicit", "phantom"],
