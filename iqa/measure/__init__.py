@@ -64,6 +64,7 @@ __all__ = [
     "PRESETS",
     "QUICK",
     "Cell",
+    "MeasurementError",
     "Sweep",
     "measure_variant",
     "measure_variants",
@@ -72,6 +73,27 @@ __all__ = [
 ]
 
 FORMAT = "iqa-measure/1"
+
+
+class MeasurementError(Exception):
+    """A variant failed while a cell (or its saved-bytes measurement) was measured: the variant's failure,
+    not the caller's. ``variant`` names it, ``where`` the cell, and the cause is chained (``__cause__``)."""
+
+    def __init__(self, variant: str, where: str, cause: BaseException) -> None:
+        super().__init__(variant, where, cause)
+        self.variant = variant
+        self.where = where
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return f"variant {self.variant!r} failed on {self.where}: {type(self.cause).__name__}: {self.cause}"
+
+
+def _where(cell: Cell | None) -> str:
+    if cell is None:
+        return "the saved-bytes measurement"
+    return f"cell N={cell.tokens}, D={cell.dim}, scale={cell.scale:g}, seed={cell.seed}"
+
 
 #: A task: (variant index, cell or None for the saved-bytes measurement).
 _Task = tuple[int, Cell | None]
@@ -145,7 +167,10 @@ def measure_variants(
         configure_threads(1)
         try:
             for task in tasks:
-                results[task] = _run_task(resolved[task[0]], sweep, task[1])
+                try:
+                    results[task] = _run_task(resolved[task[0]], sweep, task[1])
+                except Exception as error:  # the variant's code raised: its failure, named
+                    raise MeasurementError(resolved[task[0]].name, _where(task[1]), error) from error
                 bar.update()
         finally:
             torch.set_num_threads(previous)
@@ -155,7 +180,13 @@ def measure_variants(
             executor = pool if pool is not None else stack.enter_context(worker_pool(jobs))
             futures = {executor.submit(_worker, specs[i], sweep.to_dict(), cell): (i, cell) for i, cell in tasks}
             for future in concurrent.futures.as_completed(futures):
-                results[futures[future]] = future.result()
+                i, cell = futures[future]
+                try:
+                    results[(i, cell)] = future.result()
+                except Exception as error:  # raised in a worker: the variant's failure, named
+                    for other in futures:
+                        other.cancel()
+                    raise MeasurementError(resolved[i].name, _where(cell), error) from error
                 bar.update()
     bar.close()
     return [
