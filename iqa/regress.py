@@ -1,7 +1,7 @@
 """``iqa regress``: a variant's metrics against a stored baseline, metric by metric.
 
     iqa regress [VARIANT ...] [--baseline FILE] [--update [--sweep NAME] [--properties]]
-                [--max-time-ratio R] [--jobs N]
+                [--max-time-ratio R] [--jobs N | --scheduler ADDRESS] [--suite DIR]
 
 With no VARIANT, every built-in variant is checked against
 ``reports/baselines/<name>.json``. The variant is measured
@@ -26,6 +26,8 @@ baseline: :data:`SWEEPS`); it never writes over a file it cannot read.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import contextlib
 import functools
 import math
 import sys
@@ -39,7 +41,7 @@ from tabulate import tabulate
 import iqa
 from iqa import metrics
 from iqa.baseline import Baseline, BaselineError, load, save
-from iqa.measure import QUICK, MeasurementError, Sweep, measure_variant
+from iqa.measure import QUICK, MeasurementError, SchedulerError, Sweep, dask_pool, measure_variant
 from iqa.metrics import LOWER, Metric
 from iqa.suite import RECORDED_PROFILE, SuiteError, locate, start
 from iqa.variants import Variant, VariantError, builtin_variants, resolve
@@ -278,12 +280,13 @@ def check(
     jobs: int = 1,
     progress: bool = False,
     verdicts: Callable[[str, str], dict[str, str]] = run_properties,
+    pool: concurrent.futures.Executor | None = None,
 ) -> Report:
     """Measure the variant on the baseline's sweep and compare; raises BaselineError for a bad baseline."""
     variant = resolve(spec)
     path = baseline_file(variant, baseline)
     stored = load(path)
-    measurement = measure_variant(_measure_spec(spec, variant), stored.sweep, jobs=jobs, progress=progress)
+    measurement = measure_variant(_measure_spec(spec, variant), stored.sweep, jobs=jobs, progress=progress, pool=pool)
     rows = compare_metrics(stored, measurement["metrics"], max_time_ratio)
     if stored.verdicts is not None:
         name = spec if isinstance(spec, str) else variant.name
@@ -301,6 +304,7 @@ def update(
     jobs: int = 1,
     progress: bool = False,
     verdicts: Callable[[str, str], dict[str, str]] = run_properties,
+    pool: concurrent.futures.Executor | None = None,
 ) -> tuple[Path, Baseline, Baseline | None]:
     """(Re)write the baseline; returns (path, new baseline, the old one or None).
 
@@ -315,7 +319,7 @@ def update(
     chosen = sweep or (old.sweep if old is not None else REGRESS)
     record = properties if properties is not None else (old is not None and old.verdicts is not None)
     profile = old.profile if properties is None and old is not None and old.profile else profile
-    measurement = measure_variant(_measure_spec(spec, variant), chosen, jobs=jobs, progress=progress)
+    measurement = measure_variant(_measure_spec(spec, variant), chosen, jobs=jobs, progress=progress, pool=pool)
     found = verdicts(spec if isinstance(spec, str) else variant.name, profile) if record else None
     new = Baseline.from_measurement(measurement, found, profile if record else None)
     save(path, new)
@@ -348,6 +352,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="measure cells in N processes")
     parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="measure cells on this Dask scheduler instead (e.g. tcp://host:8786; needs iqa[dask])",
+    )
+    parser.add_argument(
         "--suite",
         metavar="DIR",
         help="the property suite for property verdicts (default: properties/ beside iqa, else ./properties)",
@@ -364,6 +373,8 @@ def _usage(args: argparse.Namespace) -> str | None:
         return f"--max-time-ratio must be a finite number > 0, got {args.max_time_ratio}"
     if args.jobs < 1:
         return f"--jobs must be >= 1, got {args.jobs}"
+    if args.scheduler is not None and args.jobs != 1:
+        return "--jobs and --scheduler exclude each other (the cluster's workers run the cells)"
     return None
 
 
@@ -380,6 +391,21 @@ def main(args: argparse.Namespace) -> int:
         return 2
     verdicts = functools.partial(run_properties, suite=suite)
     specs: list[str] = list(args.variants) or list(builtin_variants())
+    try:
+        with contextlib.ExitStack() as stack:
+            pool = stack.enter_context(dask_pool(args.scheduler)) if args.scheduler is not None else None
+            return _run(args, specs, verdicts, pool)
+    except SchedulerError as error:
+        print(f"iqa regress: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(
+    args: argparse.Namespace,
+    specs: list[str],
+    verdicts: Callable[[str, str], dict[str, str]],
+    pool: concurrent.futures.Executor | None,
+) -> int:
     status = 0
     for spec in specs:
         try:
@@ -393,6 +419,7 @@ def main(args: argparse.Namespace) -> int:
                     jobs=args.jobs,
                     progress=args.progress,
                     verdicts=verdicts,
+                    pool=pool,
                 )
                 print(
                     f"iqa regress: wrote {path} ({spec}: {len(new.metrics)} metrics"
@@ -407,6 +434,7 @@ def main(args: argparse.Namespace) -> int:
                 jobs=args.jobs,
                 progress=args.progress,
                 verdicts=verdicts,
+                pool=pool,
             )
         except MeasurementError as failure:  # the variant's own failure: a regression, not a usage error
             print(f"iqa regress: {failure}", file=sys.stderr)

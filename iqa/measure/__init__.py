@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import multiprocessing
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -51,6 +50,7 @@ import torch
 from tqdm import tqdm
 
 from iqa.measure.cell import measure_cell
+from iqa.measure.executors import SchedulerError, dask_pool, executor, worker_pool
 from iqa.measure.saved import measure_saved_bytes
 from iqa.measure.summary import metric_info, summarize
 from iqa.measure.sweep import DEFAULT, PRESETS, QUICK, Cell, Sweep
@@ -65,7 +65,10 @@ __all__ = [
     "QUICK",
     "Cell",
     "MeasurementError",
+    "SchedulerError",
     "Sweep",
+    "dask_pool",
+    "executor",
     "measure_variant",
     "measure_variants",
     "versions",
@@ -127,20 +130,11 @@ def _run_task(variant: Variant, sweep: Sweep, cell: Cell | None) -> Any:
     return measure_cell(variant, cell, sweep)
 
 
-def _worker_init() -> None:
-    configure_threads(1)
-
-
 def _worker(spec: str, sweep_data: dict[str, Any], cell: Cell | None) -> Any:
     if spec not in _RESOLVED:
+        configure_threads(1)  # a Dask worker runs no initializer: one torch thread, as in worker_pool
         _RESOLVED[spec] = resolve(spec)
     return _run_task(_RESOLVED[spec], Sweep.from_dict(sweep_data), cell)
-
-
-def worker_pool(jobs: int) -> concurrent.futures.ProcessPoolExecutor:
-    """``jobs`` spawned worker processes with one torch thread each (spawn: no forked torch state)."""
-    context = multiprocessing.get_context("spawn")
-    return concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init)
 
 
 def measure_variants(
@@ -153,7 +147,8 @@ def measure_variants(
 ) -> list[dict[str, Any]]:
     """:func:`measure_variant` for several variants, sharing one pool of ``jobs`` worker processes.
 
-    ``pool`` (from :func:`worker_pool`) is used instead of a new one when given, whatever ``jobs`` is.
+    ``pool`` (from :func:`worker_pool` or :func:`dask_pool`) is used instead of a new one when given,
+    whatever ``jobs`` is.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
@@ -196,10 +191,16 @@ def measure_variants(
 
 
 def measure_variant(
-    variant: Variant | str, sweep: Sweep = DEFAULT, *, jobs: int = 1, progress: bool = True
+    variant: Variant | str,
+    sweep: Sweep = DEFAULT,
+    *,
+    jobs: int = 1,
+    progress: bool = True,
+    pool: concurrent.futures.Executor | None = None,
 ) -> dict[str, Any]:
-    """Measure one variant over the sweep (module docstring); ``jobs`` > 1 spreads cells over processes."""
-    return measure_variants([variant], sweep, jobs=jobs, progress=progress)[0]
+    """Measure one variant over the sweep (module docstring); ``jobs`` > 1 spreads cells over processes,
+    ``pool`` (:func:`worker_pool`, :func:`dask_pool`) runs them there instead."""
+    return measure_variants([variant], sweep, jobs=jobs, progress=progress, pool=pool)[0]
 
 
 def _assemble(variant: Variant, sweep: Sweep, cells: list[dict[str, Any]], saved: dict[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from iqa.atomic import write_bytes, write_json, write_text
-from iqa.measure import PRESETS, MeasurementError, Sweep, measure_variants, worker_pool
+from iqa.measure import PRESETS, MeasurementError, SchedulerError, Sweep, executor, measure_variants
 from iqa.measure import versions as measure_versions
 from iqa.report import markdown, plots
 from iqa.report.output import RESERVED, OutputError, Staging
@@ -81,6 +81,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         f"--quick; the {PROFILE} profile's own number, 30, when larger)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run the sweep's cells and figures on this Dask scheduler (e.g. tcp://host:8786; needs iqa[dask]); "
+        "--jobs then sets only the property run's processes. The files do not change",
+    )
 
 
 #: The Hypothesis profile of the report's property run (derandomized: the same examples every time).
@@ -104,6 +111,7 @@ class Options:
     properties: bool = True
     max_examples: int | None = None
     progress: bool = True
+    scheduler: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
@@ -117,6 +125,7 @@ class Options:
             properties=not args.no_properties,
             max_examples=args.max_examples,
             progress=not args.no_progress,
+            scheduler=args.scheduler,
         )
 
     def check(self) -> None:
@@ -230,8 +239,8 @@ def _measure(
     specs: list[str], variants: list[Variant], sweep: Sweep, options: Options
 ) -> tuple[list[dict[str, Any]], list[dict[str, bytes]]]:
     clock = time.perf_counter()
-    if options.jobs > 1:
-        with worker_pool(options.jobs) as pool:
+    if options.jobs > 1 or options.scheduler is not None:
+        with executor(options.jobs, options.scheduler) as pool:
             results = measure_variants(specs, sweep, jobs=options.jobs, progress=options.progress, pool=pool)
             _phase("sweep", clock)
             figures = list(pool.map(render_figures, results))
@@ -314,7 +323,8 @@ def _write_variant(
 def main(args: argparse.Namespace) -> int:
     """Run ``iqa report``: 0 when the reports were written (failing properties are reported, not fatal),
     1 when they were written but the property suite could not run, or a variant failed while it was measured
-    (nothing is written then), 2 for bad arguments, a missing suite or an unwritable ``--out``."""
+    (nothing is written then), 2 for bad arguments, a missing suite, an unwritable ``--out`` or a Dask
+    scheduler that cannot be used."""
     configure_threads()
     started = time.perf_counter()
     options = Options.from_args(args)
@@ -323,7 +333,7 @@ def main(args: argparse.Namespace) -> int:
     except MeasurementError as failure:
         print(f"iqa report: {failure}; no report was written", file=sys.stderr)
         return 1
-    except (VariantError, ValueError, SuiteError, OutputError) as problem:
+    except (VariantError, ValueError, SuiteError, OutputError, SchedulerError) as problem:
         print(f"iqa report: error: {problem}", file=sys.stderr)
         return 2
     out = options.out
