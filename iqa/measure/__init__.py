@@ -12,13 +12,14 @@ for backward, and returns::
       "versions": {"python", "torch", "numpy", "iqa"},
       "metrics": {name: float | None},      # scalar summaries, see iqa.measure.summary
       "metric_info": {name: {"better": "lower" | "higher" | None, "unit": str, "deterministic": bool}},
+                                            # from the one metric table, iqa.metrics
       "runs": [run, ...],                   # one per (cell, batch element), see iqa.measure.cell
       "gradients": [record, ...],           # one per cell with gradient checks that converged
       "saved_bytes": {...},                 # see iqa.measure.saved
     }
 
-Metric names (for each method m in the sweep, T in unrolled_T, mode in the
-backward modes; pNN are quantiles):
+Metric names (built by :mod:`iqa.metrics`; for each method m in the sweep, T in
+unrolled_T, mode in the backward modes; pNN are quantiles):
 ``m.iterations.p50/p95`` (steps to tol, converged runs), ``m.converged_fraction``,
 ``m.cycle_fraction``, ``m.max_iter_fraction``, ``m.diverged_fraction`` (diverged or
 non-finite), ``m.rate.p50/p95`` (observed rate, converged runs),
