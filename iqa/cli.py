@@ -10,18 +10,19 @@ A VARIANT is a registered name (``iqa variants`` lists them),
 ``package.module:attr`` or ``path/to/file.py:attr``. One that does not resolve
 is an error (exit status 2) that lists what exists.
 
-``iqa check`` runs ``python -m pytest SUITE --variant VARIANT`` in a
-subprocess with :mod:`iqa.pytest_plugin` (per-test results as JSON, and with
-``--iqa-variant-tests-only`` only the tests that take a variant; benchmarks
-are ignored), then reads the results and prints one verdict per property
-(:mod:`iqa.verdicts`): pass, fail (with the minimal falsifying example and the
-command that reruns it), expected failure, unexpected pass, not applicable.
+``iqa check`` runs ``python -m pytest SUITE/variant --variant VARIANT`` in a
+subprocess with :mod:`iqa.pytest_plugin` (per-test results as JSON; the
+command comes from :mod:`iqa.suite`, which also finds the suite), then reads
+the results and prints one verdict per property (:mod:`iqa.verdicts`): pass,
+fail (with the minimal falsifying example and the command that reruns it),
+expected failure, unexpected pass, not applicable.
 
 Its exit status is 0 when every verdict is pass, expected failure or not
-applicable, 1 when any is fail or unexpected pass, and pytest's own status when
-pytest could not run the suite. The package never imports the suite; SUITE is
-the ``properties/`` directory next to the package source (an editable
-install), else ``./properties``, else ``--suite DIR``.
+applicable, 1 when any is fail or unexpected pass, 2 for a usage error (of iqa
+or of pytest, e.g. an ``expected_failures`` key that names no property), and
+pytest's own status when pytest could not run the suite otherwise. The package never imports the suite; SUITE is
+``--suite DIR``, else the ``properties/`` directory next to the package source
+(an editable install), else ``./properties``.
 """
 
 from __future__ import annotations
@@ -38,9 +39,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from tabulate import tabulate
 
 import iqa
+from iqa.pytest_plugin import read_results
+from iqa.suite import PROFILES, SuiteError, locate, pytest_command
 from iqa.variants import ENTRY_POINT_GROUP, ENV_VARIABLE, Variant, VariantError, available, builtin_variants, resolve
 from iqa.verdicts import BAD_VERDICTS, FAIL, VERDICTS, property_verdicts
 
@@ -49,8 +53,6 @@ DELEGATED = {
     "report": ("iqa.report", "write Markdown convergence reports with plots for variants"),
     "regress": ("iqa.regress", "compare a variant's metrics with a stored baseline"),
 }
-
-PROFILES = ("dev", "ci", "thorough")
 
 
 class UsageError(Exception):
@@ -115,35 +117,6 @@ def cmd_variants(args: argparse.Namespace) -> int:
 # --- iqa check --------------------------------------------------------------------------------
 
 
-def default_suite() -> Path:
-    """The property suite: properties/ beside the package source, else ./properties."""
-    for candidate in (Path(iqa.__file__).resolve().parent.parent / "properties", Path.cwd() / "properties"):
-        if (candidate / "conftest.py").is_file():
-            return candidate
-    raise UsageError(
-        "cannot find the property suite: no properties/conftest.py beside the iqa package "
-        f"({Path(iqa.__file__).resolve().parent.parent}) or in the current directory; pass --suite DIR"
-    )
-
-
-def suite_path(option: str | None) -> Path:
-    if option is None:
-        return default_suite()
-    suite = Path(option)
-    if not (suite / "conftest.py").is_file():
-        raise UsageError(f"--suite {option!r} is not the property suite (no conftest.py in it)")
-    return suite
-
-
-def pytest_command(suite: Path, spec: str, results: Path, extra: Sequence[str]) -> list[str]:
-    """The pytest command line that ``iqa check`` runs: the suite's per-variant properties on one variant."""
-    command = [sys.executable, "-m", "pytest", str(suite), "--variant", spec]
-    command += ["-p", "iqa.pytest_plugin", "--iqa-results", str(results), "--iqa-variant-tests-only"]
-    if (suite / "benchmarks").is_dir():
-        command += ["--ignore", str(suite / "benchmarks")]  # speed is measured elsewhere (tox -e bench)
-    return [*command, "-q", "--tb=short", *extra]
-
-
 def _cases(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {v}" for v, n in counts.items()) if sum(counts.values()) > 1 else ""
 
@@ -186,7 +159,7 @@ def print_verdicts(variant: Variant, rows: list[dict[str, Any]], results: dict[s
 
 def cmd_check(args: argparse.Namespace) -> int:
     variant = resolve(args.variant)  # a spec that does not resolve fails here, listing what exists
-    suite = suite_path(args.suite)
+    suite = locate(args.suite)
     extra = list(args.pytest_args)
     if extra[:1] == ["--"]:
         extra = extra[1:]
@@ -195,14 +168,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         env["HYPOTHESIS_PROFILE"] = args.profile
     with tempfile.TemporaryDirectory(prefix="iqa-check-") as tmp:
         results_path = Path(args.results) if args.results else Path(tmp) / "results.json"
-        command = pytest_command(suite, args.variant, results_path, extra)
+        command = pytest_command(suite, [args.variant], results_path, options=["-q", "--tb=short", *extra])
         print("$ " + shlex.join(["python", *command[1:]]), flush=True)
         status = subprocess.run(command, env=env, check=False).returncode
         if not results_path.is_file():
             print(f"iqa check: pytest exited with status {status} before writing results", file=sys.stderr)
+            if status == pytest.ExitCode.USAGE_ERROR:  # e.g. an expected failure that names no property
+                return 2
             return status or 3
-        from iqa.pytest_plugin import read_results
-
         results = read_results(results_path)
     if not results["tests"]:
         if status not in (0, 1, 5):
@@ -256,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the property suite on one variant; arguments after VARIANT go to pytest "
         "(e.g. -k gradients, -n 2, -x).",
     )
-    p.add_argument("--suite", metavar="DIR", help="the property suite (default: properties/ beside iqa, or ./)")
+    p.add_argument(
+        "--suite", metavar="DIR", help="the property suite (default: properties/ beside iqa, else ./properties)"
+    )
     p.add_argument("--results", metavar="PATH", help="also keep the per-test results JSON at PATH")
     p.add_argument("--profile", choices=PROFILES, help="Hypothesis profile (default: $HYPOTHESIS_PROFILE, else dev)")
     p.add_argument("variant", metavar="VARIANT")
@@ -282,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return 2
         return run(args)
-    except (UsageError, VariantError) as error:
+    except (UsageError, SuiteError, VariantError) as error:
         print(f"iqa: error: {error}", file=sys.stderr)
         return 2
 

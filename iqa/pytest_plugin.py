@@ -1,18 +1,28 @@
 """A pytest plugin that writes one JSON record per test: what ran, how it ended, how to rerun it.
 
-Activate it with ``-p iqa.pytest_plugin --iqa-results PATH``; ``iqa report``
-and ``iqa check`` run the property suite this way and read PATH afterwards.
-``--iqa-variant-tests-only`` keeps only the tests that take a ``variant``
-(the per-variant properties), deselecting meta tests and examples;
-``--iqa-max-examples N`` caps Hypothesis's examples and ``--iqa-no-shrink``
-skips its shrink phase (both derive a profile from the one the suite loaded).
+The suite's conftest.py loads it (``pytest_plugins``), and ``iqa check``,
+``iqa report`` and ``iqa regress`` pass ``-p iqa.pytest_plugin --iqa-results PATH``
+(:mod:`iqa.suite`) and read PATH afterwards. It defines every option it reads:
+
+- ``--variant SPEC`` (repeatable) and ``--device NAME``: what the suite tests, and where;
+- ``--iqa-results PATH``: the JSON below;
+- ``--iqa-max-examples N`` caps Hypothesis's examples and ``--iqa-no-shrink``
+  skips its shrink phase (both derive a profile from the one the suite loaded);
+- ``--iqa-variant-tests-only`` keeps only the tests that take a ``variant``
+  (for a suite without a ``variant/`` folder).
+
+A suite says why a test is not run normally for a variant with two markers
+that this plugin defines and records as data: ``iqa_expected_failure(reason)``
+(the variant declares the property fails; the suite marks it xfail(strict) too)
+and ``iqa_not_applicable(reason)`` (it skips the test: a tag is not claimed).
+Each record carries its verdict (:mod:`iqa.verdicts`), computed here once.
 It works with pytest-xdist (the controller writes the file; workers attach
-each test's function and variant to its report).
+each test's function, variant and declarations to its report).
 
 The file (UTF-8 JSON, keys sorted, written atomically at the end of the session)::
 
     {
-      "format": "iqa-pytest-results/1",
+      "format": "iqa-pytest-results/2",
       "rootdir": "/abs/path",            # run `command`s from here
       "args": ["properties", ...],       # pytest's arguments
       "exitstatus": 0,                   # pytest's exit status (int)
@@ -29,7 +39,11 @@ The file (UTF-8 JSON, keys sorted, written atomically at the end of the session)
           "variant": "reference",        # the variant's name, or null for tests without one
           "outcome": "passed" | "failed" | "skipped" | "xfailed" | "xpassed",
           "phase": "setup" | "call" | "teardown",   # where the outcome was decided
-          "reason": str | null,          # why skipped / xfailed / xpassed
+          "call_raised": bool | null,    # whether the test's call raised (null: it did not run)
+          "expected_failure": str | null,   # the variant's declared reason (marker iqa_expected_failure)
+          "not_applicable": str | null,  # why the test does not apply (marker iqa_not_applicable)
+          "verdict": "pass" | "fail" | "expected failure" | "unexpected pass" | "not applicable",
+          "reason": str | null,          # pytest's reason: why skipped / xfailed / xpassed
           "message": str | null,         # a failure's one-line message
           "longrepr": str | null,        # a failure's full report (traceback, Hypothesis notes)
           "falsifying_example": str | null,   # Hypothesis's minimal "Falsifying example: ..." block
@@ -44,6 +58,9 @@ message saying it passed unexpectedly. A failure in setup or teardown makes
 the test "failed" with that phase. Nothing in the file depends on timing, so
 two runs of a deterministic suite (the ``ci`` profile is derandomized) give
 the same bytes.
+
+PYTEST_DONT_REWRITE: the plugin has no assertions for pytest to rewrite, and the suite's conftest.py imports
+it (for the marker names) before pytest would.
 """
 
 from __future__ import annotations
@@ -59,7 +76,7 @@ import pytest
 from iqa.atomic import write_json
 from iqa.versions import package_versions
 
-FORMAT = "iqa-pytest-results/1"
+FORMAT = "iqa-pytest-results/2"
 OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed")
 #: A failure's longrepr is cut to this many characters (a Hypothesis report can be long).
 MAX_LONGREPR = 20_000
@@ -67,13 +84,29 @@ MAX_LONGREPR = 20_000
 _BASE_PROFILE: str | None = None
 _FUNCTION = "iqa_function"
 _VARIANT = "iqa_variant"
+_EXPECTED = "iqa_expected_failure"
+_NOT_APPLICABLE = "iqa_not_applicable"
+_RAISED = "iqa_call_raised"
+#: The markers a suite puts on a test case: the variant declares it fails / it does not apply to the variant.
+EXPECTED_FAILURE_MARK = "iqa_expected_failure"
+NOT_APPLICABLE_MARK = "iqa_not_applicable"
 #: How Hypothesis starts the note that shows a failing input (the wording changed across versions).
 _FALSIFYING = re.compile(r"^(?:Falsifying (?:explicit )?example|Failing test case): ")
 _REPRODUCE = re.compile(r"@reproduce_failure\([^\n]*\)")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("iqa-results")
+    from iqa.variants import ENV_VARIABLE
+
+    group = parser.getgroup("iqa")
+    group.addoption(
+        "--variant",
+        action="append",
+        default=[],
+        help="variant to test: a registered name, package.module:attr or path/file.py:attr; "
+        f"repeatable; default: ${ENV_VARIABLE} (comma-separated), else every available variant",
+    )
+    group.addoption("--device", default="cpu", help="torch device for the properties (default cpu; e.g. cuda)")
     group.addoption(
         "--iqa-results",
         default=None,
@@ -102,6 +135,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"{EXPECTED_FAILURE_MARK}(reason): the variant declares this property fails")
+    config.addinivalue_line("markers", f"{NOT_APPLICABLE_MARK}(reason): the property does not apply to the variant")
     cap = config.getoption("--iqa-max-examples")
     no_shrink = config.getoption("--iqa-no-shrink")
     if cap is not None or no_shrink:
@@ -130,6 +165,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             variant = str(getattr(param, "name", param))
         item.user_properties.append((_FUNCTION, function))
         item.user_properties.append((_VARIANT, variant))
+        for mark_name, key in ((EXPECTED_FAILURE_MARK, _EXPECTED), (NOT_APPLICABLE_MARK, _NOT_APPLICABLE)):
+            mark = item.get_closest_marker(mark_name)
+            if mark is not None:
+                item.user_properties.append((key, _mark_reason(mark)))
+
+
+def _mark_reason(mark: pytest.Mark) -> str:
+    reason = mark.kwargs.get("reason", mark.args[0] if mark.args else None)
+    if not isinstance(reason, str):
+        raise pytest.UsageError(f"@pytest.mark.{mark.name} needs a reason (a string), got {reason!r}")
+    return reason
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Record whether the test's call raised: a strict xfail that held fails without raising."""
+    report = yield
+    if call.when == "call":
+        report.user_properties = [*report.user_properties, (_RAISED, call.excinfo is not None)]
+    return report
 
 
 def _derive_profile(cap: int | None, no_shrink: bool) -> None:
@@ -225,6 +280,10 @@ class ResultsRecorder:
                 "variant": props.get(_VARIANT),
                 "outcome": "passed",
                 "phase": "call",
+                "call_raised": None,
+                "expected_failure": props.get(_EXPECTED),
+                "not_applicable": props.get(_NOT_APPLICABLE),
+                "verdict": None,
                 "reason": None,
                 "message": None,
                 "longrepr": None,
@@ -237,7 +296,8 @@ class ResultsRecorder:
 
     def _command(self, nodeid: str, variant: str | None) -> str:
         """A command that reruns one test: same variant selection, profile and device."""
-        parts = ["python", "-m", "pytest", nodeid, "-p", "no:cacheprovider"]
+        # -p iqa.pytest_plugin: its options (--variant, --device) exist whether or not the suite loads it
+        parts = ["python", "-m", "pytest", nodeid, "-p", "no:cacheprovider", "-p", "iqa.pytest_plugin"]
         specs = list(self.config.getoption("--variant", default=None) or [])
         if variant is not None:
             # a name the run resolved from a spec (module:attr or file.py:attr) reruns through that spec
@@ -246,8 +306,6 @@ class ResultsRecorder:
                 parts += ["--variant", spec]
         cap = self.config.getoption("--iqa-max-examples", default=None)
         no_shrink = self.config.getoption("--iqa-no-shrink", default=False)
-        if cap is not None or no_shrink:
-            parts += ["-p", "iqa.pytest_plugin"]
         if cap is not None:
             parts.append(f"--iqa-max-examples={cap}")
         if no_shrink:
@@ -266,6 +324,9 @@ class ResultsRecorder:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         record = self._record(report)
+        raised = dict(report.user_properties).get(_RAISED)
+        if raised is not None:
+            record["call_raised"] = bool(raised)
         if report.when == "call" or (report.outcome != "passed" and record["outcome"] != "failed"):
             self._update(record, report)  # setup/teardown only matter when they fail or skip (first one wins)
 
@@ -294,7 +355,11 @@ class ResultsRecorder:
             )
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        from iqa.verdicts import verdict
+
         tests = [self.records[k] for k in sorted(self.records)]
+        for test in tests:
+            test["verdict"] = verdict(test)
         summary = {name: sum(1 for t in tests if t["outcome"] == name) for name in OUTCOMES}
         write_json(
             self.path,

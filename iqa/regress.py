@@ -1,19 +1,21 @@
 """``iqa regress``: a variant's metrics against a stored baseline, metric by metric.
 
     iqa regress [VARIANT ...] [--baseline FILE] [--update [--sweep NAME] [--properties]]
-                [--max-time-ratio R] [--jobs N]
+                [--max-time-ratio R] [--jobs N | --scheduler ADDRESS] [--suite DIR]
 
 With no VARIANT, every built-in variant is checked against
 ``reports/baselines/<name>.json``. The variant is measured
 (:func:`iqa.measure.measure_variant`) on the baseline's own sweep, and each
-metric is compared with a direction-aware rule (:data:`RULES`): only a change
-for the worse by more than the rule's allowance fails, and each allowance says
-why it is that size. Wall-clock metrics are shown but fail only beyond an
-explicit ``--max-time-ratio``. If the baseline holds property verdicts, the
-property suite runs on the variant too, and a property that turns bad
-(fail or unexpected pass) fails. The result is a Markdown table (before,
+metric is compared with a direction-aware rule from the one metric table
+(:mod:`iqa.metrics`): only a change for the worse by more than the metric's
+allowance fails, and each allowance says why it is that size; a change for
+the better by more than the allowance is "better", anything within it "ok".
+Wall-clock metrics are shown but fail only beyond an explicit
+``--max-time-ratio``. If the baseline holds property verdicts, the property
+suite runs on the variant too, and a property that turns bad (fail or
+unexpected pass) fails. The result is a Markdown table (before,
 after, ratio, the limit, the verdict per metric) and the exit status: 0 no
-regression, 1 a regression, 2 a usage error or a missing, corrupt or
+regression, 1 a regression (or the variant failed while it was measured), 2 a usage error or a missing, corrupt or
 mismatched baseline (which is left untouched).
 
 ``--update`` (re)writes the baseline atomically, on the baseline's own sweep
@@ -24,8 +26,10 @@ baseline: :data:`SWEEPS`); it never writes over a file it cannot read.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import contextlib
+import functools
 import math
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,8 +39,11 @@ from typing import Any
 from tabulate import tabulate
 
 import iqa
+from iqa import metrics
 from iqa.baseline import Baseline, BaselineError, load, save
-from iqa.measure import QUICK, Sweep, measure_variant
+from iqa.measure import QUICK, MeasurementError, SchedulerError, Sweep, dask_pool, measure_variant
+from iqa.metrics import LOWER, Metric
+from iqa.suite import RECORDED_PROFILE, SuiteError, locate, start
 from iqa.variants import Variant, VariantError, builtin_variants, resolve
 from iqa.verdicts import BAD_VERDICTS, property_verdicts
 
@@ -52,110 +59,68 @@ REGRESS = Sweep(
     unrolled_T=(1, 4, 16, 64),
     phantom=((1, 1.0), (5, 0.5)),
     gradient_seeds=2,
-    memory_shape=(8, 8),
+    saved_bytes_shape=(8, 8),
 )
 SWEEPS = {"regress": REGRESS, "quick": QUICK}
 
-LOWER, HIGHER = "lower", "higher"
 OK, BETTER, WORSE, SHOWN, NEW, MISSING = "ok", "better", "WORSE", "shown", "new", "MISSING"
+#: The reason shown for a metric that :mod:`iqa.metrics` does not declare (e.g. one a newer iqa dropped).
+UNDECLARED = "not declared in iqa.metrics: shown, never fails"
 
 
 @dataclass(frozen=True)
 class Rule:
-    """How a metric may change: ``better`` direction (None: shown, never fails) and the allowance
-    absolute + relative * |before| by which it may get worse, or with ``max_ratio`` the most that
-    after / before may be instead (judged only for a positive before); ``reason`` says why."""
+    """How a metric may change, from its :class:`iqa.metrics.Metric` on one baseline.
+
+    ``better`` is the direction (None: shown, never fails). A change for the worse fails beyond the metric's
+    allowance for ``runs`` runs and solver tolerance ``tol``, or, with ``max_ratio`` (wall clock, only with
+    ``--max-time-ratio``), when after / before exceeds it (judged only for a positive before).
+    """
 
     better: str | None
-    absolute: float = 0.0
-    relative: float = 0.0
-    reason: str = ""
+    reason: str
+    metric: Metric | None = None
+    runs: int = 0
+    tol: float = 0.0
     max_ratio: float | None = None
 
     def limit(self, before: float) -> float:
         """The worst value that still passes."""
         if self.max_ratio is not None:
             return before * self.max_ratio
-        allowance = self.absolute + self.relative * abs(before)
+        allowance = self.metric.allowance(before, runs=self.runs, tol=self.tol) if self.metric is not None else 0.0
         return before + allowance if self.better == LOWER else before - allowance
 
+    def worse(self, before: float, after: float) -> bool:
+        """Whether ``after`` is worse than ``before`` beyond the allowance."""
+        limit = self.limit(before)
+        return after > limit if self.better == LOWER else after < limit
 
-def rules(sweep: Sweep, runs: int, max_time_ratio: float | None = None) -> list[tuple[str, Rule]]:
-    """(pattern, rule) for the metrics of :mod:`iqa.measure`; the first pattern that matches applies.
+    def better_than(self, before: float, after: float) -> bool:
+        """Whether ``after`` improved on ``before`` by more than the allowance: going back from ``after`` to
+        ``before`` would be a regression. Equal values, and changes within the noise, are never better."""
+        return self.worse(after, before)
 
-    Wall-clock metrics are descriptive unless ``max_time_ratio`` (``--max-time-ratio``) bounds after / before.
+
+def rule_for(name: str, *, runs: int, tol: float, max_time_ratio: float | None = None) -> Rule:
+    """The rule for one metric: its entry of :data:`iqa.metrics.TABLE` on a sweep of ``runs`` runs at ``tol``.
+
+    A non-deterministic (wall-clock) metric is shown unless ``max_time_ratio`` bounds after / before.
     """
-    one_run = 1.0 / max(runs, 1)
-    wall_clock = "wall clock: shown; fails only beyond --max-time-ratio"
-    return [
-        (
-            r"\.time_per_step_us$",
-            Rule(None, reason=wall_clock)
-            if max_time_ratio is None
-            else Rule(LOWER, reason=wall_clock, max_ratio=max_time_ratio),
-        ),
-        (
-            r"\.iterations\.p\d\d$",
-            Rule(
-                LOWER,
-                1.0,
-                0.05,
-                "deterministic; FP reordering moves a residual across tol by one step, "
-                "and quantiles interpolate between runs (5%)",
-            ),
-        ),
-        (
-            r"\.converged_fraction$",
-            Rule(HIGHER, one_run, 0.0, "one run may cross the tol or max_iter boundary under FP reordering"),
-        ),
-        (
-            r"\.(cycle|max_iter|diverged)_fraction$",
-            Rule(LOWER, one_run, 0.0, "one run may cross the tol or max_iter boundary under FP reordering"),
-        ),
-        (
-            r"\.rate\.p\d\d$",
-            Rule(
-                LOWER,
-                0.01,
-                0.0,
-                "an observed rate (r_T / r_1)^(1/T) moves ~|log r| / T under one step's change; "
-                "a weaker contraction moves it by tenths",
-            ),
-        ),
-        (
-            r"^(kappa|rho|rho_consensus)\.p\d\d$",
-            Rule(
-                LOWER,
-                0.0,
-                0.01,
-                "functions of weights, x and y* (solved to tol): FP noise is far below 1%, and "
-                "1% of rho changes steps ~ 1 / log(1 / rho) by < 10% for rho <= 0.9",
-            ),
-        ),
-        (
-            r"\.below_one_fraction$",
-            Rule(HIGHER, one_run, 0.0, "one run's certificate or rho may cross 1 under FP reordering"),
-        ),
-        (
-            r"^(unrolled|phantom)_error\.",
-            Rule(
-                LOWER,
-                10 * sweep.tol,
-                1.0,
-                "below ~tol the error is the solves' own residual; above it, errors "
-                "scale like rho^T, so a lost contraction costs orders of magnitude, far beyond a factor 2",
-            ),
-        ),
-        (r"^saved_bytes\.", Rule(LOWER, 0.0, 0.0, "counted exactly, storage by storage (iqa.memory)")),
-        (r"^gradient_cells$", Rule(HIGHER, 0.0, 0.0, "cells whose solves converged for the gradient checks")),
-    ]
+    metric = metrics.find(name)
+    if metric is None:
+        return Rule(None, UNDECLARED)
+    if not metric.deterministic:
+        if max_time_ratio is None or metric.better is None:
+            return Rule(None, metric.reason, metric)
+        return Rule(metric.better, metric.reason, metric, max_ratio=max_time_ratio)
+    return Rule(metric.better, metric.reason, metric, runs=runs, tol=tol)
 
 
-def rule_for(name: str, table: list[tuple[str, Rule]]) -> Rule:
-    for pattern, rule in table:
-        if re.search(pattern, name):
-            return rule
-    return Rule(None, reason="descriptive: shown, never fails")
+def baseline_rule(baseline: Baseline, name: str, max_time_ratio: float | None = None) -> Rule:
+    """:func:`rule_for` on the baseline's own sweep and number of runs."""
+    runs = int(baseline.metrics.get(metrics.RUNS) or 0)
+    return rule_for(name, runs=runs, tol=baseline.sweep.tol, max_time_ratio=max_time_ratio)
 
 
 @dataclass(frozen=True)
@@ -190,42 +155,31 @@ def _judge(name: str, before: float | None, after: float | None, rule: Rule) -> 
     shown = f"{'<=' if rule.better == LOWER else '>='} {_number(limit)}"
     if after is None:  # e.g. no run converged any more, so there is no iteration count
         return Row(name, before, after, shown, WORSE, rule.reason)
-    if (after > limit) if rule.better == LOWER else (after < limit):
+    if rule.worse(before, after):
         return Row(name, before, after, shown, WORSE, rule.reason)
-    improved = after < before if rule.better == LOWER else after > before
-    return Row(name, before, after, shown, BETTER if improved else OK, rule.reason)
-
-
-def baseline_rules(baseline: Baseline, max_time_ratio: float | None = None) -> list[tuple[str, Rule]]:
-    """:func:`rules` for the baseline's own sweep and number of runs."""
-    return rules(baseline.sweep, int(baseline.metrics.get("runs") or 0), max_time_ratio)
+    return Row(name, before, after, shown, BETTER if rule.better_than(before, after) else OK, rule.reason)
 
 
 def compare_metrics(
-    baseline: Baseline, metrics: dict[str, float | None], max_time_ratio: float | None = None
+    baseline: Baseline, measured: dict[str, float | None], max_time_ratio: float | None = None
 ) -> list[Row]:
-    """One row per metric of the baseline (then any new ones), judged by :func:`baseline_rules`."""
-    return judge_metrics(baseline, metrics, baseline_rules(baseline, max_time_ratio))
-
-
-def judge_metrics(baseline: Baseline, metrics: dict[str, float | None], table: list[tuple[str, Rule]]) -> list[Row]:
-    """:func:`compare_metrics` with the rules given: one row per metric of the baseline, then any new ones."""
-    runs = baseline.metrics.get("runs")
-    if runs != metrics.get("runs"):
+    """One row per metric of the baseline, then any new ones, each judged by its :func:`baseline_rule`."""
+    runs = baseline.metrics.get(metrics.RUNS)
+    if runs != measured.get(metrics.RUNS):
         raise BaselineError(
-            f"the baseline's sweep gave {runs} runs and now gives {metrics.get('runs')}: "
+            f"the baseline's sweep gave {runs} runs and now gives {measured.get(metrics.RUNS)}: "
             "the measurement changed, so its metrics are not comparable; recreate the baseline with --update"
         )
     rows = []
     for name, before in baseline.metrics.items():
-        if name == "runs":
+        if name == metrics.RUNS:
             continue
-        rule = rule_for(name, table)
-        if name not in metrics:
+        rule = baseline_rule(baseline, name, max_time_ratio)
+        if name not in measured:
             rows.append(Row(name, before, None, "-", MISSING if rule.better else SHOWN, "not measured any more"))
         else:
-            rows.append(_judge(name, before, metrics[name], rule))
-    rows += [Row(name, None, value, "-", NEW) for name, value in metrics.items() if name not in baseline.metrics]
+            rows.append(_judge(name, before, measured[name], rule))
+    rows += [Row(name, None, value, "-", NEW) for name, value in measured.items() if name not in baseline.metrics]
     return rows
 
 
@@ -250,7 +204,6 @@ class Report:
     spec: str
     baseline_path: Path
     baseline: Baseline
-    rule_table: list[tuple[str, Rule]]
     rows: list[Row] = field(default_factory=list)
 
     @property
@@ -273,7 +226,8 @@ class Report:
         worse = self.regressions
         tail = f"**{len(worse)} regression(s):** " + ", ".join(r.name for r in worse) if worse else "**no regression**"
         legend = ["", "limits (only a change for the worse beyond its limit fails):"]
-        legend += [f"- `{pattern}`: {rule.reason}" for pattern, rule in self.rule_table]
+        names = [r.name for r in self.rows]
+        legend += [f"- `{m.pattern}`: {m.reason}" for m in metrics.TABLE if any(m.matches(n) for n in names)]
         legend += ["- properties: a verdict that turns to fail or unexpected pass", ""]
         return "\n".join([*head, table, "", tail, *legend])
 
@@ -306,16 +260,12 @@ def _measure_spec(spec: str | Variant, variant: Variant) -> str | Variant:
     return spec if isinstance(spec, str) else variant
 
 
-def run_properties(spec: str, profile: str) -> dict[str, str]:
-    """Property verdicts of the suite on one variant: {"file::property": verdict} (runs pytest)."""
-    from iqa.cli import UsageError, default_suite
-    from iqa.report.properties import start
-
+def run_properties(spec: str, profile: str, suite: str | Path | None = None) -> dict[str, str]:
+    """Property verdicts of the suite on one variant: {"file::property": verdict} (runs pytest, iqa.suite)."""
     try:
-        suite = default_suite()
-    except UsageError as error:
+        run = start([spec], locate(suite), profile=profile).wait()
+    except SuiteError as error:
         raise BaselineError(f"cannot record property verdicts: {error}") from error
-    run = start([spec], suite, profile=profile).wait()
     if run.error is not None:
         raise BaselineError(f"the property suite did not run for {spec}: {run.error}")
     records = [r for records in run.by_variant.values() for r in records]
@@ -330,18 +280,18 @@ def check(
     jobs: int = 1,
     progress: bool = False,
     verdicts: Callable[[str, str], dict[str, str]] = run_properties,
+    pool: concurrent.futures.Executor | None = None,
 ) -> Report:
     """Measure the variant on the baseline's sweep and compare; raises BaselineError for a bad baseline."""
     variant = resolve(spec)
     path = baseline_file(variant, baseline)
     stored = load(path)
-    measurement = measure_variant(_measure_spec(spec, variant), stored.sweep, jobs=jobs, progress=progress)
-    table = baseline_rules(stored, max_time_ratio)
-    rows = judge_metrics(stored, measurement["metrics"], table)
+    measurement = measure_variant(_measure_spec(spec, variant), stored.sweep, jobs=jobs, progress=progress, pool=pool)
+    rows = compare_metrics(stored, measurement["metrics"], max_time_ratio)
     if stored.verdicts is not None:
         name = spec if isinstance(spec, str) else variant.name
-        rows += compare_verdicts(stored.verdicts, verdicts(name, stored.profile or "ci"))
-    return Report(spec if isinstance(spec, str) else variant.name, path, stored, table, rows)
+        rows += compare_verdicts(stored.verdicts, verdicts(name, stored.profile or RECORDED_PROFILE))
+    return Report(spec if isinstance(spec, str) else variant.name, path, stored, rows)
 
 
 def update(
@@ -350,10 +300,11 @@ def update(
     *,
     sweep: Sweep | None = None,
     properties: bool | None = None,
-    profile: str = "ci",
+    profile: str = RECORDED_PROFILE,
     jobs: int = 1,
     progress: bool = False,
     verdicts: Callable[[str, str], dict[str, str]] = run_properties,
+    pool: concurrent.futures.Executor | None = None,
 ) -> tuple[Path, Baseline, Baseline | None]:
     """(Re)write the baseline; returns (path, new baseline, the old one or None).
 
@@ -368,7 +319,7 @@ def update(
     chosen = sweep or (old.sweep if old is not None else REGRESS)
     record = properties if properties is not None else (old is not None and old.verdicts is not None)
     profile = old.profile if properties is None and old is not None and old.profile else profile
-    measurement = measure_variant(_measure_spec(spec, variant), chosen, jobs=jobs, progress=progress)
+    measurement = measure_variant(_measure_spec(spec, variant), chosen, jobs=jobs, progress=progress, pool=pool)
     found = verdicts(spec if isinstance(spec, str) else variant.name, profile) if record else None
     new = Baseline.from_measurement(measurement, found, profile if record else None)
     save(path, new)
@@ -394,12 +345,22 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--properties",
         action="store_true",
-        help="with --update: also record property verdicts (runs the suite, profile ci)",
+        help=f"with --update: also record property verdicts (runs the suite, profile {RECORDED_PROFILE})",
     )
     parser.add_argument(
         "--max-time-ratio", type=float, metavar="R", help="fail when a wall-clock metric grows by more than R times"
     )
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="measure cells in N processes")
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="measure cells on this Dask scheduler instead (e.g. tcp://host:8786; needs iqa[dask])",
+    )
+    parser.add_argument(
+        "--suite",
+        metavar="DIR",
+        help="the property suite for property verdicts (default: properties/ beside iqa, else ./properties)",
+    )
     parser.add_argument("--progress", action="store_true", help="show a progress bar on stderr")
 
 
@@ -412,6 +373,8 @@ def _usage(args: argparse.Namespace) -> str | None:
         return f"--max-time-ratio must be a finite number > 0, got {args.max_time_ratio}"
     if args.jobs < 1:
         return f"--jobs must be >= 1, got {args.jobs}"
+    if args.scheduler is not None and args.jobs != 1:
+        return "--jobs and --scheduler exclude each other (the cluster's workers run the cells)"
     return None
 
 
@@ -421,7 +384,28 @@ def main(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"iqa regress: error: {problem}", file=sys.stderr)
         return 2
+    try:
+        suite = locate(args.suite) if args.suite is not None else None
+    except SuiteError as error:
+        print(f"iqa regress: error: {error}", file=sys.stderr)
+        return 2
+    verdicts = functools.partial(run_properties, suite=suite)
     specs: list[str] = list(args.variants) or list(builtin_variants())
+    try:
+        with contextlib.ExitStack() as stack:
+            pool = stack.enter_context(dask_pool(args.scheduler)) if args.scheduler is not None else None
+            return _run(args, specs, verdicts, pool)
+    except SchedulerError as error:
+        print(f"iqa regress: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(
+    args: argparse.Namespace,
+    specs: list[str],
+    verdicts: Callable[[str, str], dict[str, str]],
+    pool: concurrent.futures.Executor | None,
+) -> int:
     status = 0
     for spec in specs:
         try:
@@ -434,6 +418,8 @@ def main(args: argparse.Namespace) -> int:
                     properties=True if args.properties else None,
                     jobs=args.jobs,
                     progress=args.progress,
+                    verdicts=verdicts,
+                    pool=pool,
                 )
                 print(
                     f"iqa regress: wrote {path} ({spec}: {len(new.metrics)} metrics"
@@ -442,8 +428,18 @@ def main(args: argparse.Namespace) -> int:
                 )
                 continue
             report = check(
-                spec, args.baseline, max_time_ratio=args.max_time_ratio, jobs=args.jobs, progress=args.progress
+                spec,
+                args.baseline,
+                max_time_ratio=args.max_time_ratio,
+                jobs=args.jobs,
+                progress=args.progress,
+                verdicts=verdicts,
+                pool=pool,
             )
+        except MeasurementError as failure:  # the variant's own failure: a regression, not a usage error
+            print(f"iqa regress: {failure}", file=sys.stderr)
+            status = 1 if status == 0 else status
+            continue
         except (BaselineError, VariantError) as error:
             print(f"iqa regress: error: {error}", file=sys.stderr)
             status = 2

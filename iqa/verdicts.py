@@ -1,14 +1,18 @@
 """Verdicts: what a property's test outcome means for the variant under test.
 
 A variant's ``expected_failures`` are data: the suite marks those properties
-xfail(strict), and :mod:`iqa.pytest_plugin` records pytest's outcome. This
-module turns an outcome record into one of five verdicts:
+xfail(strict) and ``iqa_expected_failure(reason)``, and the properties whose
+tags the variant does not claim skip and ``iqa_not_applicable(reason)``;
+:mod:`iqa.pytest_plugin` records pytest's outcome with those declarations and
+whether the test's call raised. This module turns such a record into one of
+five verdicts, the only vocabulary ``iqa check``, ``iqa report`` and
+``iqa regress`` use:
 
     pass               the property held
     fail               it did not, and the variant does not declare it (an unexpected failure)
-    expected failure   it failed, as the variant declares (pytest: xfailed)
-    unexpected pass    the variant declares a failure, but the property held
-                       (pytest: a strict xfail that passed is "failed" with "[XPASS(strict)]")
+    expected failure   it failed, as declared (pytest: xfailed)
+    unexpected pass    declared as failing, but the property held (pytest: a strict xfail whose call
+                       did not raise is "failed"; a non-strict one is "xpassed")
     not applicable     skipped: the variant does not claim the tags the property needs
 
 and gives one verdict per property (test function): the worst over its test cases.
@@ -28,15 +32,13 @@ NOT_APPLICABLE = "not applicable"
 VERDICTS = (FAIL, UNEXPECTED_PASS, PASS, EXPECTED_FAILURE, NOT_APPLICABLE)
 #: Verdicts that make a check fail.
 BAD_VERDICTS = (FAIL, UNEXPECTED_PASS)
-#: pytest's message for an xfail(strict) test that passed.
-XPASS_STRICT = "[XPASS(strict)]"
 
 
 def verdict(record: Mapping[str, Any]) -> str:
-    """The verdict for one test record of :mod:`iqa.pytest_plugin`."""
+    """The verdict for one test record of :mod:`iqa.pytest_plugin` (module docstring)."""
     outcome = record["outcome"]
     if outcome == "passed":
-        return PASS
+        return UNEXPECTED_PASS if record.get("expected_failure") is not None else PASS
     if outcome == "xfailed":
         return EXPECTED_FAILURE
     if outcome == "xpassed":
@@ -44,23 +46,30 @@ def verdict(record: Mapping[str, Any]) -> str:
     if outcome == "skipped":
         return NOT_APPLICABLE
     if outcome == "failed":
-        text = f"{record.get('message') or ''}\n{record.get('longrepr') or ''}"
-        return UNEXPECTED_PASS if XPASS_STRICT in text else FAIL
+        # a strict xfail whose call ran without raising: pytest fails the test because it held
+        held = record.get("phase") == "call" and record.get("call_raised") is False
+        return UNEXPECTED_PASS if held else FAIL
     raise ValueError(f"unknown test outcome {outcome!r} in {record.get('nodeid')!r}")
 
 
 def detail(record: Mapping[str, Any], verdict_: str) -> str:
-    """A line that says why: the skip or xfail reason, or the failure's message."""
-    if verdict_ in (NOT_APPLICABLE, EXPECTED_FAILURE):
-        text = str(record.get("reason") or "")
-        # the suite's xfail reason reads "expected failure of <variant>: <the variant's reason>"
-        prefix = f"expected failure of {record.get('variant')}: "
-        return text[len(prefix) :] if text.startswith(prefix) else text
+    """A line that says why: the declared reason, the skip reason, or the failure's message."""
+    if verdict_ == NOT_APPLICABLE:
+        return str(record.get("not_applicable") or record.get("reason") or "")
+    if verdict_ == EXPECTED_FAILURE:
+        return str(record.get("expected_failure") or record.get("reason") or "")
     if verdict_ == UNEXPECTED_PASS:
-        return "declared as an expected failure, but the property held"
+        declared = record.get("expected_failure") or record.get("reason")
+        return "declared as an expected failure" + (f" ({declared})" if declared else "") + ", but the property held"
     if verdict_ == FAIL:
         return str(record.get("message") or "")
     return ""
+
+
+def counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """How many properties (rows of :func:`property_verdicts`) got each verdict, in :data:`VERDICTS` order."""
+    found = [row["verdict"] for row in rows]
+    return {v: found.count(v) for v in VERDICTS}
 
 
 def property_verdicts(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -68,13 +77,14 @@ def property_verdicts(records: Iterable[Mapping[str, Any]]) -> list[dict[str, An
 
     Each row has ``property``, ``file``, ``verdict``, ``counts`` (verdict -> number of
     test cases), ``detail`` and ``record`` (the test record the verdict comes from).
+    A record's own ``verdict`` (written by the plugin) is used; :func:`verdict` computes it otherwise.
     """
     by_property: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for record in records:
         by_property.setdefault((record["file"], record["function"]), []).append(record)
     rows = []
     for (file, function), group in sorted(by_property.items()):
-        each = [verdict(r) for r in group]
+        each = [r.get("verdict") or verdict(r) for r in group]
         worst = min(each, key=VERDICTS.index)
         chosen = next(r for r, v in zip(group, each) if v == worst)
         rows.append(

@@ -5,49 +5,52 @@ Every test that takes a ``variant`` argument runs once per selected variant.
 A test decorated with :func:`properties.tags.requires` is skipped, with the
 reason shown, for variants that do not claim the tags it needs; a test named in
 a variant's ``expected_failures`` is marked xfail(strict): it must fail, and an
-unexpected pass is reported as a failure.
+unexpected pass is reported as a failure. Both carry the plugin's markers
+(``iqa_not_applicable``, ``iqa_expected_failure``) so that the reason is recorded
+as data. An ``expected_failures`` key that names no property of the suite is a
+usage error that names the closest ones. The options ``--variant`` and
+``--device`` are defined by :mod:`iqa.pytest_plugin`, loaded here.
 """
 
 from __future__ import annotations
 
+import ast
+import difflib
 import os
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import HealthCheck, Phase, settings
 
 from iqa import configure_threads
+from iqa.pytest_plugin import EXPECTED_FAILURE_MARK, NOT_APPLICABLE_MARK
+from iqa.suite import CI, DEV, THOROUGH, VARIANT_FOLDER, SuiteError, profile_from_environment
 from iqa.variants import ENV_VARIABLE, Variant, VariantError, resolve_all
 from properties.tags import required_tags
 
 configure_threads()
 
-#: Prints (and with $IQA_MUTATION_SCORE writes) the mutation score of properties/meta/test_mutants.py.
-pytest_plugins = ("properties.meta.score",)
+#: iqa's plugin (options --variant and --device, per-test records); properties.meta.score prints (and with
+#: $IQA_MUTATION_SCORE writes) the mutation score of properties/meta/test_mutants.py.
+pytest_plugins = ("iqa.pytest_plugin", "properties.meta.score")
 
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors])
-settings.register_profile("dev", max_examples=10, **_COMMON)
-settings.register_profile("ci", max_examples=30, derandomize=True, print_blob=True, **_COMMON)
+settings.register_profile(DEV, max_examples=10, **_COMMON)
+settings.register_profile(CI, max_examples=30, derandomize=True, print_blob=True, **_COMMON)
 settings.register_profile(
-    "thorough",
+    THOROUGH,
     max_examples=400,
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
     print_blob=True,
     **_COMMON,
 )
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+try:
+    settings.load_profile(profile_from_environment())
+except SuiteError as error:
+    raise pytest.UsageError(str(error)) from error
 
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("iqa")
-    group.addoption(
-        "--variant",
-        action="append",
-        default=[],
-        help="variant to test: a registered name, package.module:attr or path/file.py:attr; "
-        f"repeatable; default: ${ENV_VARIABLE} (comma-separated), else every available variant",
-    )
-    group.addoption("--device", default="cpu", help="torch device for the properties (default cpu; e.g. cuda)")
+_SUITE = Path(__file__).resolve().parent
 
 
 def selected_variants(config: pytest.Config) -> list[Variant]:
@@ -60,9 +63,41 @@ def selected_variants(config: pytest.Config) -> list[Variant]:
         raise pytest.UsageError(str(error)) from error
 
 
+def property_names(suite: Path = _SUITE) -> set[str]:
+    """The names of the suite's properties: every test function in its variant/ folder (in a flat suite
+    without one, every test function of its test files but the benchmarks), read from the source.
+
+    Read from the files, not from what this run collects, so that a run of one file or ``-k`` still knows
+    every property a variant may declare.
+    """
+    folder = suite / VARIANT_FOLDER
+    files = sorted(folder.rglob("test_*.py")) if folder.is_dir() else sorted(suite.glob("test_*.py"))
+    names = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test"):
+                names.add(node.name)
+    return names
+
+
+def check_expected_failures(variants: list[Variant], names: set[str]) -> None:
+    """A declared expected failure must name a property: otherwise a misspelling would silently turn the
+    declaration off (the property would then just fail). The error names the key and the closest names."""
+    problems = []
+    for variant in variants:
+        for key in sorted(set(variant.expected_failures) - names):
+            close = difflib.get_close_matches(key, sorted(names), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; no property has a similar name"
+            problems.append(f"variant {variant.name!r} declares an expected failure of {key!r}, no property{hint}")
+    if problems:
+        raise pytest.UsageError("\n".join(problems))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "requires_tags(*tags): the variant tags a property relies on")
-    config._iqa_variants = selected_variants(config)  # type: ignore[attr-defined]
+    variants = selected_variants(config)
+    check_expected_failures(variants, property_names())
+    config._iqa_variants = variants  # type: ignore[attr-defined]
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -82,10 +117,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         marks = []
         missing = sorted(t.value for t in needs if t not in variant.tags)
         if missing:
-            marks.append(pytest.mark.skip(reason=f"{variant.name} does not claim {', '.join(missing)}"))
+            why = f"{variant.name} does not claim {', '.join(missing)}"
+            marks += [pytest.mark.skip(reason=why), getattr(pytest.mark, NOT_APPLICABLE_MARK)(reason=why)]
         reason = variant.expected_failures.get(metafunc.function.__name__)
         if reason is not None:
-            marks.append(pytest.mark.xfail(strict=True, reason=f"expected failure of {variant.name}: {reason}"))
+            marks += [
+                pytest.mark.xfail(strict=True, reason=reason),
+                getattr(pytest.mark, EXPECTED_FAILURE_MARK)(reason=reason),
+            ]
         params.append(pytest.param(variant, id=variant.name, marks=marks))
     metafunc.parametrize("variant", params)
 

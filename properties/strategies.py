@@ -85,5 +85,5 @@ TINY_SWEEP = Sweep(
     max_iter=60,
     unrolled_T=(1, 4),
     phantom=((1, 1.0),),
-    memory_shape=(2, 2),
+    saved_bytes_shape=(2, 2),
 )

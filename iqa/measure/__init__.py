@@ -12,13 +12,14 @@ for backward, and returns::
       "versions": {"python", "torch", "numpy", "iqa"},
       "metrics": {name: float | None},      # scalar summaries, see iqa.measure.summary
       "metric_info": {name: {"better": "lower" | "higher" | None, "unit": str, "deterministic": bool}},
+                                            # from the one metric table, iqa.metrics
       "runs": [run, ...],                   # one per (cell, batch element), see iqa.measure.cell
       "gradients": [record, ...],           # one per cell with gradient checks that converged
       "saved_bytes": {...},                 # see iqa.measure.saved
     }
 
-Metric names (for each method m in the sweep, T in unrolled_T, mode in the
-backward modes; pNN are quantiles):
+Metric names (built by :mod:`iqa.metrics`; for each method m in the sweep, T in
+unrolled_T, mode in the backward modes; pNN are quantiles):
 ``m.iterations.p50/p95`` (steps to tol, converged runs), ``m.converged_fraction``,
 ``m.cycle_fraction``, ``m.max_iter_fraction``, ``m.diverged_fraction`` (diverged or
 non-finite), ``m.rate.p50/p95`` (observed rate, converged runs),
@@ -42,7 +43,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import multiprocessing
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -51,6 +51,7 @@ import torch
 from tqdm import tqdm
 
 from iqa.measure.cell import measure_cell
+from iqa.measure.executors import SchedulerError, dask_pool, executor, worker_pool
 from iqa.measure.saved import measure_saved_bytes
 from iqa.measure.summary import metric_info, summarize
 from iqa.measure.sweep import DEFAULT, PRESETS, QUICK, Cell, Sweep
@@ -64,7 +65,11 @@ __all__ = [
     "PRESETS",
     "QUICK",
     "Cell",
+    "MeasurementError",
+    "SchedulerError",
     "Sweep",
+    "dask_pool",
+    "executor",
     "measure_variant",
     "measure_variants",
     "versions",
@@ -72,6 +77,27 @@ __all__ = [
 ]
 
 FORMAT = "iqa-measure/1"
+
+
+class MeasurementError(Exception):
+    """A variant failed while a cell (or its saved-bytes measurement) was measured: the variant's failure,
+    not the caller's. ``variant`` names it, ``where`` the cell, and the cause is chained (``__cause__``)."""
+
+    def __init__(self, variant: str, where: str, cause: BaseException) -> None:
+        super().__init__(variant, where, cause)
+        self.variant = variant
+        self.where = where
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return f"variant {self.variant!r} failed on {self.where}: {type(self.cause).__name__}: {self.cause}"
+
+
+def _where(cell: Cell | None) -> str:
+    if cell is None:
+        return "the saved-bytes measurement"
+    return f"cell N={cell.tokens}, D={cell.dim}, scale={cell.scale:g}, seed={cell.seed}"
+
 
 #: A task: (variant index, cell or None for the saved-bytes measurement).
 _Task = tuple[int, Cell | None]
@@ -105,20 +131,11 @@ def _run_task(variant: Variant, sweep: Sweep, cell: Cell | None) -> Any:
     return measure_cell(variant, cell, sweep)
 
 
-def _worker_init() -> None:
-    configure_threads(1)
-
-
 def _worker(spec: str, sweep_data: dict[str, Any], cell: Cell | None) -> Any:
     if spec not in _RESOLVED:
+        configure_threads(1)  # a Dask worker runs no initializer: one torch thread, as in worker_pool
         _RESOLVED[spec] = resolve(spec)
     return _run_task(_RESOLVED[spec], Sweep.from_dict(sweep_data), cell)
-
-
-def worker_pool(jobs: int) -> concurrent.futures.ProcessPoolExecutor:
-    """``jobs`` spawned worker processes with one torch thread each (spawn: no forked torch state)."""
-    context = multiprocessing.get_context("spawn")
-    return concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init)
 
 
 def measure_variants(
@@ -131,7 +148,8 @@ def measure_variants(
 ) -> list[dict[str, Any]]:
     """:func:`measure_variant` for several variants, sharing one pool of ``jobs`` worker processes.
 
-    ``pool`` (from :func:`worker_pool`) is used instead of a new one when given, whatever ``jobs`` is.
+    ``pool`` (from :func:`worker_pool` or :func:`dask_pool`) is used instead of a new one when given,
+    whatever ``jobs`` is.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
@@ -145,7 +163,10 @@ def measure_variants(
         configure_threads(1)
         try:
             for task in tasks:
-                results[task] = _run_task(resolved[task[0]], sweep, task[1])
+                try:
+                    results[task] = _run_task(resolved[task[0]], sweep, task[1])
+                except Exception as error:  # the variant's code raised: its failure, named
+                    raise MeasurementError(resolved[task[0]].name, _where(task[1]), error) from error
                 bar.update()
         finally:
             torch.set_num_threads(previous)
@@ -155,7 +176,13 @@ def measure_variants(
             executor = pool if pool is not None else stack.enter_context(worker_pool(jobs))
             futures = {executor.submit(_worker, specs[i], sweep.to_dict(), cell): (i, cell) for i, cell in tasks}
             for future in concurrent.futures.as_completed(futures):
-                results[futures[future]] = future.result()
+                i, cell = futures[future]
+                try:
+                    results[(i, cell)] = future.result()
+                except Exception as error:  # raised in a worker: the variant's failure, named
+                    for other in futures:
+                        other.cancel()
+                    raise MeasurementError(resolved[i].name, _where(cell), error) from error
                 bar.update()
     bar.close()
     return [
@@ -165,10 +192,16 @@ def measure_variants(
 
 
 def measure_variant(
-    variant: Variant | str, sweep: Sweep = DEFAULT, *, jobs: int = 1, progress: bool = True
+    variant: Variant | str,
+    sweep: Sweep = DEFAULT,
+    *,
+    jobs: int = 1,
+    progress: bool = True,
+    pool: concurrent.futures.Executor | None = None,
 ) -> dict[str, Any]:
-    """Measure one variant over the sweep (module docstring); ``jobs`` > 1 spreads cells over processes."""
-    return measure_variants([variant], sweep, jobs=jobs, progress=progress)[0]
+    """Measure one variant over the sweep (module docstring); ``jobs`` > 1 spreads cells over processes,
+    ``pool`` (:func:`worker_pool`, :func:`dask_pool`) runs them there instead."""
+    return measure_variants([variant], sweep, jobs=jobs, progress=progress, pool=pool)[0]
 
 
 def _assemble(variant: Variant, sweep: Sweep, cells: list[dict[str, Any]], saved: dict[str, Any]) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from iqa.analysis import (
 from iqa.grad import IQAWarning
 from iqa.layer import FixedPointLayer
 from iqa.measure.sweep import Cell, Sweep, rounded
+from iqa.metrics import phantom_name
 from iqa.solvers import Solution, Status, solve
 from iqa.variants import Tag, Variant
 
@@ -233,7 +234,3 @@ def measure_gradients(
         g, _, _ = gradient(backward="phantom", phantom_steps=k, phantom_damping=lam, **solver)
         record["phantom_error"][phantom_name(k, lam)] = _relative(g, implicit, floor) if usable else None
     return record
-
-
-def phantom_name(k: int, lam: float) -> str:
-    return f"k{k}_lam{lam:g}"

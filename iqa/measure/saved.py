@@ -30,15 +30,15 @@ def measure_saved_bytes(variant: Variant, sweep: Sweep) -> dict[str, Any]:
 
     The phantom mode records ``phantom_steps`` = k of the sweep's first phantom setting.
     """
-    n, d = sweep.memory_shape
-    cell = Cell(n, d, sweep.memory_scale, sweep.seeds[0])
+    n, d = sweep.saved_bytes_shape
+    cell = Cell(n, d, sweep.saved_bytes_scale, sweep.seeds[0])
     x = inputs(cell, sweep)
     depths = sorted(sweep.unrolled_T)
     k = sweep.phantom[0][0] if sweep.phantom else 1
     out: dict[str, Any] = {
         "tokens": n,
         "dim": d,
-        "scale": sweep.memory_scale,
+        "scale": sweep.saved_bytes_scale,
         "batch": sweep.batch,
         "phantom_steps": k,
         "T": depths,

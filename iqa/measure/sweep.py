@@ -23,6 +23,8 @@ from iqa.checks import check_positive, check_positive_int
 from iqa.solvers import METHODS
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+#: Sweep fields renamed since stored files were written: old name -> new name.
+RENAMED = {"memory_shape": "saved_bytes_shape", "memory_scale": "saved_bytes_scale"}
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,8 @@ class Sweep:
         unrolled_T: depths T at which unrolled gradients are compared with the implicit one.
         phantom: (k, lambda) settings of the phantom gradient compared with the implicit one.
         gradient_seeds: how many of ``seeds`` (the first ones) also get the gradient checks.
-        memory_shape: (N, D) of the bytes-saved-for-backward measurement.
-        memory_scale: its weight scale.
+        saved_bytes_shape: (N, D) of the bytes-saved-for-backward measurement.
+        saved_bytes_scale: its weight scale.
     """
 
     tokens: tuple[int, ...]
@@ -59,8 +61,8 @@ class Sweep:
     unrolled_T: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     phantom: tuple[tuple[int, float], ...] = ((1, 1.0), (5, 0.5))
     gradient_seeds: int = 1
-    memory_shape: tuple[int, int] = (8, 8)
-    memory_scale: float = 0.5
+    saved_bytes_shape: tuple[int, int] = (8, 8)
+    saved_bytes_scale: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("tokens", "dims", "scales", "seeds", "methods", "unrolled_T"):
@@ -94,9 +96,9 @@ class Sweep:
         check_positive_int("Sweep.max_iter", self.max_iter)
         if isinstance(self.gradient_seeds, bool) or not isinstance(self.gradient_seeds, int) or self.gradient_seeds < 0:
             raise ValueError(f"Sweep.gradient_seeds must be an integer >= 0, got {self.gradient_seeds!r}")
-        check_positive_int("Sweep.memory_shape N", self.memory_shape[0])
-        check_positive_int("Sweep.memory_shape D", self.memory_shape[1])
-        check_positive("Sweep.memory_scale", self.memory_scale)
+        check_positive_int("Sweep.saved_bytes_shape N", self.saved_bytes_shape[0])
+        check_positive_int("Sweep.saved_bytes_shape D", self.saved_bytes_shape[1])
+        check_positive("Sweep.saved_bytes_scale", self.saved_bytes_scale)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -121,6 +123,14 @@ class Sweep:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Sweep:
+        """The inverse of :meth:`to_dict`; the old field names (``memory_shape``,
+        ``memory_scale``: :data:`RENAMED`) are read too, so older baselines still load."""
+        data = dict(data)
+        for old, new in RENAMED.items():
+            if old in data:
+                if new in data:
+                    raise ValueError(f"Sweep fields {old!r} and {new!r} (its new name) are both given")
+                data[new] = data.pop(old)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -185,7 +195,7 @@ QUICK = Sweep(
     max_iter=100,
     unrolled_T=(1, 4, 16),
     phantom=((1, 1.0),),
-    memory_shape=(4, 4),
+    saved_bytes_shape=(4, 4),
 )
 
 PRESETS = {"default": DEFAULT, "quick": QUICK}

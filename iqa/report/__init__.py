@@ -8,8 +8,11 @@ Layout of the output directory (default ``reports/``)::
     <variant>/*.png        its figures (see iqa.report.markdown.FIGURES)
     <variant>/metrics.json its scalar metrics (without wall-clock times), sweep and versions
 
-Every file is written atomically, and the same command with the same seed
-writes the same bytes: the property suite runs on the derandomized ``ci``
+The files are written as a set (:mod:`iqa.report.output`): into a staging
+directory beside the output directory, swapped in at the end, so an
+interrupted run leaves the old reports whole; folders the report does not
+write (``baselines/`` and other tools') are kept. The same command with the
+same seed writes the same bytes: the property suite runs on the derandomized ``ci``
 profile, capped at 10 examples per property (``--quick``: 3, not shrunk),
 and timings stay out of the files.
 """
@@ -21,19 +24,22 @@ import re
 import shlex
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from iqa.atomic import write_bytes, write_json, write_text
-from iqa.measure import PRESETS, Sweep, measure_variants, worker_pool
+from iqa.measure import PRESETS, MeasurementError, SchedulerError, Sweep, executor, measure_variants
 from iqa.measure import versions as measure_versions
 from iqa.report import markdown, plots
-from iqa.report.properties import PropertyRun, start
+from iqa.report.output import RESERVED, OutputError, Staging
 from iqa.runtime import configure_threads
-from iqa.variants import VariantError, resolve, resolve_all
+from iqa.suite import RECORDED_PROFILE, PropertyRun, SuiteError, locate, start
+from iqa.variants import Variant, VariantError, resolve, resolve_all
 from iqa.versions import package_versions
 
-__all__ = ["build", "configure_parser", "main"]
+__all__ = ["Options", "build", "configure_parser", "main"]
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -75,38 +81,88 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         f"--quick; the {PROFILE} profile's own number, 30, when larger)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run the sweep's cells and figures on this Dask scheduler (e.g. tcp://host:8786; needs iqa[dask]); "
+        "--jobs then sets only the property run's processes. The files do not change",
+    )
 
 
 #: The Hypothesis profile of the report's property run (derandomized: the same examples every time).
-PROFILE = "ci"
+PROFILE = RECORDED_PROFILE
 #: Examples per property with --quick (the 30-second budget).
 QUICK_MAX_EXAMPLES = 3
 #: Examples per property otherwise: the full ci profile (30) takes most of the 3-minute budget by itself.
 DEFAULT_MAX_EXAMPLES = 10
 
 
+@dataclass(frozen=True)
+class Options:
+    """What ``iqa report`` does: its command-line options as typed values (see :func:`configure_parser`)."""
+
+    variants: tuple[str, ...] = ()
+    out: Path = Path("reports")
+    quick: bool = False
+    seed: int = 0
+    jobs: int = 1
+    suite: str | None = None
+    properties: bool = True
+    max_examples: int | None = None
+    progress: bool = True
+    scheduler: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Options:
+        return cls(
+            variants=tuple(args.variant),
+            out=Path(args.out),
+            quick=args.quick,
+            seed=args.seed,
+            jobs=args.jobs,
+            suite=args.suite,
+            properties=not args.no_properties,
+            max_examples=args.max_examples,
+            progress=not args.no_progress,
+            scheduler=args.scheduler,
+        )
+
+    def check(self) -> None:
+        """Bad values are a ValueError naming the option."""
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {self.jobs}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {self.seed}")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ValueError(f"--max-examples must be >= 1, got {self.max_examples}")
+
+
 def _directory_name(variant: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", variant)
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", variant)
+    if name in RESERVED or name.startswith("."):
+        raise ValueError(f"variant {variant!r} would write its page into {name}/, which iqa report does not own")
+    return name
 
 
-def _command(args: argparse.Namespace) -> str:
+def _command(options: Options) -> str:
     """The command line, without the options that do not change the content (--out, --jobs, --no-progress)."""
     parts = ["iqa", "report"]
-    for spec in args.variant:
+    for spec in options.variants:
         parts += ["--variant", spec]
-    if args.quick:
+    if options.quick:
         parts.append("--quick")
-    parts += ["--seed", str(args.seed)]
-    if args.suite is not None:
-        parts += ["--suite", args.suite]
-    if args.no_properties:
+    parts += ["--seed", str(options.seed)]
+    if options.suite is not None:
+        parts += ["--suite", options.suite]
+    if not options.properties:
         parts.append("--no-properties")
-    if args.max_examples is not None:
-        parts += ["--max-examples", str(args.max_examples)]
+    if options.max_examples is not None:
+        parts += ["--max-examples", str(options.max_examples)]
     return shlex.join(parts)
 
 
-def _distinct_specs(given: list[str]) -> list[str]:
+def _distinct_specs(given: Sequence[str]) -> list[str]:
     """One spec per variant, in order: worker processes and the pytest run get each variant once."""
     specs: list[str] = []
     seen: set[str] = set()
@@ -121,92 +177,103 @@ def _versions() -> dict[str, str]:
     return {**measure_versions(), **package_versions("matplotlib", "hypothesis", "pytest", "tabulate")}
 
 
-def _suite(given: str | None) -> Path:
-    """--suite, else the properties/ folder beside the package (an editable install), else ./properties."""
-    if given is not None:
-        return Path(given)
-    beside = Path(__file__).resolve().parents[2] / "properties"
-    return beside if beside.is_dir() else Path("properties")
-
-
 def _phase(what: str, since: float) -> None:
     """Elapsed time on stderr (never in the files: they must not depend on the clock)."""
     print(f"iqa report: {what} done after {time.perf_counter() - since:.1f} s", file=sys.stderr)
 
 
-def build(args: argparse.Namespace, sweep: Sweep | None = None) -> tuple[list[Path], str | None]:
-    """Measure, test and write the reports; return the files written and why the property run gave no
-    verdicts (None when it gave them or did not run).
+def build(options: Options, sweep: Sweep | None = None) -> tuple[list[Path], str | None]:
+    """Measure, test and write the reports as a set (:mod:`iqa.report.output`); return the files written
+    and why the property run gave no verdicts (None when it gave them or did not run).
 
     ``sweep`` replaces the preset (``--quick`` or the default) with a sweep of the caller's, seeded by --seed.
+    Raises ValueError or VariantError for bad options, SuiteError for a missing suite and OutputError for an
+    unwritable ``--out`` (all before anything is measured), and MeasurementError when a variant fails.
     """
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-    if args.seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {args.seed}")
-    if args.max_examples is not None and args.max_examples < 1:
-        raise ValueError(f"--max-examples must be >= 1, got {args.max_examples}")
-    variants = resolve_all(args.variant)
-    preset = "quick" if args.quick else "default"
-    if sweep is not None:
-        preset = "custom"
-    sweep = (sweep or PRESETS[preset]).with_seed(args.seed)
-    specs = _distinct_specs(list(args.variant) or [v.name for v in variants])
-    max_examples = args.max_examples
+    options.check()
+    variants = resolve_all(list(options.variants))
+    preset = "custom" if sweep is not None else ("quick" if options.quick else "default")
+    sweep = (sweep or PRESETS[preset]).with_seed(options.seed)
+    specs = _distinct_specs(list(options.variants) or [v.name for v in variants])
+    directories = {v.name: _directory_name(v.name) for v in variants}
+    suite = locate(options.suite) if options.properties else None
+    max_examples = options.max_examples
     if max_examples is None:
-        max_examples = QUICK_MAX_EXAMPLES if args.quick else DEFAULT_MAX_EXAMPLES
+        max_examples = QUICK_MAX_EXAMPLES if options.quick else DEFAULT_MAX_EXAMPLES
+    staging = Staging.create(options.out)  # before measuring: an unwritable --out fails now
     run: PropertyRun | None = None
-    if not args.no_properties:
-        # the suite runs beside the sweep: both are CPU-bound and independent
-        run = start(
-            specs,
-            _suite(args.suite),
-            profile=PROFILE,
-            max_examples=max_examples,
-            shrink=not args.quick,
-            jobs=args.jobs,
+    try:
+        if suite is not None:
+            # the suite runs beside the sweep: both are CPU-bound and independent
+            run = start(
+                specs, suite, profile=PROFILE, max_examples=max_examples, shrink=not options.quick, jobs=options.jobs
+            )
+        results, figures = _measure(specs, variants, sweep, options)
+        if run is not None:
+            run.wait()
+        context = markdown.Context(
+            command=_command(options),
+            versions=_versions(),
+            seed=options.seed,
+            preset=preset,
+            properties_command=run.display if run is not None else None,
+            properties_profile=run.profile if run is not None else None,
+            properties_max_examples=run.max_examples if run is not None else None,
+            properties_shrink=run.shrink if run is not None else True,
         )
-    progress = not args.no_progress
+        properties = run.by_variant if run is not None and run.error is None else None
+        error = run.error if run is not None else None
+        written = _write_set(staging.path, results, figures, properties, context, error, directories)
+        final = [staging.out / p.relative_to(staging.path) for p in written]
+        staging.publish({p.relative_to(staging.path).parts[0] for p in written})
+    except BaseException:
+        if run is not None and run.process is not None:
+            run.process.kill()
+            run.wait()
+        staging.discard()
+        raise
+    return final, error
+
+
+def _measure(
+    specs: list[str], variants: list[Variant], sweep: Sweep, options: Options
+) -> tuple[list[dict[str, Any]], list[dict[str, bytes]]]:
     clock = time.perf_counter()
-    if args.jobs > 1:
-        with worker_pool(args.jobs) as pool:
-            results = measure_variants(specs, sweep, jobs=args.jobs, progress=progress, pool=pool)
+    if options.jobs > 1 or options.scheduler is not None:
+        with executor(options.jobs, options.scheduler) as pool:
+            results = measure_variants(specs, sweep, jobs=options.jobs, progress=options.progress, pool=pool)
             _phase("sweep", clock)
             figures = list(pool.map(render_figures, results))
     else:
-        results = measure_variants(variants, sweep, progress=progress)
+        results = measure_variants(variants, sweep, progress=options.progress)
         _phase("sweep", clock)
         figures = [render_figures(r) for r in results]
     _phase("sweep and figures", clock)
-    if run is not None:
-        run.wait()
-        _phase("property suite (running since the start)", clock)
-    context = markdown.Context(
-        command=_command(args),
-        versions=_versions(),
-        seed=args.seed,
-        preset=preset,
-        properties_command=run.display if run is not None else None,
-        properties_profile=run.profile if run is not None else None,
-        properties_max_examples=run.max_examples if run is not None else None,
-        properties_shrink=run.shrink if run is not None else True,
-    )
-    out = Path(args.out)
+    return results, figures
+
+
+def _write_set(
+    root: Path,
+    results: list[dict[str, Any]],
+    figures: list[dict[str, bytes]],
+    properties: dict[str, list[dict[str, Any]]] | None,
+    context: markdown.Context,
+    error: str | None,
+    directories: dict[str, str],
+) -> list[Path]:
+    """Every file of the report under ``root`` (the staging directory)."""
     written: list[Path] = []
-    properties = run.by_variant if run is not None and run.error is None else None
-    error = run.error if run is not None else None
-    directories = {r["variant"]: _directory_name(r["variant"]) for r in results}
     for result, images in zip(results, figures):
-        folder = out / directories[result["variant"]]
+        folder = root / directories[result["variant"]]
         tests = properties.get(result["variant"], []) if properties is not None else None
         written += _write_variant(folder, result, images, tests, context, error)
-    path = out / markdown.COMPARISON_FIGURE
+    path = root / markdown.COMPARISON_FIGURE
     write_bytes(path, plots.comparison_plot(results))
     written.append(path)
-    path = out / "README.md"
+    path = root / "README.md"
     write_text(path, markdown.index_page(results, properties, context, directories, error))
     written.append(path)
-    return written, error
+    return written
 
 
 def render_figures(result: dict[str, Any]) -> dict[str, bytes]:
@@ -255,15 +322,21 @@ def _write_variant(
 
 def main(args: argparse.Namespace) -> int:
     """Run ``iqa report``: 0 when the reports were written (failing properties are reported, not fatal),
-    1 when they were written but the property suite could not run, 2 for bad arguments."""
+    1 when they were written but the property suite could not run, or a variant failed while it was measured
+    (nothing is written then), 2 for bad arguments, a missing suite, an unwritable ``--out`` or a Dask
+    scheduler that cannot be used."""
     configure_threads()
     started = time.perf_counter()
+    options = Options.from_args(args)
     try:
-        written, error = build(args)
-    except (VariantError, ValueError) as problem:
-        print(f"iqa report: {problem}", file=sys.stderr)
+        written, error = build(options)
+    except MeasurementError as failure:
+        print(f"iqa report: {failure}; no report was written", file=sys.stderr)
+        return 1
+    except (VariantError, ValueError, SuiteError, OutputError, SchedulerError) as problem:
+        print(f"iqa report: error: {problem}", file=sys.stderr)
         return 2
-    out = Path(args.out)
+    out = options.out
     print(f"iqa report: wrote {len(written)} files under {out} in {time.perf_counter() - started:.1f} s")
     print(f"iqa report: index {out / 'README.md'}")
     if error is not None:

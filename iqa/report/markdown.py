@@ -15,9 +15,11 @@ from typing import Any
 
 from tabulate import tabulate
 
+from iqa import metrics as names
 from iqa.grad import BACKWARD_MODES
-from iqa.measure.cell import phantom_name
-from iqa.pytest_plugin import OUTCOMES
+from iqa.metrics import phantom_name
+from iqa.verdicts import BAD_VERDICTS, FAIL, UNEXPECTED_PASS, VERDICTS, property_verdicts
+from iqa.verdicts import counts as verdict_counts
 
 #: Images of a variant page: file name -> (section title, alt text).
 FIGURES = {
@@ -103,13 +105,10 @@ def summary_rows(result: dict[str, Any]) -> list[list[str]]:
         rows.append(
             [
                 method,
-                percent(m[f"{method}.converged_fraction"]),
-                percent(m[f"{method}.cycle_fraction"]),
-                percent(m[f"{method}.max_iter_fraction"]),
-                percent(m[f"{method}.diverged_fraction"]),
-                fmt(m[f"{method}.iterations.p50"]),
-                fmt(m[f"{method}.iterations.p95"]),
-                fmt(m[f"{method}.rate.p50"]),
+                *(percent(m[names.status_fraction(method, status)]) for status in names.STATUS_FRACTIONS),
+                fmt(m[names.iterations(method, "p50")]),
+                fmt(m[names.iterations(method, "p95")]),
+                fmt(m[names.rate(method, "p50")]),
             ]
         )
     return rows
@@ -131,15 +130,15 @@ def analysis_rows(result: dict[str, Any]) -> list[list[str]]:
     """Certificates, spectral radii and how degenerate the fixed point is: quantiles p05 / p50 / p95."""
     m = result["metrics"]
 
-    def q(name: str, keys: Sequence[str] = ("p05", "p50", "p95")) -> list[str]:
-        return [fmt(m.get(f"{name}.{k}")) for k in keys]
+    def q(quantity: str) -> list[str]:
+        return [fmt(m.get(names.quantile(quantity, k))) for k in names.QUANTILES]
 
     return [
-        ["certificate κ (best of κ_∞, κ_F, κ_w), all runs", *q("kappa")],
-        ["ρ(J(y*)) at converged fixed points", *q("rho")],
-        ["ρ at the token mean 1·mean(x)ᵀ (layers that fix it)", *q("rho_consensus")],
-        ["‖y* − 1·mean(x)ᵀ‖ / ‖x − 1·mean(x)ᵀ‖ (0: output = token mean)", *q("consensus_distance")],
-        ["weight-gradient norm ‖∂⟨G, y*⟩/∂θ‖ / √(BND)", *q("weight_grad_norm")],
+        ["certificate κ (best of κ_∞, κ_F, κ_w), all runs", *q(names.KAPPA)],
+        ["ρ(J(y*)) at converged fixed points", *q(names.RHO)],
+        ["ρ at the token mean 1·mean(x)ᵀ (layers that fix it)", *q(names.RHO_CONSENSUS)],
+        ["‖y* − 1·mean(x)ᵀ‖ / ‖x − 1·mean(x)ᵀ‖ (0: output = token mean)", *q(names.CONSENSUS_DISTANCE)],
+        ["weight-gradient norm ‖∂⟨G, y*⟩/∂θ‖ / √(BND)", *q(names.WEIGHT_GRAD_NORM)],
     ]
 
 
@@ -148,17 +147,11 @@ def gradient_rows(result: dict[str, Any]) -> list[list[str]]:
     m = result["metrics"]
     rows = []
     for T in sorted(result["sweep"]["unrolled_T"]):
-        rows.append(
-            [f"unrolled, T = {T}", fmt(m.get(f"unrolled_error.T{T}.p50")), fmt(m.get(f"unrolled_error.T{T}.p95"))]
-        )
+        rows.append([f"unrolled, T = {T}", *(fmt(m.get(names.unrolled_error(T, q))) for q in ("p50", "p95"))])
     for k, lam in result["sweep"]["phantom"]:
-        name = phantom_name(k, lam)
+        setting = phantom_name(k, lam)
         rows.append(
-            [
-                f"phantom, k = {k}, λ = {lam:g}",
-                fmt(m.get(f"phantom_error.{name}.p50")),
-                fmt(m.get(f"phantom_error.{name}.p95")),
-            ]
+            [f"phantom, k = {k}, λ = {lam:g}", *(fmt(m.get(names.phantom_error(setting, q))) for q in ("p50", "p95"))]
         )
     return rows
 
@@ -172,10 +165,6 @@ def _mode_header(mode: str, saved: dict[str, Any]) -> str:
     if mode == "phantom" and "phantom_steps" in saved:
         return f"phantom, k = {saved['phantom_steps']} (bytes)"
     return f"{mode} (bytes)"
-
-
-def property_counts(tests: list[dict[str, Any]]) -> dict[str, int]:
-    return {outcome: sum(t["outcome"] == outcome for t in tests) for outcome in OUTCOMES}
 
 
 def _one_line(text: str | None, limit: int = 160) -> str:
@@ -206,22 +195,23 @@ def properties_section(tests: list[dict[str, Any]] | None, context: Context, err
         return [*lines, "The run gave no verdicts:", "", "```text", clean(error), "```", ""]
     if not tests:
         return [*lines, "No property ran for this variant.", ""]
-    counts = property_counts(tests)
-    lines += [", ".join(f"{n} {outcome}" for outcome, n in counts.items() if n) + ".", ""]
-    rows = []
-    for t in sorted(tests, key=lambda t: (t["file"], t["function"], t["nodeid"])):
-        note = t["message"] if t["outcome"] == "failed" else t["reason"]
-        rows.append(
-            [
-                f"`{t['function']}`",
-                t["file"],
-                f"**{t['outcome']}**" if t["outcome"] == "failed" else t["outcome"],
-                _one_line(note),
-            ]
-        )
-    lines += [_table(rows, ["property", "file", "verdict", "why / message"]), ""]
-    failures = [t for t in tests if t["outcome"] == "failed"]
-    for t in sorted(failures, key=lambda t: t["nodeid"]):
+    rows = property_verdicts(tests)
+    counted = verdict_counts(rows)
+    lines += [", ".join(f"{n} {v}" for v, n in counted.items() if n) + " (properties).", ""]
+    table = []
+    for row in rows:
+        cases = f" ({_cases(row['counts'])})" if sum(row["counts"].values()) > 1 else ""
+        verdict = f"**{row['verdict']}**" if row["verdict"] in BAD_VERDICTS else row["verdict"]
+        table.append([f"`{row['property']}`", row["file"], verdict + cases, _one_line(row["detail"])])
+    lines += [_table(table, ["property", "file", "verdict", "why / message"]), ""]
+    for row in rows:
+        t = row["record"]
+        if row["verdict"] == UNEXPECTED_PASS:
+            lines += [f"### Unexpected pass: `{t['function']}`", "", f"`{t['nodeid']}`: {row['detail']}.", ""]
+            lines += ["Remove the declaration, or find why the property holds. Rerun:", "", "```sh", t["command"]]
+            lines += ["```", ""]
+        if row["verdict"] != FAIL:
+            continue
         lines += [f"### Failure: `{t['function']}`", "", f"`{t['nodeid']}` failed in {t['phase']}:", ""]
         lines += ["```text", clean(t["message"] or "(no message)"), "```", ""]
         if t["falsifying_example"]:
@@ -241,6 +231,10 @@ def properties_section(tests: list[dict[str, Any]] | None, context: Context, err
     return lines
 
 
+def _cases(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {v}" for v, n in counts.items()) + " cases"
+
+
 def variant_page(
     result: dict[str, Any], tests: list[dict[str, Any]] | None, context: Context, error: str | None = None
 ) -> str:
@@ -256,7 +250,7 @@ def variant_page(
     lines += ["## Convergence", ""]
     lines += [_table(summary_rows(result), SUMMARY_HEADERS), ""]
     lines += [
-        f"Fractions are over all {fmt(m['runs'])} runs; steps to tol and observed rates over the converged ones "
+        f"Fractions are over all {fmt(m[names.RUNS])} runs; steps to tol and observed rates over the converged ones "
         "(the observed rate is q in a least-squares fit ‖y_{t+1} − y_t‖ ∝ qᵗ over the last half of a run).",
         "",
         "### The seed's plot: step size per iteration",
@@ -280,11 +274,12 @@ def variant_page(
         "",
         _table(analysis_rows(result), ["quantity", "p05", "p50", "p95"]),
         "",
-        f"Share of runs with a certificate κ < 1 (contraction proven): {percent(m['kappa.below_one_fraction'])}."
+        "Share of runs with a certificate κ < 1 (contraction proven): "
+        f"{percent(m[names.below_one(names.KAPPA)])}."
         + (
-            f" The eigenvalue solver failed on the Jacobian of {fmt(m['rho.failed_runs'])} converged runs "
+            f" The eigenvalue solver failed on the Jacobian of {fmt(m[names.RHO_FAILED_RUNS])} converged runs "
             "(left out of the ρ quantiles)."
-            if m.get("rho.failed_runs")
+            if m.get(names.RHO_FAILED_RUNS)
             else ""
         ),
         "",
@@ -296,7 +291,7 @@ def variant_page(
         "## Gradients: implicit against unrolled and phantom",
         "",
         f"For L = ⟨G, y*⟩ with a fixed G ~ N(0, 1), the gradient over x and every weight, in "
-        f"{fmt(m['gradient_cells'])} cells ({_seeds_phrase(sweep['gradient_seeds'])} of each (N, D, s), where "
+        f"{fmt(m[names.GRADIENT_CELLS])} cells ({_seeds_phrase(sweep['gradient_seeds'])} of each (N, D, s), where "
         "the whole batch converged); error = ‖g − g_implicit‖ / ‖g_implicit‖, quantiles over cells:",
         "",
         _table(gradient_rows(result), ["gradient", "error p50", "error p95"]),
@@ -351,17 +346,17 @@ def index_page(
         m = r["metrics"]
         last_T = max(r["sweep"]["unrolled_T"])
         first_phantom = r["sweep"]["phantom"][0] if r["sweep"]["phantom"] else None
-        phantom = fmt(m.get(f"phantom_error.{phantom_name(*first_phantom)}.p50")) if first_phantom else "—"
+        phantom = fmt(m.get(names.phantom_error(phantom_name(*first_phantom), "p50"))) if first_phantom else "—"
         rows.append(
             [
                 f"[`{r['variant']}`]({directories[r['variant']]}/README.md)",
-                *(percent(m[f"{method}.converged_fraction"]) for method in r["sweep"]["methods"]),
-                fmt(m[f"{r['sweep']['methods'][0]}.iterations.p50"]),
-                percent(m["kappa.below_one_fraction"]),
-                fmt(m["rho.p50"]),
-                fmt(m["consensus_distance.p50"]),
-                fmt(m["weight_grad_norm.p50"]),
-                fmt(m.get(f"unrolled_error.T{last_T}.p50")),
+                *(percent(m[names.status_fraction(method, "converged")]) for method in r["sweep"]["methods"]),
+                fmt(m[names.iterations(r["sweep"]["methods"][0], "p50")]),
+                percent(m[names.below_one(names.KAPPA)]),
+                fmt(m[names.quantile(names.RHO, "p50")]),
+                fmt(m[names.quantile(names.CONSENSUS_DISTANCE, "p50")]),
+                fmt(m[names.quantile(names.WEIGHT_GRAD_NORM, "p50")]),
+                fmt(m.get(names.unrolled_error(last_T, "p50"))),
                 phantom,
                 _verdicts(properties, r["variant"], error),
             ]
@@ -383,32 +378,36 @@ def index_page(
     lines += [
         "Distance to mean: ‖y* − 1·mean(x)ᵀ‖ / ‖x − 1·mean(x)ᵀ‖ (0 means the layer outputs the token mean, "
         "THEORY.md's degenerate fixed point); weight grad: ‖∂⟨G, y*⟩/∂θ‖ / √(BND) at converged cells (≈ 0: "
-        "the weights do not move the fixed point). Properties: passed / failed / expected failures (xfailed) / "
-        "skipped, from the pytest run described on each page.",
+        "the weights do not move the fixed point). Properties: how many got each verdict, "
+        + " / ".join(VERDICTS)
+        + ", from the pytest run described on each page.",
         "",
         f"![fraction of converged runs against weight scale, one line per variant]({COMPARISON_FIGURE})",
         "",
     ]
     if properties is not None:
-        failed = [
-            (name, t)
+        bad = [
+            (name, row)
             for name, tests in sorted(properties.items(), key=lambda kv: str(kv[0]))
-            for t in tests
-            if t["outcome"] == "failed"
+            for row in property_verdicts(tests)
+            if row["verdict"] in BAD_VERDICTS
         ]
         lines += ["## Property failures", ""]
-        if failed:
+        if bad:
             lines += [
                 _table(
-                    [[f"`{name}`", f"`{t['function']}`", _one_line(t["message"], 100)] for name, t in failed],
-                    ["variant", "property", "message"],
+                    [
+                        [f"`{name}`", f"`{row['property']}`", row["verdict"], _one_line(row["detail"], 100)]
+                        for name, row in bad
+                    ],
+                    ["variant", "property", "verdict", "message"],
                 ),
                 "",
                 "Each variant's page gives the minimal falsifying example and the command that reproduces it.",
                 "",
             ]
         else:
-            lines += ["None: every property that ran passed or failed as expected (strict xfail).", ""]
+            lines += ["None: every property that ran passed, failed as declared, or did not apply.", ""]
     elif error is not None:
         lines += [
             "## Property failures",
@@ -434,5 +433,5 @@ def index_page(
 def _verdicts(properties: dict[str, list[dict[str, Any]]] | None, variant: str, error: str | None) -> str:
     if properties is None:
         return "not run" if error is None else "run failed"
-    counts = property_counts(properties.get(variant, []))
-    return f"{counts['passed']} / {counts['failed']} / {counts['xfailed']} / {counts['skipped']}"
+    counted = verdict_counts(property_verdicts(properties.get(variant, [])))
+    return " / ".join(str(counted[v]) for v in VERDICTS)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from iqa import cli, verdicts
+from iqa import cli, suite, verdicts
 from iqa.pytest_plugin import read_results
 from iqa.variants import BUILTIN_VARIANTS
 
@@ -78,7 +78,7 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_default_suite_is_beside_the_package() -> None:
-    assert cli.default_suite() == Path(__file__).resolve().parents[1]
+    assert suite.locate() == Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name", sorted(cli.DELEGATED))
@@ -104,9 +104,13 @@ def _record(outcome: str, **fields: Any) -> dict[str, Any]:
     ("record", "expected"),
     [
         (_record("passed"), verdicts.PASS),
-        (_record("failed", message="AssertionError: boom"), verdicts.FAIL),
-        (_record("failed", message="[XPASS(strict)] expected failure of v: why"), verdicts.UNEXPECTED_PASS),
-        (_record("xfailed", reason="expected failure of v: why"), verdicts.EXPECTED_FAILURE),
+        (_record("failed", phase="call", call_raised=True, message="AssertionError: boom"), verdicts.FAIL),
+        (_record("failed", phase="setup", call_raised=None, message="fixture error"), verdicts.FAIL),
+        # a strict xfail that held: pytest fails the call although it raised nothing; the text plays no part
+        (_record("failed", phase="call", call_raised=False, expected_failure="why"), verdicts.UNEXPECTED_PASS),
+        (_record("failed", phase="call", call_raised=True, message="[XPASS(strict)] why"), verdicts.FAIL),
+        (_record("passed", expected_failure="why"), verdicts.UNEXPECTED_PASS),
+        (_record("xfailed", reason="why", expected_failure="why"), verdicts.EXPECTED_FAILURE),
         (_record("xpassed", reason="why"), verdicts.UNEXPECTED_PASS),
         (_record("skipped", reason="v does not claim convex_hull"), verdicts.NOT_APPLICABLE),
     ],
@@ -116,9 +120,13 @@ def test_verdict_of_each_outcome(record: dict[str, Any], expected: str) -> None:
 
 
 def test_details_say_why() -> None:
-    assert verdicts.detail(_record("xfailed", reason="expected failure of v: why"), verdicts.EXPECTED_FAILURE) == "why"
-    skipped = _record("skipped", reason="v does not claim convex_hull")
+    """The declared reasons are data recorded by the plugin, shown as written (no prefix to strip)."""
+    declared = _record("xfailed", reason="pytest's own text", expected_failure="why")
+    assert verdicts.detail(declared, verdicts.EXPECTED_FAILURE) == "why"
+    skipped = _record("skipped", reason="Skipped: text", not_applicable="v does not claim convex_hull")
     assert verdicts.detail(skipped, verdicts.NOT_APPLICABLE) == "v does not claim convex_hull"
+    held = _record("failed", phase="call", call_raised=False, expected_failure="why")
+    assert "why" in verdicts.detail(held, verdicts.UNEXPECTED_PASS)
     assert verdicts.detail(_record("failed", message="AssertionError: x"), verdicts.FAIL) == "AssertionError: x"
 
 
@@ -157,6 +165,14 @@ WRONG = Variant(
     factory=unseeded,
     tags={Tag.SEED_EXACT},
     expected_failures={SEED: "(it does not fail)"},
+)
+
+# A misspelled expected failure: without the check it would silently declare nothing.
+MISSPELLED = Variant.from_layer(
+    ScaledQueryAttention,
+    name="misspelled",
+    tags={Tag.SEED_EXACT},
+    expected_failures={"test_layer_equals_seed_bitwsie": "divides the scores by sqrt(D)"},
 )
 '''
 
@@ -209,3 +225,25 @@ def test_check_end_to_end_fail_and_unexpected_pass(
     assert "test_same_seed_same_layer(" in out and "seed=0" in out  # the minimal failing case is shown
     rerun = next(line for line in out.splitlines() if "rerun:" in line and "test_same_seed_same_layer" in line)
     assert f"test_determinism.py::test_same_seed_same_layer[wrong]' --variant {variants_file}:WRONG" in rerun
+
+
+def test_check_a_misspelled_expected_failure_is_a_usage_error(
+    capfd: pytest.CaptureFixture[str], variants_file: Path, tmp_path: Path
+) -> None:
+    """Caught when the suite collects the variant (properties/conftest.py), naming the key and the closest name."""
+    status = cli.main(["check", "--results", str(tmp_path / "r.json"), f"{variants_file}:MISSPELLED", "-k", "seed"])
+    out, err = capfd.readouterr()
+    assert status == 2, out + err
+    assert "'test_layer_equals_seed_bitwsie'" in err and "did you mean test_layer_equals_seed_bitwise" in err, err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_check_verdicts_are_the_plugins(
+    capsys: pytest.CaptureFixture[str], variants_file: Path, tmp_path: Path
+) -> None:
+    """iqa check prints the verdict the plugin recorded for each test (computed once, in iqa.verdicts)."""
+    results = tmp_path / "wrong.json"
+    _check(capsys, f"{variants_file}:WRONG", results)
+    recorded = {t["function"]: t["verdict"] for t in read_results(results)["tests"]}
+    assert recorded["test_layer_equals_seed_bitwise"] == verdicts.UNEXPECTED_PASS
+    assert recorded["test_same_seed_same_layer"] == verdicts.FAIL

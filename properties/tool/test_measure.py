@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from iqa import solve
 from iqa.measure import measure_variant
 from iqa.measure.summary import metric_info
-from iqa.measure.sweep import Cell, rounded
+from iqa.measure.sweep import Cell, Sweep, rounded
 from iqa.variants import resolve
 from properties.strategies import TINY_SWEEP as TINY
 
@@ -164,3 +164,12 @@ def test_a_failed_eigenvalue_solve_is_recorded_not_hidden(monkeypatch: pytest.Mo
     assert found and all(r["rho_failed"] and r["rho"] is None for r in found)
     assert result["metrics"]["rho.failed_runs"] == len(found)
     assert result["metrics"]["rho.p50"] is None
+
+
+def test_old_sweep_field_names_still_load() -> None:
+    """memory_shape / memory_scale were renamed saved_bytes_shape / saved_bytes_scale: old files still load."""
+    data = TINY.to_dict()
+    old = {("memory" + k[len("saved_bytes") :] if k.startswith("saved_bytes") else k): v for k, v in data.items()}
+    assert "memory_shape" in old and Sweep.from_dict(old) == TINY
+    with pytest.raises(ValueError, match="both given"):
+        Sweep.from_dict({**data, "memory_shape": [2, 2]})

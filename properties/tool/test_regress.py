@@ -15,9 +15,10 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 from iqa import baseline as baseline_io
-from iqa import cli, regress
+from iqa import cli, metrics, regress
 from iqa.baseline import Baseline, BaselineError
-from iqa.measure import Sweep
+from iqa.measure import Sweep, measure_variant
+from iqa.metrics import LOWER
 from iqa.verdicts import EXPECTED_FAILURE, FAIL, NOT_APPLICABLE, PASS, UNEXPECTED_PASS
 
 TINY = Sweep(
@@ -28,7 +29,7 @@ TINY = Sweep(
     batch=2,
     unrolled_T=(1, 8),
     phantom=((1, 1.0),),
-    memory_shape=(4, 4),
+    saved_bytes_shape=(4, 4),
 )
 
 SLOW_VARIANT = '''
@@ -218,7 +219,7 @@ DIRECTED = [
     "anderson.rate.p50",
     "kappa.p95",
     "rho.p50",
-    "rho_consensus.p05",
+    "rho.failed_runs",
     "kappa.below_one_fraction",
     "unrolled_error.T8.p50",
     "phantom_error.k1_lam1.p95",
@@ -234,8 +235,8 @@ def synthetic(metrics: dict[str, float | None]) -> Baseline:
 
 @given(name=st.sampled_from(DIRECTED), before=st.floats(0.0, 1e3), step=st.floats(0.0, 1e3))
 def test_only_worse_fails(name: str, before: float, step: float) -> None:
-    rule = regress.rule_for(name, regress.rules(TINY, int(RUNS)))
-    sign = 1.0 if rule.better == regress.LOWER else -1.0
+    rule = regress.rule_for(name, runs=int(RUNS), tol=TINY.tol)
+    sign = 1.0 if rule.better == LOWER else -1.0
     limit = rule.limit(before)
     note(f"{name}: rule {rule}, before {before}, limit {limit}")
     better = before - sign * step
@@ -266,9 +267,59 @@ def test_wall_time_fails_only_beyond_an_explicit_ratio() -> None:
 
 
 def test_descriptive_metrics_never_fail() -> None:
-    base = synthetic({"weight_grad_norm.p50": 1.0, "consensus_distance.p95": 0.0})
-    rows = regress.compare_metrics(base, {"runs": RUNS, "weight_grad_norm.p50": 0.0, "consensus_distance.p95": 9.0})
+    base = synthetic({"weight_grad_norm.p50": 1.0, "consensus_distance.p95": 0.0, "rho_consensus.p50": 0.5})
+    after = {"runs": RUNS, "weight_grad_norm.p50": 0.0, "consensus_distance.p95": 9.0, "rho_consensus.p50": 2.0}
+    rows = regress.compare_metrics(base, after)
     assert {r.status for r in rows} == {regress.SHOWN}
+
+
+def test_equal_values_and_changes_within_the_noise_are_ok_never_better() -> None:
+    """The case seen: anderson.rate.p95 printed "better" at 0.4889 -> 0.4889 (a change in the 5th digit)."""
+    for before, after in ((0.48891, 0.48891), (0.48891, 0.48889), (0.48891, 0.48893)):
+        (row,) = regress.compare_metrics(
+            synthetic({"anderson.rate.p95": before}), {"runs": RUNS, "anderson.rate.p95": after}
+        )
+        assert row.status == regress.OK, (before, after, row)
+    (row,) = regress.compare_metrics(synthetic({"anderson.rate.p95": 0.6}), {"runs": RUNS, "anderson.rate.p95": 0.4})
+    assert row.status == regress.BETTER  # beyond the 0.01 allowance the other way: a real improvement
+
+
+def test_directions_in_metrics_json_are_what_regress_flags(tmp_path: Path) -> None:
+    """For every metric a real measurement produces: the direction measure writes into metrics.json
+    (metric_info) is the one iqa regress judges by, shown by what regress flags for each name."""
+    measurement = measure_variant("reference", TINY, progress=False)
+    base = Baseline.from_measurement(measurement)
+    names = sorted(measurement["metrics"])
+    assert set(measurement["metric_info"]) == set(names)
+    assert {metrics.lookup(n).pattern for n in names} >= {m.pattern for m in metrics.TABLE if m.better}, (
+        "the sweep must exercise every judged family"
+    )
+    for name in names:
+        info = measurement["metric_info"][name]
+        if name == metrics.RUNS:
+            assert info["better"] is None  # a different count is a mismatch error, not a verdict
+            continue
+        before = measurement["metrics"][name]
+        if before is None:
+            continue
+        rule = regress.baseline_rule(base, name)
+        step = 10.0 * (abs(before) + 1.0)  # far beyond any allowance (at most 100% + 10 tol + one run)
+
+        def judged(after: float, name: str = name) -> str:
+            (row,) = [
+                r for r in regress.compare_metrics(base, {**measurement["metrics"], name: after}) if r.name == name
+            ]
+            return row.status
+
+        # a relative allowance is a factor: the way down, divide (errors and counts stay >= 0)
+        up, down = judged(before + step), judged(before / 100 if before > 0 else before - step)
+        assert judged(before) in (regress.OK, regress.SHOWN), name
+        if info["better"] is None or not info["deterministic"]:
+            assert up == down == regress.SHOWN, (name, info, rule)
+        elif info["better"] == LOWER:  # "better" only where the change exceeds the allowance (tiny errors)
+            assert up == regress.WORSE and down in (regress.BETTER, regress.OK), (name, info, rule)
+        else:
+            assert up in (regress.BETTER, regress.OK) and down == regress.WORSE, (name, info, rule)
 
 
 def test_a_different_number_of_runs_is_a_mismatch() -> None:

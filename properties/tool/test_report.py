@@ -28,9 +28,10 @@ import torch
 
 from iqa import solve
 from iqa.atomic import atomic_open, write_json, write_text
-from iqa.report import build, configure_parser, main, markdown
-from iqa.report.properties import start
+from iqa.report import Options, build, configure_parser, main, markdown
+from iqa.suite import start
 from iqa.variants import resolve
+from iqa.verdicts import EXPECTED_FAILURE, FAIL, NOT_APPLICABLE, PASS, UNEXPECTED_PASS
 from properties.strategies import TINY_SWEEP as TINY
 
 VARIANTS = ("reference", "hopfield")
@@ -45,7 +46,8 @@ def _args(*argv: str) -> argparse.Namespace:
 
 def _report(out: Path, *extra: str) -> Path:
     selection = [a for v in VARIANTS for a in ("--variant", v)]
-    written, error = build(_args(*selection, "--out", str(out), "--no-properties", "--no-progress", *extra), sweep=TINY)
+    options = Options.from_args(_args(*selection, "--out", str(out), "--no-properties", "--no-progress", *extra))
+    written, error = build(options, sweep=TINY)
     assert error is None and written
     return out
 
@@ -59,7 +61,7 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_a_repeated_variant_is_reported_once(tmp_path: Path) -> None:
     """--variant reference --variant reference,reference with --jobs 2 measures and lists reference once."""
     argv = ("--variant", "reference", "--variant", "reference,reference", "--out", str(tmp_path))
-    _, error = build(_args(*argv, "--no-properties", "--no-progress", "--jobs", "2"), sweep=TINY)
+    _, error = build(Options.from_args(_args(*argv, "--no-properties", "--no-progress", "--jobs", "2")), sweep=TINY)
     assert error is None
     assert (tmp_path / "README.md").read_text().count("[`reference`]") == 1
 
@@ -229,13 +231,13 @@ class Named:
     def __repr__(self):
         return f"Named({self.name!r})"
 
-def pytest_addoption(parser):
-    parser.addoption("--variant", action="append", default=[])
-
-def pytest_generate_tests(metafunc):
+def pytest_generate_tests(metafunc):  # --variant is iqa.pytest_plugin's option
     if "variant" in metafunc.fixturenames:
         names = metafunc.config.getoption("--variant") or ["good", "bad"]
-        metafunc.parametrize("variant", [pytest.param(Named(n), id=n) for n in names])
+        marks = []
+        if metafunc.function.__name__.startswith("test_declared"):  # as properties/conftest.py declares
+            marks = [pytest.mark.xfail(strict=True, reason="declared"), pytest.mark.iqa_expected_failure("declared")]
+        metafunc.parametrize("variant", [pytest.param(Named(n), id=n, marks=marks) for n in names])
 """
 
 FAKE_TESTS = """
@@ -262,7 +264,16 @@ def test_known_failure(variant):
 def test_unexpected_pass(variant):
     pass
 
-def test_without_variant():
+def test_declared_failure(variant):
+    assert False
+
+def test_declared_but_holds(variant):
+    pass
+"""
+
+#: A tool test beside the variant properties: never selected, since they are selected by location.
+FAKE_TOOL_TEST = """
+def test_without_variant(variant):
     pass
 """
 
@@ -274,7 +285,9 @@ def fake_run(tmp_path_factory: pytest.TempPathFactory):
     suite = root / "suite"
     suite.mkdir()
     (suite / "conftest.py").write_text(textwrap.dedent(FAKE_CONFTEST))
-    (suite / "test_fake.py").write_text(textwrap.dedent(FAKE_TESTS))
+    for folder, name, text in (("variant", "test_fake.py", FAKE_TESTS), ("tool", "test_tool.py", FAKE_TOOL_TEST)):
+        (suite / folder).mkdir()
+        (suite / folder / name).write_text(textwrap.dedent(text))
     return root, start(["good", "bad"], suite, profile="ci").wait()
 
 
@@ -287,10 +300,25 @@ def test_plugin_records_every_outcome(fake_run) -> None:
         **{(v, "test_skipped"): "skipped" for v in ("good", "bad")},
         **{(v, "test_known_failure"): "xfailed" for v in ("good", "bad")},
         **{(v, "test_unexpected_pass"): "failed" for v in ("good", "bad")},  # strict xfail that passed
+        **{(v, "test_declared_failure"): "xfailed" for v in ("good", "bad")},
+        **{(v, "test_declared_but_holds"): "failed" for v in ("good", "bad")},
         ("good", "test_small_numbers"): "passed",
         ("bad", "test_small_numbers"): "failed",
-    }  # test_without_variant is deselected by --iqa-variant-tests-only
-    assert run.results["summary"] == {"passed": 3, "failed": 3, "skipped": 2, "xfailed": 2, "xpassed": 0}
+    }  # test_without_variant lies outside variant/: not selected
+    assert run.results["summary"] == {"passed": 3, "failed": 5, "skipped": 2, "xfailed": 4, "xpassed": 0}
+    verdicts = {(t["variant"], t["function"]): t["verdict"] for t in run.results["tests"]}
+    assert verdicts == {
+        **{(v, "test_passes"): PASS for v in ("good", "bad")},
+        **{(v, "test_skipped"): NOT_APPLICABLE for v in ("good", "bad")},
+        **{(v, "test_known_failure"): EXPECTED_FAILURE for v in ("good", "bad")},
+        **{(v, "test_unexpected_pass"): UNEXPECTED_PASS for v in ("good", "bad")},
+        **{(v, "test_declared_failure"): EXPECTED_FAILURE for v in ("good", "bad")},
+        **{(v, "test_declared_but_holds"): UNEXPECTED_PASS for v in ("good", "bad")},
+        ("good", "test_small_numbers"): PASS,
+        ("bad", "test_small_numbers"): FAIL,
+    }
+    declared = [t for t in run.results["tests"] if t["function"].startswith("test_declared")]
+    assert {t["expected_failure"] for t in declared} == {"declared"}  # the reason as data, no prefix
 
 
 def test_failure_has_minimal_example_and_a_command_that_reproduces_it(fake_run) -> None:
@@ -313,4 +341,6 @@ def test_property_section_shows_the_failure(fake_run) -> None:
     (failure,) = [t for t in run.by_variant["bad"] if t["function"] == "test_small_numbers"]
     assert "### Failure: `test_small_numbers`" in text
     assert "n=10" in text and failure["command"] in text
-    assert "**failed**" in text and "not applicable here" in text
+    assert f"**{FAIL}**" in text and "not applicable here" in text
+    assert f"**{UNEXPECTED_PASS}**" in text and "### Unexpected pass: `test_declared_but_holds`" in text
+    assert "| failed" not in text and "xfailed" not in text  # the verdicts, not pytest's outcomes
