@@ -7,9 +7,7 @@ The suite's conftest.py loads it (``pytest_plugins``), and ``iqa check``,
 - ``--variant SPEC`` (repeatable) and ``--device NAME``: what the suite tests, and where;
 - ``--iqa-results PATH``: the JSON below;
 - ``--iqa-max-examples N`` caps Hypothesis's examples and ``--iqa-no-shrink``
-  skips its shrink phase (both derive a profile from the one the suite loaded);
-- ``--iqa-variant-tests-only`` keeps only the tests that take a ``variant``
-  (for a suite without a ``variant/`` folder).
+  skips its shrink phase (both derive a profile from the one the suite loaded).
 
 A suite says why a test is not run normally for a variant with two markers
 that this plugin defines and records as data: ``iqa_expected_failure(reason)``
@@ -126,12 +124,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="skip Hypothesis's shrink phase (a smoke run: failing examples are reported as found, not minimal)",
     )
-    group.addoption(
-        "--iqa-variant-tests-only",
-        action="store_true",
-        default=False,
-        help="deselect tests that do not take a variant (meta tests, examples): the per-variant properties only",
-    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -148,14 +140,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Attach the test function's name and the variant to each item (reports carry user_properties),
-    and with ``--iqa-variant-tests-only`` deselect the items that take no variant."""
-    if config.getoption("--iqa-variant-tests-only"):
-        kept = [item for item in items if "variant" in getattr(getattr(item, "callspec", None), "params", {})]
-        dropped = [item for item in items if item not in kept]
-        if dropped:
-            config.hook.pytest_deselected(items=dropped)
-            items[:] = kept
+    """Attach the test function's name and the variant to each item (reports carry user_properties)."""
     for item in items:
         function = getattr(item, "originalname", None) or item.name.split("[")[0]
         variant = None

@@ -4,10 +4,8 @@
 this module. The suite is found by :func:`locate`: ``--suite DIR`` when given,
 else the ``properties/`` folder beside the iqa package (a clone installed with
 ``pip install -e .``), else ``./properties``. The properties a variant is checked
-against are selected by location: the suite's ``variant/`` folder. A suite
-without that folder (the older flat layout) is run whole, with the plugin's
-``--iqa-variant-tests-only`` keeping the tests that take a variant, and its
-benchmarks ignored.
+against are selected by location: the suite's ``variant/`` folder (a suite
+without one is an error that says so).
 
 Every run loads :mod:`iqa.pytest_plugin` (``--iqa-results``: one JSON record
 per test, with its verdict). :func:`start` runs it in the background with a
@@ -80,12 +78,11 @@ def locate(given: str | os.PathLike[str] | None = None) -> Path:
 def selection(suite: Path) -> list[str]:
     """pytest arguments that select the variant properties of ``suite``: its variant/ folder (by location)."""
     folder = suite / VARIANT_FOLDER
-    if folder.is_dir():
-        return [str(folder)]
-    args = [str(suite), "--iqa-variant-tests-only"]  # the flat layout: select by the variant fixture
-    if (suite / "benchmarks").is_dir():
-        args += ["--ignore", str(suite / "benchmarks")]  # speed is measured elsewhere (tox -e bench)
-    return args
+    if not folder.is_dir():
+        raise SuiteError(
+            f"{suite} has no {VARIANT_FOLDER}/ folder: the properties a variant is checked against live there"
+        )
+    return [str(folder)]
 
 
 def pytest_command(

@@ -37,9 +37,8 @@ def test_without_a_suite_beside_the_package_the_current_directory_is_used(
 
 
 def test_variant_properties_are_selected_by_location(tmp_path: Path) -> None:
-    (tmp_path / "benchmarks").mkdir()
-    flat = suite.selection(tmp_path)
-    assert flat == [str(tmp_path), "--iqa-variant-tests-only", "--ignore", str(tmp_path / "benchmarks")]
+    with pytest.raises(suite.SuiteError, match="no variant/ folder"):
+        suite.selection(tmp_path)
     (tmp_path / "variant").mkdir()
     assert suite.selection(tmp_path) == [str(tmp_path / "variant")]
 
