@@ -1,0 +1,137 @@
+"""``iqa train``'s own tests: the CLI, byte-identical pages, the page as a function of its recorded data,
+atomic writes, the metric declarations, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+import iqa.atomic
+from iqa import cli
+from iqa.train import METRICS, command, page_metrics
+from iqa.train.config import Run, TrainConfig
+from iqa.train.metrics import HIGHER, LOWER, spec_for
+from iqa.train.page import page_markdown
+
+#: A smoke configuration: two runs (one regularised), a few updates, so that a CLI call takes about a second.
+TINY = TrainConfig(
+    tasks=("regression",),
+    runs=(Run("unrolled"), Run("implicit", 0.5)),
+    tokens=4,
+    dim=4,
+    batch=4,
+    heldout=4,
+    steps=4,
+    record_every=2,
+)
+
+
+@pytest.fixture
+def tiny(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--quick`` trains the TINY configuration."""
+    monkeypatch.setattr(command, "QUICK", TINY)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_train_writes_the_page_index_and_metrics(tiny: None, tmp_path: Path) -> None:
+    assert cli.main(["train", "hopfield", "--quick", "--out", str(tmp_path), "--seed", "2"]) == 0
+    page = tmp_path / "hopfield"
+    names = {p.name for p in page.iterdir()}
+    assert {
+        "README.md",
+        "history.json",
+        "metrics.json",
+        "loss.png",
+        "forward_steps.png",
+        "rho.png",
+        "nonconverged.png",
+        "gradient_cosine.png",
+    } <= names
+    text = (page / "README.md").read_text()
+    assert "iqa train hopfield --quick --seed 2" in text and "Seed 2." in text and "torch " in text
+    assert "(hopfield/README.md)" in (tmp_path / "README.md").read_text()
+    assert not [p for p in tmp_path.rglob(".*.tmp")], "no temporary files are left behind"
+
+
+def test_same_seed_gives_the_same_bytes(tiny: None, tmp_path: Path) -> None:
+    for out in ("a", "b"):
+        assert cli.main(["train", "injection", "--quick", "--out", str(tmp_path / out)]) == 0
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    assert cli.main(["train", "injection", "--quick", "--out", str(tmp_path / "c"), "--seed", "1"]) == 0
+    assert _files(tmp_path / "c")["injection/history.json"] != _files(tmp_path / "a")["injection/history.json"]
+
+
+def test_page_and_metrics_are_computed_from_the_recorded_data(tiny: None, tmp_path: Path) -> None:
+    assert cli.main(["train", "positional", "--quick", "--out", str(tmp_path)]) == 0
+    page = tmp_path / "positional"
+    history = json.loads((page / "history.json").read_text())
+    assert page_markdown("positional", history) == (page / "README.md").read_text()
+    metrics = json.loads((page / "metrics.json").read_text())["metrics"]
+    assert metrics == page_metrics(history["runs"])
+    # A number on the page comes from the record: the held-out loss after the last update.
+    end = history["runs"][0]["records"][-1]["heldout_loss"]
+    assert f"-> {end:.3g} after {TINY.steps} updates" in (page / "README.md").read_text()
+
+
+def test_every_metric_is_declared_once(tiny: None, tmp_path: Path) -> None:
+    assert cli.main(["train", "reference", "--quick", "--out", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "reference" / "metrics.json").read_text())["metrics"]
+    assert metrics
+    for name in metrics:
+        matching = [s for s in METRICS if re.search(s.pattern, name)]
+        assert len(matching) == 1, f"{name} is declared by {len(matching)} entries of METRICS"
+        assert spec_for(name) is matching[0]
+    for spec in METRICS:
+        assert spec.better in (LOWER, HIGHER) and spec.reason and spec.unit
+        assert spec.absolute >= 0 and spec.relative >= 0
+
+
+def test_a_failed_write_leaves_the_old_page(tiny: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cli.main(["train", "hopfield", "--quick", "--out", str(tmp_path)]) == 0
+    before = _files(tmp_path)
+    real_replace = os.replace
+
+    def failing_replace(src: str, dst: str) -> None:
+        if str(dst).endswith("README.md"):
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(iqa.atomic.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        cli.main(["train", "hopfield", "--quick", "--out", str(tmp_path), "--seed", "5"])
+    after = _files(tmp_path)
+    assert after["hopfield/README.md"] == before["hopfield/README.md"]
+    assert not [p for p in tmp_path.rglob(".*.tmp")], "the temporary file is removed"
+
+
+def test_unknown_variant_is_a_clear_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert cli.main(["train", "no-such-variant", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown variant 'no-such-variant'" in err and "hopfield" in err
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("seed", ["-1", "abc", "1.5", str(2**61)])
+def test_bad_seed_is_a_clear_error(seed: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "hopfield", "--seed", seed, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "--seed" in capsys.readouterr().err
+
+
+def test_bad_training_configuration_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unknown backward mode"):
+        Run("adjoint")
+    with pytest.raises(ValueError, match="gamma must be >= 0"):
+        Run("implicit", -1.0)
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="unknown task"):
+        TrainConfig(tasks=("sorting",))
