@@ -33,13 +33,13 @@ def run_findings(run: dict[str, Any]) -> list[str]:
     late = _median_steps(last_quarter(updates["forward_steps"]))
     if early and late:
         ratio = late / early
-        trend = (
-            f"{ratio:.1f}x more" if ratio >= 1.25 else (f"{1 / ratio:.1f}x fewer" if ratio <= 0.8 else "about as many")
-        )
-        out.append(
-            f"the forward solve needs {trend} steps in the last quarter of training as in the first "
-            f"(median {early:g} -> {late:g})"
-        )
+        if ratio >= 1.25:
+            trend = f"{ratio:.1f}x more steps in the last quarter of training than in the first"
+        elif ratio <= 0.8:
+            trend = f"{1 / ratio:.1f}x fewer steps in the last quarter of training than in the first"
+        else:
+            trend = "about as many steps in the last quarter of training as in the first"
+        out.append(f"the forward solve needs {trend} (median {early:g} -> {late:g})")
     shares = [None if s is None else 1.0 - s["converged"] for s in updates["forward_status"]]
     failed = [i + 1 for i, s in enumerate(shares) if s]
     late_share = [s for s in last_quarter(shares) if s is not None]

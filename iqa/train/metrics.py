@@ -171,3 +171,10 @@ def page_metrics(runs: list[dict[str, Any]]) -> dict[str, float | None]:
         for name, value in run_metrics(run).items():
             out[f"{PREFIX}{run['task']}.{run['label']}.{name}"] = value
     return out
+
+
+def regress_rules() -> list[tuple[str, Any]]:
+    """:data:`METRICS` as ``iqa.regress`` (pattern, Rule) rows, for a regress run over training metrics."""
+    from iqa.regress import Rule  # imported here: iqa.regress imports the sweep machinery
+
+    return [(spec.pattern, Rule(spec.better, spec.absolute, spec.relative, spec.reason)) for spec in METRICS]

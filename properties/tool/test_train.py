@@ -135,3 +135,37 @@ def test_bad_training_configuration_is_a_clear_error() -> None:
         TrainConfig(steps=0)
     with pytest.raises(ValueError, match="unknown task"):
         TrainConfig(tasks=("sorting",))
+
+
+VARIANT_FILE = """
+from iqa.variants import HopfieldAttention, Tag, Variant
+
+MINE = Variant.from_layer(HopfieldAttention, name="my hopfield", tags={Tag.BATCH_INDEPENDENT})
+"""
+
+
+def test_a_variant_from_a_file(tiny: None, tmp_path: Path) -> None:
+    spec_file = tmp_path / "my_variants.py"
+    spec_file.write_text(VARIANT_FILE)
+    assert cli.main(["train", f"{spec_file}:MINE", "--quick", "--out", str(tmp_path / "out")]) == 0
+    page = tmp_path / "out" / "my_hopfield"
+    assert (page / "README.md").read_text().startswith("# Training stability: `my hopfield`")
+
+
+def test_worse_training_regresses(tiny: None, tmp_path: Path) -> None:
+    """The declared allowances pass a rerun and flag a run that trains worse (a 20% higher held-out loss)."""
+    from iqa.regress import rule_for
+    from iqa.train.metrics import regress_rules
+
+    assert cli.main(["train", "injection", "--quick", "--out", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "injection" / "metrics.json").read_text())["metrics"]
+    table = regress_rules()
+    for name, value in metrics.items():
+        rule = rule_for(name, table)
+        assert rule.better in (LOWER, HIGHER), name
+        if value is None:
+            continue
+        limit = rule.limit(value)
+        assert (value <= limit) if rule.better == LOWER else (value >= limit), f"{name}: a rerun would regress"
+    name = next(n for n in metrics if n.endswith("heldout_loss.end") and metrics[n])
+    assert 1.2 * metrics[name] > rule_for(name, table).limit(metrics[name])
