@@ -25,14 +25,11 @@ DEFAULT_OUT = "reports/train"
 
 
 def _seed(text: str) -> int:
+    """--seed: an integer in [0, 2**61) (seeds are combined as 4 seed + stream below 2**63)."""
     try:
         return check_seed(int(text))
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(
-            f"--seed {text!r}: {error}"
-            if "seed must" in str(error)
-            else f"--seed must be an integer in [0, 2**61), got {text!r}"
-        ) from None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**61), got {text!r}") from None
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

@@ -50,6 +50,14 @@ def run_findings(run: dict[str, Any]) -> list[str]:
         )
     else:
         out.append("every forward solve converged")
+    adjoint = [s for s in updates["adjoint_status"] if s is not None]
+    if adjoint:
+        failed_adjoint = [1.0 - s["converged"] for s in last_quarter(updates["adjoint_status"]) if s is not None]
+        out.append(
+            f"the adjoint solve needed median {_median_steps(first_quarter(updates['adjoint_steps'])):g} -> "
+            f"{_median_steps(last_quarter(updates['adjoint_steps'])):g} steps, and "
+            f"{statistics.fmean(failed_adjoint) if failed_adjoint else 0.0:.0%} of the last quarter's did not converge"
+        )
     rhos = [(r["step"], r["rho_max"]) for r in records if r["rho_max"] is not None]
     if rhos:
         above = [step for step, rho in rhos if rho >= 1]

@@ -6,6 +6,7 @@ Each run (task, label) contributes, under ``train.<task>.<label>.``:
 - ``train_loss.last_quarter``: the mean training loss over the last quarter of updates;
 - ``forward_steps.p50`` / ``.p95``: forward solver steps per batch element, pooled over the last quarter;
 - ``nonconverged_share``: the share of forward solves (batch elements) that did not converge, last quarter;
+- ``adjoint_nonconverged_share``: the same for the implicit mode's adjoint solves (None in other modes);
 - ``rho.end``: the largest rho(J*) over the held-out batch after the last update;
 - ``gradient_cosine.last_quarter``: the median cosine of the mode's gradient with the reference, last quarter;
 - ``gradient_rel_error.last_quarter``: the median relative error of it, last quarter;
@@ -84,6 +85,14 @@ METRICS: tuple[MetricSpec, ...] = (
         "a solve near max_iter may cross it under rounding; 2% of the last quarter's solves is a few of them",
     ),
     MetricSpec(
+        r"^train\..*\.adjoint_nonconverged_share$",
+        LOWER,
+        "share of adjoint solves",
+        0.02,
+        0.0,
+        "as nonconverged_share: the adjoint iteration has the forward's linearization at y*",
+    ),
+    MetricSpec(
         r"^train\..*\.rho\.end$",
         LOWER,
         "spectral radius",
@@ -147,6 +156,7 @@ def run_metrics(run: dict[str, Any]) -> dict[str, float | None]:
     updates, records = run["updates"], run["records"]
     steps = [s for per in last_quarter(updates["forward_steps"]) if per is not None for s in per]
     shares = [s for s in last_quarter(updates["forward_status"]) if s is not None]
+    adjoint = [s for s in last_quarter(updates["adjoint_status"]) if s is not None]
     losses = _present(last_quarter(updates["train_loss"]))
     cosines = _present([r["gradient_cosine"] for r in last_quarter(records)])
     errors = _present([r["gradient_rel_error"] for r in last_quarter(records)])
@@ -157,6 +167,7 @@ def run_metrics(run: dict[str, Any]) -> dict[str, float | None]:
         "forward_steps.p50": quantile([float(s) for s in steps], 0.5),
         "forward_steps.p95": quantile([float(s) for s in steps], 0.95),
         "nonconverged_share": statistics.fmean(1.0 - s["converged"] for s in shares) if shares else None,
+        "adjoint_nonconverged_share": statistics.fmean(1.0 - s["converged"] for s in adjoint) if adjoint else None,
         "rho.end": end["rho_max"] if run["stopped_at"] is None else None,
         "gradient_cosine.last_quarter": statistics.median(cosines) if cosines else None,
         "gradient_rel_error.last_quarter": statistics.median(errors) if errors else None,
