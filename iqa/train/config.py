@@ -88,7 +88,7 @@ class TrainConfig:
 #: The page's configuration: 2 tasks x 4 runs x 80 updates at lr 0.1, strong enough that several built-ins
 #: drift past rho(J*) = 1 without regularisation; about 25 s of one core per variant (measured: reference).
 DEFAULT = TrainConfig()
-#: ``--quick``: one task, three runs (unrolled, implicit, implicit regularised), 16 updates.
+#: ``--quick``: one task, three runs (unrolled, implicit, implicit regularised), 12 updates.
 QUICK = TrainConfig(
-    tasks=("regression",), runs=(Run("unrolled"), Run("implicit"), Run("implicit", 0.5)), steps=16, record_every=4
+    tasks=("regression",), runs=(Run("unrolled"), Run("implicit"), Run("implicit", 0.5)), steps=12, record_every=4
 )
