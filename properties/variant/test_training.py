@@ -84,7 +84,7 @@ def test_jacobian_regularisation_lowers_rho(variant: Variant) -> None:
 TINY = GENTLE.replace(steps=3, record_every=3, runs=(Run("unrolled"), Run("phantom", 0.5)))
 
 
-def test_training_is_reproducible_from_its_seed(variant: Variant) -> None:
+def test_training_is_bit_for_bit_reproducible(variant: Variant) -> None:
     first = json.dumps(train_variant(variant, TINY, seed=3)["runs"], sort_keys=True)
     again = json.dumps(train_variant(variant, TINY, seed=3)["runs"], sort_keys=True)
     assert first == again, f"{variant.name}: two training runs from seed 3 differ"
