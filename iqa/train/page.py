@@ -107,6 +107,19 @@ def page_markdown(variant: str, data: dict[str, Any]) -> str:
     ]
     for name, title, _ in plots.FIGURES.values():
         lines += [f"**{title}**", "", f"![{title}]({name})", ""]
+    lines += [
+        "## The data",
+        "",
+        "`history.json` holds `runs`, one per task and run (`task`, `mode`, `gamma`, `label`, `stopped_at`), each "
+        "with `updates` (one entry per update: `train_loss`, `regulariser`, `forward_steps` and `adjoint_steps` "
+        "per batch element, `forward_status` and `adjoint_status` as shares per status) and `records` (one per "
+        "diagnostic step: `step`, `heldout_loss`, `rho_max`, `rho_median`, `jacobian_frobenius_sq`, "
+        "`hutchinson_frobenius_sq`, `gradient_rel_error`, `gradient_cosine`, `reference_status`, "
+        "`heldout_forward_steps`). The loss figure plots `train_loss` and `heldout_loss`; forward steps the "
+        "median of `forward_steps`; rho `rho_max`; the non-converged share 1 - `forward_status.converged`; the "
+        "cosine `gradient_cosine`.",
+        "",
+    ]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
