@@ -50,9 +50,12 @@ def diagnose(
         y = layer(x)
         assert isinstance(y, Tensor)
         loss = task_loss(y, target)
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-    mode_gradient = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
-    forward = layer.last_solution
+        forward = layer.last_solution
+        # A non-finite forward has no gradient to compare (the implicit backward would refuse its NaN cotangent).
+        grads = torch.autograd.grad(loss, params, allow_unused=True) if bool(torch.isfinite(loss)) else None
+    mode_gradient = (
+        None if grads is None else [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+    )
     ref = reference(layer, x, target, tol=config.reference_tol, max_iter=config.reference_max_iter)
     probe = torch.Generator().manual_seed(seed * 4 + RECORD_PROBE_STREAM)
     with torch.no_grad():
@@ -60,7 +63,7 @@ def diagnose(
     hutchinson = hutchinson_frobenius(f, ref.solution.y, probe)
     exact = ref.jacobians.pow(2).sum(dim=(-2, -1))
     rel_error = cosine = None
-    if ref.gradient is not None:
+    if ref.gradient is not None and mode_gradient is not None:
         g_ref, g_mode = _flat(ref.gradient), _flat(mode_gradient)
         ref_norm = float(torch.linalg.vector_norm(g_ref))
         if ref_norm > GRADIENT_FLOOR and bool(torch.isfinite(g_mode).all()):

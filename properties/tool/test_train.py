@@ -169,3 +169,35 @@ def test_worse_training_regresses(tiny: None, tmp_path: Path) -> None:
         assert (value <= limit) if rule.better == LOWER else (value >= limit), f"{name}: a rerun would regress"
     name = next(n for n in metrics if n.endswith("heldout_loss.end") and metrics[n])
     assert 1.2 * metrics[name] > rule_for(name, table).limit(metrics[name])
+
+
+UNSTABLE_FILE = '''
+from torch import nn
+from iqa import FixedPointLayer, Tag, Variant
+
+
+class Unstable(FixedPointLayer):
+    """y <- 3 W y + x: rho(J) = 3 rho(W), above 1 at these weights, so Picard diverges."""
+
+    def __init__(self, embed_dim, n_iters=10, **options):
+        super().__init__(embed_dim, n_iters, **options)
+        self.W = nn.Linear(embed_dim, embed_dim, bias=False)
+
+    def fixed_point_map(self, x):
+        return lambda y: 3.0 * self.W(y) + x
+
+
+UNSTABLE = Variant.from_layer(Unstable, name="unstable", tags={Tag.BATCH_INDEPENDENT})
+'''
+
+
+def test_a_diverging_variant_gets_a_page_that_says_so(tiny: None, tmp_path: Path) -> None:
+    spec_file = tmp_path / "unstable.py"
+    spec_file.write_text(UNSTABLE_FILE)
+    assert cli.main(["train", f"{spec_file}:UNSTABLE", "--quick", "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "unstable" / "README.md").read_text()
+    assert "a forward solve first failed to converge at update 1" in text
+    assert "first >= 1 at update 0" in text
+    metrics = json.loads((tmp_path / "out" / "unstable" / "metrics.json").read_text())["metrics"]
+    shares = [v for name, v in metrics.items() if name.endswith(".nonconverged_share") and v is not None]
+    assert max(shares) > 0.5, f"the page records the failed solves: {shares}"
