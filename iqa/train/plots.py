@@ -7,6 +7,7 @@ a palette PNG), so that the same record gives the same bytes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +30,7 @@ FIGURES = {
     "nonconverged": ("nonconverged.png", "share of forward solves that did not converge, per update", "share"),
     "cosine": (
         "gradient_cosine.png",
-        "cosine of the mode's gradient with the converged reference (held-out batch)",
+        "cosine of the mode's gradient with the converged reference (held-out batch; a gap: no reference there)",
         "cosine",
     ),
 }
@@ -45,8 +46,9 @@ def _label(run: dict[str, Any]) -> str:
 
 
 def _xy(xs: list[int], ys: list[Any]) -> tuple[list[int], list[float]]:
-    pairs = [(x, float(y)) for x, y in zip(xs, ys) if y is not None]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
+    """Points to plot; a value that was not measured (None) becomes NaN, so that the line breaks there
+    instead of bridging the gap."""
+    return list(xs), [math.nan if y is None else float(y) for y in ys]
 
 
 def _median(values: list[int]) -> float:
