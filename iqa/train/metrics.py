@@ -23,11 +23,12 @@ better, its unit, the allowance by which it may get worse, and the reason: the s
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from dataclasses import dataclass
 from typing import Any
 
-LOWER, HIGHER, DESCRIPTIVE = "lower", "higher", "descriptive"
+LOWER, HIGHER = "lower", "higher"
 
 #: Every training metric's name starts with this.
 PREFIX = "train."
@@ -35,15 +36,24 @@ PREFIX = "train."
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """A family of metrics (``pattern``, a regex searched in the name), which way is better, its unit, and
-    the allowance absolute + relative * |before| by which it may get worse before it counts as a regression."""
+    """A family of metrics (``pattern``, a regex the whole name must match), which way is better (None:
+    descriptive), its unit, the reason for its allowance, whether it is deterministic, and the allowance
+    absolute + relative * |before| by which it may get worse before it counts as a regression.
+
+    The fields, their names and order are those of ``iqa.metrics.Metric`` (the project's metric table), so the
+    table merges as ``register(*(Metric(**dataclasses.asdict(m)) for m in METRICS))``.
+    """
 
     pattern: str
-    better: str
+    better: str | None
     unit: str
-    absolute: float
-    relative: float
     reason: str
+    deterministic: bool = True
+    absolute: float = 0.0
+    relative: float = 0.0
+
+    def matches(self, name: str) -> bool:
+        return re.fullmatch(self.pattern, name) is not None
 
 
 #: Training repeats bit for bit on one build (properties/variant/test_training.py). Another BLAS or torch build
@@ -51,82 +61,87 @@ class MetricSpec:
 #: destabilised or mis-trained variant changes (tenths to factors), not to rounding.
 METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
-        r"^train\..*\.heldout_loss\.end$",
+        "^train\\..*\\.heldout_loss\\.end$",
         LOWER,
         "loss (MSE per token)",
-        0.01,
-        0.05,
         "deterministic per build; rounding differences grow through training, by far less than the 5% "
         "a worse-training variant loses",
+        absolute=0.01,
+        relative=0.05,
     ),
     MetricSpec(
-        r"^train\..*\.train_loss\.last_quarter$",
+        "^train\\..*\\.train_loss\\.last_quarter$",
         LOWER,
         "loss (MSE per token)",
-        0.01,
-        0.05,
         "a mean over a quarter of the updates: as heldout_loss.end",
+        absolute=0.01,
+        relative=0.05,
     ),
     MetricSpec(
-        r"^train\..*\.forward_steps\.p\d\d$",
+        "^train\\..*\\.forward_steps\\.p\\d\\d$",
         LOWER,
         "solver steps",
-        2.0,
-        0.1,
         "steps to tol move by a step or two when rounding moves the weights; a destabilising variant "
         "needs several times more",
+        absolute=2.0,
+        relative=0.1,
     ),
     MetricSpec(
-        r"^train\..*\.nonconverged_share$",
+        "^train\\..*\\.nonconverged_share$",
         LOWER,
         "share of forward solves",
-        0.02,
-        0.0,
         "a solve near max_iter may cross it under rounding; 2% of the last quarter's solves is a few of them",
+        absolute=0.02,
+        relative=0.0,
     ),
     MetricSpec(
-        r"^train\..*\.adjoint_nonconverged_share$",
+        "^train\\..*\\.adjoint_nonconverged_share$",
         LOWER,
         "share of adjoint solves",
-        0.02,
-        0.0,
         "as nonconverged_share: the adjoint iteration has the forward's linearization at y*",
+        absolute=0.02,
+        relative=0.0,
     ),
     MetricSpec(
-        r"^train\..*\.rho\.end$",
+        "^train\\..*\\.rho\\.end$",
         LOWER,
         "spectral radius",
-        0.02,
-        0.0,
         "rho(J*) moves with the trained weights; 0.02 is well below the drift towards 1 the page looks for",
+        absolute=0.02,
+        relative=0.0,
     ),
     MetricSpec(
-        r"^train\..*\.gradient_cosine\.last_quarter$",
+        "^train\\..*\\.gradient_cosine\\.last_quarter$",
         HIGHER,
         "cosine",
-        0.02,
-        0.0,
         "a median cosine; 0.02 lower is far beyond the solves' tol, and a non-descent direction drops it by 1 or more",
+        absolute=0.02,
+        relative=0.0,
     ),
     MetricSpec(
-        r"^train\..*\.gradient_rel_error\.last_quarter$",
+        "^train\\..*\\.gradient_rel_error\\.last_quarter$",
         LOWER,
         "relative error",
-        0.01,
-        1.0,
-        "errors scale with tol and with rho (unrolled, phantom): a factor 2 plus 0.01 separates rounding from "
-        "a lost contraction",
+        "errors scale with tol and with rho (unrolled, phantom): a factor 2 plus 0.01 separates rounding "
+        "from a lost contraction",
+        absolute=0.01,
+        relative=1.0,
     ),
-    MetricSpec(r"^train\..*\.stopped$", LOWER, "0 or 1", 0.0, 0.0, "a run that ends on NaN is a regression"),
+    MetricSpec(
+        "^train\\..*\\.stopped$",
+        LOWER,
+        "0 or 1",
+        "a run that ends on NaN is a regression",
+        absolute=0.0,
+        relative=0.0,
+    ),
 )
 
 
 def spec_for(name: str) -> MetricSpec | None:
     """The declaration that covers ``name`` (None: not a training metric)."""
-    import re
-
     for spec in METRICS:
-        if re.search(spec.pattern, name):
+        if spec.matches(name):
             return spec
     return None
 

@@ -85,7 +85,7 @@ def test_every_metric_is_declared_once(tiny: None, tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "reference" / "metrics.json").read_text())["metrics"]
     assert metrics
     for name in metrics:
-        matching = [s for s in METRICS if re.search(s.pattern, name)]
+        matching = [s for s in METRICS if re.fullmatch(s.pattern, name)]
         assert len(matching) == 1, f"{name} is declared by {len(matching)} entries of METRICS"
         assert spec_for(name) is matching[0]
     for spec in METRICS:
