@@ -52,6 +52,7 @@ from iqa.verdicts import BAD_VERDICTS, FAIL, VERDICTS, property_verdicts
 DELEGATED = {
     "report": ("iqa.report", "write Markdown convergence reports with plots for variants"),
     "regress": ("iqa.regress", "compare a variant's metrics with a stored baseline"),
+    "train": ("iqa.train", "train variants and write training-stability pages with plots"),
 }
 
 
