@@ -10,8 +10,12 @@ A baseline file is strict JSON (sorted keys, no NaN)::
       "sweep": Sweep.to_dict(),         # regressions re-measure on exactly this sweep
       "metrics": {name: float | null},  # iqa.measure's scalar metrics
       "properties": null | {"profile": str, "verdicts": {property: verdict}},
-      "versions": {"python", "torch", "numpy", "iqa"}
+      "versions": {"python", "torch", "numpy", "iqa"},
+      "training": null | {"seed": int, "quick": bool, "metrics": {name: float | null}}
     }
+
+``training`` (optional; an older file without it reads as null) holds the
+metrics of ``iqa train`` (iqa.train.training_metrics) for its seed and set-up.
 
 :func:`load` checks all of it and raises :class:`BaselineError`, naming the file
 and what is wrong, for a missing, unreadable, corrupt or mismatched file (a
@@ -37,6 +41,21 @@ from iqa.verdicts import VERDICTS
 SCHEMA = "iqa-baseline"
 SCHEMA_VERSION = 1
 _FIELDS = {"schema", "schema_version", "variant", "measure_format", "sweep", "metrics", "properties", "versions"}
+#: Fields a baseline may omit (written by newer iqa; an older file without them reads as None).
+_OPTIONAL = {"training"}
+
+
+@dataclass(frozen=True)
+class Training:
+    """The training metrics of a baseline (``iqa train``'s, :func:`iqa.train.training_metrics`) and how they
+    were made: the seed and whether the ``--quick`` set-up ran."""
+
+    seed: int
+    quick: bool
+    metrics: dict[str, float | None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "quick": self.quick, "metrics": dict(self.metrics)}
 
 
 class BaselineError(Exception):
@@ -54,6 +73,7 @@ class Baseline:
     verdicts: dict[str, str] | None = None
     profile: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    training: Training | None = None
 
     def to_dict(self) -> dict[str, Any]:
         properties = None if self.verdicts is None else {"profile": self.profile, "verdicts": dict(self.verdicts)}
@@ -66,6 +86,7 @@ class Baseline:
             "metrics": dict(self.metrics),
             "properties": properties,
             "versions": dict(self.versions),
+            "training": None if self.training is None else self.training.to_dict(),
         }
 
     @classmethod
@@ -101,7 +122,7 @@ def parse(data: Any, path: Path) -> Baseline:
             f"schema version {version!r}, but this iqa reads version {SCHEMA_VERSION}; "
             "recreate it with `iqa regress VARIANT --update` after removing it",
         )
-    missing, unknown = sorted(_FIELDS - set(data)), sorted(set(data) - _FIELDS)
+    missing, unknown = sorted(_FIELDS - set(data)), sorted(set(data) - _FIELDS - _OPTIONAL)
     if missing or unknown:
         raise _fail(path, f"corrupt: missing field(s) {missing or '-'}, unknown field(s) {unknown or '-'}")
     if data["measure_format"] != MEASURE_FORMAT:
@@ -126,6 +147,7 @@ def parse(data: Any, path: Path) -> Baseline:
         if not ok:
             raise _fail(path, f"corrupt: metric {name!r} is {value!r}, not a finite number or null")
     verdicts, profile = _parse_properties(data["properties"], path)
+    training = _parse_training(data.get("training"), path)
     versions = data["versions"]
     if not isinstance(versions, dict) or not all(isinstance(v, str) for v in versions.values()):
         raise _fail(path, "corrupt: 'versions' must be an object of strings")
@@ -137,7 +159,28 @@ def parse(data: Any, path: Path) -> Baseline:
         verdicts=verdicts,
         profile=profile,
         versions=dict(versions),
+        training=training,
     )
+
+
+def _finite_or_null(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+
+
+def _parse_training(training: Any, path: Path) -> Training | None:
+    if training is None:
+        return None
+    if not isinstance(training, dict) or set(training) != {"seed", "quick", "metrics"}:
+        raise _fail(path, "corrupt: 'training' must be null or an object with 'seed', 'quick' and 'metrics'")
+    seed, quick, metrics = training["seed"], training["quick"], training["metrics"]
+    if not isinstance(seed, int) or isinstance(seed, bool) or not isinstance(quick, bool):
+        raise _fail(path, "corrupt: 'training.seed' must be an integer and 'training.quick' a boolean")
+    if not isinstance(metrics, dict) or not metrics:
+        raise _fail(path, "corrupt: 'training.metrics' must be a non-empty object of numbers")
+    for name, value in metrics.items():
+        if not _finite_or_null(value):
+            raise _fail(path, f"corrupt: training metric {name!r} is {value!r}, not a finite number or null")
+    return Training(seed, quick, {k: None if v is None else float(v) for k, v in metrics.items()})
 
 
 def _parse_properties(properties: Any, path: Path) -> tuple[dict[str, str] | None, str | None]:

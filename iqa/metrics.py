@@ -237,6 +237,100 @@ TABLE: list[Metric] = [
 ]
 
 
+# --- training (iqa.train): train.<task>.<run>.<metric> -------------------------------------------------------------
+
+#: Every training metric's name starts with this.
+TRAINING_PREFIX = "train."
+
+
+def training(task: str, run: str, metric: str) -> str:
+    """``train.<task>.<run>.<metric>``: a regression metric of one training run (iqa.train.metrics)."""
+    return f"{TRAINING_PREFIX}{task}.{run}.{metric}"
+
+
+#: Training repeats bit for bit on one build (properties/variant/test_training.py). Another BLAS or torch build
+#: reorders sums; training amplifies the change over its updates, so the allowances are sized to what a
+#: destabilised or mis-trained variant changes (tenths to factors), not to rounding.
+TRAINING_TABLE: tuple[Metric, ...] = (
+    Metric(
+        "^train\\..*\\.heldout_loss\\.end$",
+        LOWER,
+        "loss (MSE per token)",
+        "deterministic per build; rounding differences grow through training, by far less than the 5% "
+        "a worse-training variant loses",
+        absolute=0.01,
+        relative=0.05,
+    ),
+    Metric(
+        "^train\\..*\\.train_loss\\.last_quarter$",
+        LOWER,
+        "loss (MSE per token)",
+        "a mean over a quarter of the updates: as heldout_loss.end",
+        absolute=0.01,
+        relative=0.05,
+    ),
+    Metric(
+        "^train\\..*\\.forward_steps\\.p\\d\\d$",
+        LOWER,
+        "solver steps",
+        "steps to tol move by a step or two when rounding moves the weights; a destabilising variant "
+        "needs several times more",
+        absolute=2.0,
+        relative=0.1,
+    ),
+    Metric(
+        "^train\\..*\\.nonconverged_share$",
+        LOWER,
+        "share of forward solves",
+        "a solve near max_iter may cross it under rounding; 2% of the last quarter's solves is a few of them",
+        absolute=0.02,
+        relative=0.0,
+    ),
+    Metric(
+        "^train\\..*\\.adjoint_nonconverged_share$",
+        LOWER,
+        "share of adjoint solves",
+        "as nonconverged_share: the adjoint iteration has the forward's linearization at y*",
+        absolute=0.02,
+        relative=0.0,
+    ),
+    Metric(
+        "^train\\..*\\.rho\\.end$",
+        LOWER,
+        "spectral radius",
+        "rho(J*) moves with the trained weights; 0.02 is well below the drift towards 1 the page looks for",
+        absolute=0.02,
+        relative=0.0,
+    ),
+    Metric(
+        "^train\\..*\\.gradient_cosine\\.last_quarter$",
+        HIGHER,
+        "cosine",
+        "a median cosine; 0.02 lower is far beyond the solves' tol, and a non-descent direction drops it by 1 or more",
+        absolute=0.02,
+        relative=0.0,
+    ),
+    Metric(
+        "^train\\..*\\.gradient_rel_error\\.last_quarter$",
+        LOWER,
+        "relative error",
+        "errors scale with tol and with rho (unrolled, phantom): a factor 2 plus 0.01 separates rounding "
+        "from a lost contraction",
+        absolute=0.01,
+        relative=1.0,
+    ),
+    Metric(
+        "^train\\..*\\.stopped$",
+        LOWER,
+        "0 or 1",
+        "a run that ends on NaN is a regression",
+        absolute=0.0,
+        relative=0.0,
+    ),
+)
+TABLE.extend(TRAINING_TABLE)
+
+
 class MetricError(LookupError):
     """A metric name that the table does not declare, or declares twice."""
 

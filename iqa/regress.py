@@ -1,6 +1,6 @@
 """``iqa regress``: a variant's metrics against a stored baseline, metric by metric.
 
-    iqa regress [VARIANT ...] [--baseline FILE] [--update [--sweep NAME] [--properties]]
+    iqa regress [VARIANT ...] [--baseline FILE] [--update [--sweep NAME] [--properties] [--training]]
                 [--max-time-ratio R] [--jobs N | --scheduler ADDRESS] [--suite DIR]
 
 With no VARIANT, every built-in variant is checked against
@@ -13,7 +13,9 @@ the better by more than the allowance is "better", anything within it "ok".
 Wall-clock metrics are shown but fail only beyond an explicit
 ``--max-time-ratio``. If the baseline holds property verdicts, the property
 suite runs on the variant too, and a property that turns bad (fail or
-unexpected pass) fails. The result is a Markdown table (before,
+unexpected pass) fails. If it holds training metrics (``--update --training``),
+the variant is trained again (:func:`iqa.train.training_metrics`, same seed and
+set-up) and a variant that trains worse or destabilises regresses. The result is a Markdown table (before,
 after, ratio, the limit, the verdict per metric) and the exit status: 0 no
 regression, 1 a regression (or the variant failed while it was measured), 2 a usage error or a missing, corrupt or
 mismatched baseline (which is left untouched).
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import math
 import sys
@@ -40,7 +43,7 @@ from tabulate import tabulate
 
 import iqa
 from iqa import metrics
-from iqa.baseline import Baseline, BaselineError, load, save
+from iqa.baseline import Baseline, BaselineError, Training, load, save
 from iqa.measure import QUICK, MeasurementError, SchedulerError, Sweep, dask_pool, measure_variant
 from iqa.metrics import LOWER, Metric
 from iqa.suite import RECORDED_PROFILE, SuiteError, locate, start
@@ -197,6 +200,30 @@ def compare_verdicts(before: dict[str, str], after: dict[str, str]) -> list[Row]
     return rows
 
 
+def compare_training(stored: Training, measured: dict[str, float | None]) -> list[Row]:
+    """The training metrics against the baseline's, each judged by its entry of the metric table (one run, no
+    solver-tolerance term: a training run's allowances are absolute and relative)."""
+    rows = []
+    for name, before in stored.metrics.items():
+        rule = rule_for(name, runs=1, tol=0.0)
+        if name not in measured:
+            rows.append(Row(name, before, None, "-", MISSING if rule.better else SHOWN, "not measured any more"))
+        else:
+            rows.append(_judge(name, before, measured[name], rule))
+    rows += [Row(name, None, value, "-", NEW) for name, value in measured.items() if name not in stored.metrics]
+    return rows
+
+
+def _training_metrics(spec: str | Variant, *, seed: int, quick: bool) -> dict[str, float | None]:
+    from iqa.train import training_metrics  # imported here: training pulls in its own modules
+
+    return training_metrics(spec, seed=seed, quick=quick)
+
+
+#: What trains a variant and returns its training metrics (a test passes a stand-in).
+Trainer = Callable[..., dict[str, float | None]]
+
+
 @dataclass
 class Report:
     """The comparison of one variant with one baseline, and the rules it was judged by."""
@@ -281,8 +308,11 @@ def check(
     progress: bool = False,
     verdicts: Callable[[str, str], dict[str, str]] = run_properties,
     pool: concurrent.futures.Executor | None = None,
+    trainer: Trainer | None = None,
 ) -> Report:
-    """Measure the variant on the baseline's sweep and compare; raises BaselineError for a bad baseline."""
+    """Measure the variant on the baseline's sweep (and train it, when the baseline holds training metrics)
+    and compare; raises BaselineError for a bad baseline."""
+    trainer = trainer or _training_metrics
     variant = resolve(spec)
     path = baseline_file(variant, baseline)
     stored = load(path)
@@ -291,6 +321,9 @@ def check(
     if stored.verdicts is not None:
         name = spec if isinstance(spec, str) else variant.name
         rows += compare_verdicts(stored.verdicts, verdicts(name, stored.profile or RECORDED_PROFILE))
+    if stored.training is not None:
+        measured = trainer(_measure_spec(spec, variant), seed=stored.training.seed, quick=stored.training.quick)
+        rows += compare_training(stored.training, measured)
     return Report(spec if isinstance(spec, str) else variant.name, path, stored, rows)
 
 
@@ -305,12 +338,15 @@ def update(
     progress: bool = False,
     verdicts: Callable[[str, str], dict[str, str]] = run_properties,
     pool: concurrent.futures.Executor | None = None,
+    training: bool | None = None,
+    trainer: Trainer | None = None,
 ) -> tuple[Path, Baseline, Baseline | None]:
     """(Re)write the baseline; returns (path, new baseline, the old one or None).
 
     The sweep is ``sweep``, else the existing baseline's, else :data:`REGRESS`;
     property verdicts are recorded when ``properties`` is true, or (None) when
-    the existing baseline has them. A file that exists but cannot be read as a
+    the existing baseline has them; training metrics likewise with ``training``
+    (the old baseline's seed and set-up, else seed 0, the default set-up). A file that exists but cannot be read as a
     baseline is an error and stays untouched: remove it to start afresh.
     """
     variant = resolve(spec)
@@ -322,6 +358,11 @@ def update(
     measurement = measure_variant(_measure_spec(spec, variant), chosen, jobs=jobs, progress=progress, pool=pool)
     found = verdicts(spec if isinstance(spec, str) else variant.name, profile) if record else None
     new = Baseline.from_measurement(measurement, found, profile if record else None)
+    keep_training = training if training is not None else (old is not None and old.training is not None)
+    if keep_training:
+        seed, quick = (old.training.seed, old.training.quick) if old is not None and old.training else (0, False)
+        trained = (trainer or _training_metrics)(_measure_spec(spec, variant), seed=seed, quick=quick)
+        new = dataclasses.replace(new, training=Training(seed, quick, trained))
     save(path, new)
     return path, new, old
 
@@ -348,6 +389,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help=f"with --update: also record property verdicts (runs the suite, profile {RECORDED_PROFILE})",
     )
     parser.add_argument(
+        "--training",
+        action="store_true",
+        help="with --update: also record training metrics (iqa train's, seed 0; a comparison retrains)",
+    )
+    parser.add_argument(
         "--max-time-ratio", type=float, metavar="R", help="fail when a wall-clock metric grows by more than R times"
     )
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="measure cells in N processes")
@@ -367,8 +413,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def _usage(args: argparse.Namespace) -> str | None:
     if args.baseline is not None and len(args.variants) != 1:
         return "--baseline needs exactly one VARIANT"
-    if (args.sweep or args.properties) and not args.update:
-        return "--sweep and --properties only apply with --update (a comparison uses the baseline's own sweep)"
+    if (args.sweep or args.properties or args.training) and not args.update:
+        return (
+            "--sweep, --properties and --training only apply with --update "
+            "(a comparison uses what the baseline recorded)"
+        )
     if args.max_time_ratio is not None and not (args.max_time_ratio > 0 and math.isfinite(args.max_time_ratio)):
         return f"--max-time-ratio must be a finite number > 0, got {args.max_time_ratio}"
     if args.jobs < 1:
@@ -420,10 +469,12 @@ def _run(
                     progress=args.progress,
                     verdicts=verdicts,
                     pool=pool,
+                    training=True if args.training else None,
                 )
                 print(
                     f"iqa regress: wrote {path} ({spec}: {len(new.metrics)} metrics"
                     f"{', property verdicts' if new.verdicts is not None else ''}"
+                    f"{', training metrics' if new.training is not None else ''}"
                     f"{'' if old is None else ', replacing the previous baseline'})"
                 )
                 continue

@@ -223,7 +223,8 @@ def build(options: Options, sweep: Sweep | None = None) -> tuple[list[Path], str
         )
         properties = run.by_variant if run is not None and run.error is None else None
         error = run.error if run is not None else None
-        written = _write_set(staging.path, results, figures, properties, context, error, directories)
+        related = [(title, link) for title, link in RELATED_REPORTS if (staging.out / link).is_file()]
+        written = _write_set(staging.path, results, figures, properties, context, error, directories, related)
         final = [staging.out / p.relative_to(staging.path) for p in written]
         staging.publish({p.relative_to(staging.path).parts[0] for p in written})
     except BaseException:
@@ -252,6 +253,13 @@ def _measure(
     return results, figures
 
 
+#: Reports that other commands keep beside these (the report leaves them in place); the index links those present.
+RELATED_REPORTS = (
+    ("Training stability (`iqa train`)", "train/README.md"),
+    ("Mutation score of the library (`tox -e mutate`)", "mutation/README.md"),
+)
+
+
 def _write_set(
     root: Path,
     results: list[dict[str, Any]],
@@ -260,6 +268,7 @@ def _write_set(
     context: markdown.Context,
     error: str | None,
     directories: dict[str, str],
+    related: list[tuple[str, str]],
 ) -> list[Path]:
     """Every file of the report under ``root`` (the staging directory)."""
     written: list[Path] = []
@@ -271,7 +280,7 @@ def _write_set(
     write_bytes(path, plots.comparison_plot(results))
     written.append(path)
     path = root / "README.md"
-    write_text(path, markdown.index_page(results, properties, context, directories, error))
+    write_text(path, markdown.index_page(results, properties, context, directories, error, related))
     written.append(path)
     return written
 

@@ -337,10 +337,14 @@ def index_page(
     context: Context,
     directories: dict[str, str],
     error: str | None = None,
+    related: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """The index: one row per variant, the comparison figure, and links to each page."""
+    """The index: one row per variant, the comparison figure, links to each page and to the related reports
+    (title, relative link) kept beside it."""
     lines = ["# iqa reports: every variant", ""]
     lines += [*_provenance(context, results[0] if results else None), ""]
+    if related:
+        lines += ["Also here: " + "; ".join(f"[{title}]({link})" for title, link in related) + ".", ""]
     rows = []
     for r in results:
         m = r["metrics"]

@@ -15,135 +15,26 @@ Each run (task, label) contributes, under ``train.<task>.<label>.``:
 A quarter holds at least one update (or record). A metric with nothing to measure (no reference gradient
 in the last quarter, e.g. a consensus fixed point whose gradient vanishes) is None.
 
-:data:`METRICS` declares each by a regular expression over the names, with the direction in which it is
-better, its unit, the allowance by which it may get worse, and the reason: the same shape as the rows of
-``iqa.regress.rules`` so that it merges into the project's metric table.
+Their declarations (direction, unit, allowance and its reason) live in the project's one metric table,
+:mod:`iqa.metrics` (``TRAINING_TABLE``), which ``iqa regress`` reads.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import statistics
-from dataclasses import dataclass
 from typing import Any
 
-LOWER, HIGHER = "lower", "higher"
-
-#: Every training metric's name starts with this.
-PREFIX = "train."
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """A family of metrics (``pattern``, a regex the whole name must match), which way is better (None:
-    descriptive), its unit, the reason for its allowance, whether it is deterministic, and the allowance
-    absolute + relative * |before| by which it may get worse before it counts as a regression.
-
-    The fields, their names and order are those of ``iqa.metrics.Metric`` (the project's metric table), so the
-    table merges as ``register(*(Metric(**dataclasses.asdict(m)) for m in METRICS))``.
-    """
-
-    pattern: str
-    better: str | None
-    unit: str
-    reason: str
-    deterministic: bool = True
-    absolute: float = 0.0
-    relative: float = 0.0
-
-    def matches(self, name: str) -> bool:
-        return re.fullmatch(self.pattern, name) is not None
-
-
-#: Training repeats bit for bit on one build (properties/variant/test_training.py). Another BLAS or torch build
-#: reorders sums; training amplifies the change over its updates, so the allowances are sized to what a
-#: destabilised or mis-trained variant changes (tenths to factors), not to rounding.
-METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec(
-        "^train\\..*\\.heldout_loss\\.end$",
-        LOWER,
-        "loss (MSE per token)",
-        "deterministic per build; rounding differences grow through training, by far less than the 5% "
-        "a worse-training variant loses",
-        absolute=0.01,
-        relative=0.05,
-    ),
-    MetricSpec(
-        "^train\\..*\\.train_loss\\.last_quarter$",
-        LOWER,
-        "loss (MSE per token)",
-        "a mean over a quarter of the updates: as heldout_loss.end",
-        absolute=0.01,
-        relative=0.05,
-    ),
-    MetricSpec(
-        "^train\\..*\\.forward_steps\\.p\\d\\d$",
-        LOWER,
-        "solver steps",
-        "steps to tol move by a step or two when rounding moves the weights; a destabilising variant "
-        "needs several times more",
-        absolute=2.0,
-        relative=0.1,
-    ),
-    MetricSpec(
-        "^train\\..*\\.nonconverged_share$",
-        LOWER,
-        "share of forward solves",
-        "a solve near max_iter may cross it under rounding; 2% of the last quarter's solves is a few of them",
-        absolute=0.02,
-        relative=0.0,
-    ),
-    MetricSpec(
-        "^train\\..*\\.adjoint_nonconverged_share$",
-        LOWER,
-        "share of adjoint solves",
-        "as nonconverged_share: the adjoint iteration has the forward's linearization at y*",
-        absolute=0.02,
-        relative=0.0,
-    ),
-    MetricSpec(
-        "^train\\..*\\.rho\\.end$",
-        LOWER,
-        "spectral radius",
-        "rho(J*) moves with the trained weights; 0.02 is well below the drift towards 1 the page looks for",
-        absolute=0.02,
-        relative=0.0,
-    ),
-    MetricSpec(
-        "^train\\..*\\.gradient_cosine\\.last_quarter$",
-        HIGHER,
-        "cosine",
-        "a median cosine; 0.02 lower is far beyond the solves' tol, and a non-descent direction drops it by 1 or more",
-        absolute=0.02,
-        relative=0.0,
-    ),
-    MetricSpec(
-        "^train\\..*\\.gradient_rel_error\\.last_quarter$",
-        LOWER,
-        "relative error",
-        "errors scale with tol and with rho (unrolled, phantom): a factor 2 plus 0.01 separates rounding "
-        "from a lost contraction",
-        absolute=0.01,
-        relative=1.0,
-    ),
-    MetricSpec(
-        "^train\\..*\\.stopped$",
-        LOWER,
-        "0 or 1",
-        "a run that ends on NaN is a regression",
-        absolute=0.0,
-        relative=0.0,
-    ),
-)
+from iqa.metrics import TRAINING_PREFIX as PREFIX
+from iqa.metrics import TRAINING_TABLE as METRICS
+from iqa.metrics import Metric as MetricSpec
+from iqa.metrics import find, training
 
 
 def spec_for(name: str) -> MetricSpec | None:
-    """The declaration that covers ``name`` (None: not a training metric)."""
-    for spec in METRICS:
-        if spec.matches(name):
-            return spec
-    return None
+    """The declaration in :mod:`iqa.metrics` that covers ``name`` (None: not a training metric)."""
+    spec = find(name) if name.startswith(PREFIX) else None
+    return spec if spec in METRICS else None
 
 
 def last_quarter(values: list[Any]) -> list[Any]:
@@ -195,12 +86,5 @@ def page_metrics(runs: list[dict[str, Any]]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for run in runs:
         for name, value in run_metrics(run).items():
-            out[f"{PREFIX}{run['task']}.{run['label']}.{name}"] = value
+            out[training(run["task"], run["label"], name)] = value
     return out
-
-
-def regress_rules() -> list[tuple[str, Any]]:
-    """:data:`METRICS` as ``iqa.regress`` (pattern, Rule) rows, for a regress run over training metrics."""
-    from iqa.regress import Rule  # imported here: iqa.regress imports the sweep machinery
-
-    return [(spec.pattern, Rule(spec.better, spec.absolute, spec.relative, spec.reason)) for spec in METRICS]

@@ -12,9 +12,10 @@ import pytest
 
 import iqa.atomic
 from iqa import cli
+from iqa.metrics import HIGHER, LOWER
 from iqa.train import METRICS, command, page_metrics
 from iqa.train.config import Run, TrainConfig
-from iqa.train.metrics import HIGHER, LOWER, spec_for
+from iqa.train.metrics import spec_for
 from iqa.train.page import page_markdown
 
 #: A smoke configuration: two runs (one regularised), a few updates, so that a CLI call takes about a second.
@@ -153,22 +154,55 @@ def test_a_variant_from_a_file(tiny: None, tmp_path: Path) -> None:
 
 
 def test_worse_training_regresses(tiny: None, tmp_path: Path) -> None:
-    """The declared allowances pass a rerun and flag a run that trains worse (a 20% higher held-out loss)."""
-    from iqa.regress import rule_for
-    from iqa.train.metrics import regress_rules
+    """``iqa regress`` retrains a baseline's variant: a rerun passes every declared allowance, a run whose
+    held-out loss is 20% higher regresses, and the baseline keeps its training section through a round trip."""
+    from iqa import baseline, regress
+    from iqa.train import training_metrics
+    from properties.strategies import TINY_SWEEP
 
-    assert cli.main(["train", "injection", "--quick", "--out", str(tmp_path)]) == 0
-    metrics = json.loads((tmp_path / "injection" / "metrics.json").read_text())["metrics"]
-    table = regress_rules()
-    for name, value in metrics.items():
-        rule = rule_for(name, table)
-        assert rule.better in (LOWER, HIGHER), name
-        if value is None:
-            continue
-        limit = rule.limit(value)
-        assert (value <= limit) if rule.better == LOWER else (value >= limit), f"{name}: a rerun would regress"
-    name = next(n for n in metrics if n.endswith("heldout_loss.end") and metrics[n])
-    assert 1.2 * metrics[name] > rule_for(name, table).limit(metrics[name])
+    def quick(spec: object, *, seed: int, quick: bool) -> dict[str, float | None]:
+        return training_metrics(spec, seed=seed, quick=True)  # type: ignore[arg-type]
+
+    def no_verdicts(spec: str, profile: str) -> dict[str, str]:
+        return {}
+
+    path = tmp_path / "injection.json"
+    regress.update("injection", path, sweep=TINY_SWEEP, verdicts=no_verdicts, training=True, trainer=quick)
+    stored = baseline.load(path)
+    assert stored.training is not None and stored.training.seed == 0 and stored.training.metrics
+    assert baseline.load(path) == stored
+    rerun = regress.check("injection", path, verdicts=no_verdicts, trainer=quick)
+    training_rows = [r for r in rerun.rows if r.name.startswith("train.")]
+    assert len(training_rows) == len(stored.training.metrics)
+    assert not rerun.regressions, [r.name for r in rerun.regressions]
+    for row in training_rows:
+        assert row.status in (regress.OK, regress.SHOWN), row
+    name = next(n for n, v in stored.training.metrics.items() if n.endswith("heldout_loss.end") and v)
+
+    def worse(spec: object, *, seed: int, quick: bool) -> dict[str, float | None]:
+        measured = training_metrics(spec, seed=seed, quick=True)  # type: ignore[arg-type]
+        value = measured[name]
+        assert value is not None
+        return {**measured, name: 1.2 * value}
+
+    report = regress.check("injection", path, verdicts=no_verdicts, trainer=worse)
+    assert [r.name for r in report.regressions] == [name]
+    assert "`train." in report.markdown() or "train." in report.markdown()
+
+
+def test_a_corrupt_training_section_is_a_clear_error(tmp_path: Path) -> None:
+    from iqa import baseline
+
+    path = tmp_path / "b.json"
+    good = json.loads((Path(__file__).resolve().parents[2] / "reports" / "baselines" / "reference.json").read_text())
+    for bad, message in (
+        ({"seed": 0, "quick": False}, "'training' must be null or an object"),
+        ({"seed": "0", "quick": False, "metrics": {"a": 1.0}}, "'training.seed' must be an integer"),
+        ({"seed": 0, "quick": False, "metrics": {"a": "x"}}, "training metric 'a'"),
+    ):
+        path.write_text(json.dumps({**good, "training": bad}))
+        with pytest.raises(baseline.BaselineError, match=re.escape(message)):
+            baseline.load(path)
 
 
 UNSTABLE_FILE = '''
