@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from iqa.checks import check_finite_tensor, check_positive, check_positive_int, check_unit_interval
+from iqa.validation import check_finite_tensor, check_positive, check_positive_int, check_unit_interval
 
 Map = Callable[[Tensor], Tensor]
 StopMode = Literal["abs", "rel"]
