@@ -154,6 +154,25 @@ class _Pairs:
         leading = np.cumprod(within, axis=0).sum(axis=0)
         return np.minimum(1 + leading, cap)
 
+    def next_iterate(
+        self, y: Tensor, fy: Tensor, mixing: float, ridge: float, usable: np.ndarray
+    ) -> tuple[Tensor, np.ndarray]:
+        """The next iterate [B, n] from the newest pair (y, f(y)) and the history: Anderson's where its system is
+        sound and the element may use more than one pair, else the damped Picard step (bit for bit); and which
+        elements fell back."""
+        none = np.zeros(y.shape[0], dtype=bool)
+        found = self.step(mixing, ridge, usable)
+        if found is None:
+            return relaxed(y, fy, mixing), none
+        new, ok = found
+        accelerating = usable > 1
+        take = ok & accelerating
+        if take.all():
+            return new, none
+        fell_back = ~ok & accelerating
+        mask = torch.from_numpy(take).to(y.device)[:, None]
+        return torch.where(mask, new, relaxed(y, fy, mixing)), fell_back
+
     def step(self, mixing: float, ridge: float, usable: np.ndarray) -> tuple[Tensor, np.ndarray] | None:
         """The Anderson step [B, n] from each element's newest ``usable`` pairs, and which elements' systems
         failed (singular, sum |alpha| > ALPHA_LIMIT, or a non-finite step). None when no element may use more
@@ -242,7 +261,7 @@ class _AndersonRun:
             restart = self.gave_up | (metric > RESTART_FACTOR * self.best)
             cap = np.minimum(self.usable + 1, options.history)
             self.usable = np.where(restart, 1, self.pairs.fresh(cap))
-            y_next, fell_back = self._step(y_flat, f_flat)
+            y_next, fell_back = self.pairs.next_iterate(y_flat, f_flat, mixing, options.ridge, self.usable)
             self.deviated |= (self.usable > 1) & ~fell_back
             track.may_cycle = self.gave_up | ~self.deviated
             # Count only elements still being solved: a decided element's step is discarded by the freeze.
@@ -259,21 +278,3 @@ class _AndersonRun:
             track.stop_history[track.steps[b] - 1][b] if converged[b] else float(self.best[b]) for b in range(batch)
         ]
         return track.solution(y_out, options.name, final, self.fallbacks)
-
-    def _step(self, y: Tensor, fy: Tensor) -> tuple[Tensor, np.ndarray]:
-        """The next iterate [B, n]: Anderson's where its system is sound and the element may use more than one
-        pair, else the damped Picard step (bit for bit); and which elements fell back."""
-        assert self.pairs is not None
-        mixing = self.options.mixing
-        none = np.zeros(y.shape[0], dtype=bool)
-        found = self.pairs.step(mixing, self.options.ridge, self.usable)
-        if found is None:
-            return relaxed(y, fy, mixing), none
-        new, ok = found
-        accelerating = self.usable > 1
-        take = ok & accelerating
-        if take.all():
-            return new, none
-        fell_back = ~ok & accelerating
-        mask = torch.from_numpy(take).to(y.device)[:, None]
-        return torch.where(mask, new, relaxed(y, fy, mixing)), fell_back

@@ -69,7 +69,9 @@ def test_layer_damping_in_unit_interval(damping: Any) -> None:
 
 def test_layer_damping_is_not_dropped_for_anderson() -> None:
     """Anderson has no damping (its relaxation is mixing=): asking for both is an error, not a silent no-op."""
-    with pytest.raises(ValueError, match=r"damping is an option of Picard .*not of Anderson; Anderson's relaxation is mixing="):
+    with pytest.raises(
+        ValueError, match=r"damping is an option of Picard .*not of Anderson; Anderson's relaxation is mixing="
+    ):
         ImplicitQueryAttention(2, solver="anderson", damping=0.5)
 
 
