@@ -45,7 +45,7 @@ from torch import Tensor
 
 from iqa.solvers.options import Solver
 from iqa.solvers.result import NORM_FLOOR, Map, Solution, Status, StopMode
-from iqa.solvers.tracker import Tracker, freeze, relaxed
+from iqa.solvers.tracker import MAX_PERIOD, Tracker, freeze, relaxed
 from iqa.validation import check_positive_int, check_unit_interval
 
 #: Default history length m: the shortest with which every band case of the benchmarks (rho(J*) in [0.8, 0.95])
@@ -133,14 +133,18 @@ class _Pairs:
             self.F[:, slot] = fx
             self.G[:, slot] = g
         G = self.G[:, :k]
-        row = torch.bmm(G.to(self.work), g.to(self.work).unsqueeze(-1))  # [B, k, 1]: g_i . g_new
+        if self.work != G.dtype:
+            G, g = G.to(self.work), g.to(self.work)
+        # [B, 1, k]: g_new . g_i (this orientation is a fast batched row-times-matrix product; G g is not)
+        row = torch.bmm(g.unsqueeze(1), G.transpose(1, 2))
         if self.differentiable:
             index = torch.tensor([slot], device=x.device)
-            gram = self.gram.index_copy(2, index, torch.nn.functional.pad(row, (0, 0, 0, self.m - k)))
+            column = torch.nn.functional.pad(row.transpose(1, 2), (0, 0, 0, self.m - k))
+            gram = self.gram.index_copy(2, index, column)
             self.gram = gram.index_copy(1, index, gram[:, :, slot].unsqueeze(1))
         else:
-            self.gram[:, :k, slot] = row.squeeze(-1)
-            self.gram[:, slot, :k] = row.squeeze(-1)
+            self.gram[:, :k, slot] = row.squeeze(1)
+            self.gram[:, slot, :k] = row.squeeze(1)
 
     def ages(self) -> np.ndarray:
         """Age of each valid slot (0 = newest), [count]."""
@@ -149,6 +153,10 @@ class _Pairs:
     def fresh(self, cap: np.ndarray) -> np.ndarray:
         """Per element, how many of its newest pairs (at most ``cap``) to use: up to the first, going back, whose
         residual exceeds STALE_FACTOR times the newest one's."""
+        stored = self.residual[: self.count]
+        newest = stored[self.head]
+        if stored.max() <= STALE_FACTOR * newest.min():  # nothing stale (NaN fails this test: the full rule runs)
+            return cap
         by_age = self.residual[self.ages()]  # [count, B], newest first
         within = by_age[1:] <= STALE_FACTOR * by_age[0]
         leading = np.cumprod(within, axis=0).sum(axis=0)
@@ -192,8 +200,10 @@ class _Pairs:
             n_kept = torch.from_numpy(np.maximum(usable, 1)).to(gram.device, gram.dtype)
             extra = (~keep).to(gram.dtype)
         scale = gram.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(NORM_FLOOR) / n_kept
-        diagonal = (ridge * scale)[:, None] + extra
-        system = gram + (torch.diag_embed(diagonal) if keep is not None else diagonal[:, :, None] * self.eye[:k, :k])
+        if keep is None:
+            system = gram + (ridge * scale)[:, None, None] * self.eye[:k, :k]
+        else:
+            system = gram + torch.diag_embed((ridge * scale)[:, None] + extra)
         w, info = torch.linalg.solve_ex(system, self.ones[:, :k])
         w = w.squeeze(-1)
         if keep is not None:
@@ -203,10 +213,12 @@ class _Pairs:
         new = torch.bmm(a, self.F[:, :k]).squeeze(1)
         if mixing != 1.0:
             new = mixing * new + (1 - mixing) * torch.bmm(a, self.X[:, :k]).squeeze(1)
-        with torch.no_grad():
-            # sum |alpha| <= ALPHA_LIMIT is False for NaN and Inf too: it also checks that alpha is finite.
-            ok = (info == 0) & (alpha.abs().sum(-1) <= ALPHA_LIMIT) & torch.isfinite(new).all(-1)
-        return new, ok.cpu().numpy()
+        # One transfer for the three checks. sum |alpha| <= ALPHA_LIMIT is False for NaN and Inf too (it checks
+        # that alpha is finite); amax propagates NaN, so isfinite(amax |new|) is isfinite(new).all(-1).
+        work = self.work
+        checks = torch.stack((info.to(work), alpha.abs().sum(-1).to(work), new.abs().amax(-1).to(work)))
+        info_h, alpha_h, peak = checks.detach().cpu().numpy()
+        return new, (info_h == 0) & (alpha_h <= ALPHA_LIMIT) & np.isfinite(peak)
 
 
 class _AndersonRun:
@@ -236,39 +248,49 @@ class _AndersonRun:
         mixing = options.mixing
         y = y0
         step = 0
+        history = options.history
+        all_open = np.ones(batch, dtype=bool)
+        gave_up_any = False
         for step in range(1, max_iter + 1):
             fy = f(y)
-            was_open = track.open.copy()
+            was_open = track.open.copy() if track.n_decided else all_open
             y_flat, f_flat = y.reshape(batch, -1), fy.reshape(batch, -1)
             g = f_flat - y_flat
             metric = np.array(track.observe(y, fy, step, diff=g.view(y.shape)))
             if step == 1:
                 # The first step after giving up is the Picard step from y0, whose f(y0) is already known.
                 self.restart_point = relaxed(y0, fy, mixing)
-                self.pairs = _Pairs(y0, options.history, fy.requires_grad or y0.requires_grad)
+                self.pairs = _Pairs(y0, history, fy.requires_grad or y0.requires_grad)
             assert self.pairs is not None
             improved = was_open & (metric < self.best)
             if improved.any():
                 self.best = np.where(improved, metric, self.best)
                 mask = None if improved.all() else torch.from_numpy(improved).to(y.device)
                 self.best_y = y if mask is None else freeze(mask, y, self.best_y)
-            self.stalled = np.where(improved, 0, self.stalled + 1)
-            giving_up = self.deviated & ~self.gave_up & (self.stalled >= STALL_STEPS)
-            self.gave_up |= giving_up
+                self.stalled = np.where(improved, 0, self.stalled + 1)
+            else:
+                self.stalled += 1
+            giving_up = None
+            if self.stalled.max() >= STALL_STEPS:
+                giving_up = self.deviated & ~self.gave_up & (self.stalled >= STALL_STEPS)
+                self.gave_up |= giving_up
+                gave_up_any = bool(self.gave_up.any())
             if track.all_decided or step == max_iter:
                 break
             self.pairs.push(y_flat, f_flat, g, np.array(track.abs_history[-1]))
-            restart = self.gave_up | (metric > RESTART_FACTOR * self.best)
-            cap = np.minimum(self.usable + 1, options.history)
-            self.usable = np.where(restart, 1, self.pairs.fresh(cap))
+            restart = metric > RESTART_FACTOR * self.best
+            if gave_up_any:
+                restart |= self.gave_up
+            self.usable = np.where(restart, 1, self.pairs.fresh(np.minimum(self.usable + 1, history)))
             y_next, fell_back = self.pairs.next_iterate(y_flat, f_flat, mixing, options.ridge, self.usable)
             self.deviated |= (self.usable > 1) & ~fell_back
-            track.may_cycle = self.gave_up | ~self.deviated
-            # Count only elements still being solved: a decided element's step is discarded by the freeze.
-            still_open = track.open
-            self.fallbacks += int(((fell_back | self.gave_up) & still_open).sum())
+            if (step + 1) % MAX_PERIOD == 0:  # the tracker reads it at its next cycle check only
+                track.may_cycle = self.gave_up | ~self.deviated
+            if gave_up_any or fell_back.any():
+                # Count only elements still being solved: a decided element's step is discarded by the freeze.
+                self.fallbacks += int(((fell_back | self.gave_up) & track.open).sum())
             y_next = y_next.reshape(y.shape)
-            if giving_up.any():
+            if giving_up is not None and giving_up.any():
                 y_next = freeze(torch.from_numpy(giving_up).to(y.device), self.restart_point, y_next)
             y = freeze(track.decided, y, y_next) if track.any_decided else y_next
         track.finish(step)

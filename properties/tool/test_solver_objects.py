@@ -187,12 +187,15 @@ def test_picard_damping_is_used(seed: int, damping: float, steps: int) -> None:
     """Picard(damping=a) makes exactly the steps y <- y + a (f(y) - y) of a loop written here."""
     f, y0 = contraction(seed)
     sol = solve(f, y0, Picard(damping=damping), tol=1e-300, max_iter=steps + 1)
-    y = y0
+    iterates = [y0]
     for _ in range(steps):
-        y = y + damping * (f(y) - y) if damping != 1.0 else f(y)
-    note(f"steps={sol.steps}")
-    assert sol.steps == (steps + 1,) * y0.shape[0]
-    assert torch.equal(sol.y, y)
+        y = iterates[-1]
+        iterates.append(y + damping * (f(y) - y) if damping != 1.0 else f(y))
+    note(f"statuses={sol.statuses} steps={sol.steps}")
+    for b, n in enumerate(sol.steps):
+        # the iterate evaluated at the element's last step (an exact fixed point in floats may end it early)
+        assert torch.equal(sol.y[b], iterates[n - 1][b])
+    assert max(sol.steps) == steps + 1 or sol.converged
 
 
 @given(seed=st.integers(0, 2**20), mixing=st.sampled_from([1.0, 0.75, 0.5, 0.25]))
