@@ -18,7 +18,6 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-import pytest
 import torch
 
 from iqa import Anderson, Picard, Status, solve
@@ -31,8 +30,8 @@ from properties.tags import requires
 ANDERSON_OVER_PICARD = 0.8
 OVERHEAD_OVER_F = 0.25
 BATCH, TOKENS, DIM = 8, 256, 64
-#: Anderson reaches a relative residual of 1e-4 in ~16 steps here; steps (K, 2K] = (4, 8] are all accelerated
-#: and decide nothing (checked on a pilot solve).
+#: Anderson reaches a relative residual of 1e-4 in ~16 steps here; steps (K, 2K] = (4, 8] decide nothing and
+#: take no fallback (checked on pilot solves).
 WINDOW = 4
 ROUNDS = 15
 BAND_ROUNDS = 7
@@ -76,10 +75,12 @@ def test_anderson_step_overhead_against_f(benchmark: Any, summary: Any) -> None:
     anderson = Anderson()
     tiny = torch.finfo(torch.float32).tiny
     with torch.no_grad():
+        # the window decides nothing, takes no Picard fallback, and ends before Anderson converges at the
+        # issue's tolerance (relative 1e-4)
         pilot = solve(f, y0, anderson, tol=tiny, max_iter=2 * WINDOW)
         assert all(s is Status.MAX_ITER for s in pilot.statuses) and pilot.fallbacks == 0, pilot
-        r = pilot.residuals
-        assert bool((r[WINDOW:] < r[WINDOW - 1 : -1]).all()), "the window is not all progress"
+        reached = solve(f, y0, anderson, tol=1e-4, stop="rel", max_iter=100)
+        assert min(reached.steps) > 2 * WINDOW, reached.steps
         benchmark.group = "anderson step"
         benchmark.pedantic(solve, args=(f, y0, anderson), kwargs={"tol": tiny, "max_iter": 2 * WINDOW}, rounds=3)
         if benchmark.disabled:
@@ -97,14 +98,3 @@ def test_anderson_step_overhead_against_f(benchmark: Any, summary: Any) -> None:
     summary(TABLE).add(f"B={BATCH} N={TOKENS} D={DIM} hopfield float32", **facts, target=OVERHEAD_OVER_F)
     benchmark.extra_info.update(facts)
     assert overhead <= OVERHEAD_OVER_F, f"Anderson's step costs f + {overhead:.2f} f (target {OVERHEAD_OVER_F})"
-
-
-@pytest.mark.parametrize("name", ["hopfield"])
-def test_window_is_before_convergence(name: str) -> None:
-    """The overhead window (K, 2K] ends before Anderson converges at the issue's tolerance (rel 1e-4)."""
-    case = Case(batch=BATCH, tokens=TOKENS, dim=DIM, dtype=torch.float32, scale=1.0, seed=0)
-    layer = case.layer(resolve(name))
-    x = case.inputs()
-    with torch.no_grad():
-        sol = solve(layer.fixed_point_map(x), layer.initial_point(x), Anderson(), tol=1e-4, stop="rel", max_iter=100)
-    assert min(sol.steps) > 2 * WINDOW
