@@ -1,12 +1,17 @@
-"""Backward modes for a fixed point y* = f(y*, theta).
+"""Backward modes for a fixed point y* = f(y*, theta): :class:`Unrolled`, :class:`Implicit`, :class:`Phantom`.
+
+Each mode is a frozen dataclass with its own options; the names "unrolled",
+"implicit" and "phantom" are shorthands (with ``adjoint=``, ``phantom_steps=``
+and ``phantom_damping=`` as keywords of :func:`fixed_point` and the layers; an
+option of another mode is an error naming the mode it belongs to).
 
 - ``unrolled``: autograd records every solver step (memory grows with steps).
-- ``implicit``: the solve records nothing; the backward solves the adjoint
+- ``implicit`` (``Implicit(adjoint=AdjointOptions(...))``): the solve records nothing; the backward solves the adjoint
   fixed point g = v + J^T g (J = df/dy at y*, v = dL/dy*) and then carries
   g^T df/dtheta through one recorded application of f to every tensor f uses.
   This is dL/dtheta = v^T (I - J)^{-1} df/dtheta, at a memory cost that does not
   depend on the number of forward steps.
-- ``phantom``: k damped steps z <- (1 - lam) z + lam f(z) from the detached y*
+- ``phantom`` (``Phantom(steps=k, damping=lam)``): k damped steps z <- (1 - lam) z + lam f(z) from the detached y*
   are recorded; with k = 1, lam = 1 this is the Jacobian-free gradient
   v^T df/dtheta. It approximates (I - J)^{-1} by lam sum_{i<k} ((1 - lam) I + lam J)^i.
 
@@ -29,15 +34,18 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from iqa.checks import check_positive, check_positive_int, check_unit_interval
-from iqa.solvers import METHODS, STOP_MODES, ConvergenceError, Map, Solution, solve
+from iqa.solvers import SHORTHANDS, ConvergenceError, Map, Solution, Solver, as_solver, solve
+from iqa.solvers.options import check_solve_options, option_error
+from iqa.validation import check_positive_int, check_unit_interval
 
 BACKWARD_MODES = ("unrolled", "implicit", "phantom")
+#: Keywords of :func:`fixed_point` (and the layers) that every solve has; every other keyword is the solver's.
+SOLVE_KEYWORDS = ("tol", "max_iter", "stop", "raise_on_failure", "keep_iterates")
 
 
 class IQAWarning(UserWarning):
@@ -64,16 +72,19 @@ class SolveRecord:
 class AdjointOptions:
     """How the implicit backward solves g = v + J^T g.
 
-    ``None`` fields take the forward solve's value, and so do the forward's
-    ``damping`` and Anderson's ``memory``/``mixing``/``ridge``: the adjoint
-    iteration has the same linearization as the forward one at y*, so it
-    converges where the forward iteration converges locally, at the same rate
-    rho(J*), and a forward that needed damping needs it here too. The stop
-    mode is relative, ||g - v - J^T g|| / ||v + J^T g|| <= tol, so that the
-    accuracy of the gradient does not depend on the scale of the loss.
+    ``method`` is a solver object or name; ``None`` fields take the forward
+    solve's value. Without a method, or with the forward's method by name, the
+    adjoint uses the forward's solver with its options (Picard's ``damping``,
+    Anderson's ``history``/``mixing``/``ridge``): the adjoint iteration has the
+    same linearization as the forward one at y*, so it converges where the
+    forward iteration converges locally, at the same rate rho(J*), and a forward
+    that needed damping needs it here too. ``damping`` overrides Picard's (an
+    error for any other solver). The stop mode is relative,
+    ||g - v - J^T g|| / ||v + J^T g|| <= tol, so that the accuracy of the
+    gradient does not depend on the scale of the loss.
     """
 
-    method: str | None = None
+    method: str | Solver | None = None
     tol: float | None = None
     max_iter: int | None = None
     damping: float | None = None
@@ -81,82 +92,182 @@ class AdjointOptions:
     raise_on_failure: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.method is not None and self.method not in METHODS:
-            raise ValueError(f"unknown adjoint method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.tol is not None:
-            check_positive("adjoint tol", self.tol)
-        if self.max_iter is not None:
-            check_positive_int("adjoint max_iter", self.max_iter)
-        if self.damping is not None:
-            check_unit_interval("adjoint damping", self.damping)
-        if self.stop not in STOP_MODES:
-            raise ValueError(f"unknown adjoint stop mode {self.stop!r}; choose 'abs' or 'rel'")
+        method = self.method
+        if method is not None and not isinstance(method, Solver) and method not in SHORTHANDS:
+            raise ValueError(
+                f"unknown adjoint method {method!r}; choose one of {', '.join(SHORTHANDS)} or a solver object"
+            )
+        check_solve_options(self.tol, self.max_iter, self.stop, prefix="adjoint ")
+        if self.damping is None:
+            return
+        check_unit_interval("adjoint damping", self.damping)
+        if isinstance(method, Solver):
+            raise ValueError(f"adjoint damping= given beside the solver object {method!r}: set it in the object")
+        if isinstance(method, str) and "damping" not in SHORTHANDS[method].option_names():
+            raise option_error("damping", SHORTHANDS[method], " (the adjoint's method)")
+
+    def solver(self, forward: Solver) -> Solver:
+        """The adjoint's solver, given the forward's."""
+        method = self.method
+        if isinstance(method, Solver):
+            return method
+        base = forward if method is None or method == forward.name else SHORTHANDS[method]()
+        if self.damping is None:
+            return base
+        if "damping" not in base.option_names():
+            raise option_error("damping", type(base), " (AdjointOptions.damping: the adjoint inherits the forward's)")
+        return dataclasses.replace(base, damping=self.damping)  # type: ignore[type-var]
 
 
-def check_backward_mode(backward: str) -> None:
-    if backward not in BACKWARD_MODES:
+class Backward:
+    """Base of the backward modes (frozen dataclasses whose fields are their options)."""
+
+    name: ClassVar[str] = ""
+
+
+@dataclass(frozen=True)
+class Unrolled(Backward):
+    """Autograd through every solver step: exact for the iterate returned, memory grows with the steps."""
+
+    name = "unrolled"
+
+
+@dataclass(frozen=True)
+class Implicit(Backward):
+    """The adjoint fixed point g = v + J^T g, solved as ``adjoint`` says (an AdjointOptions, a solver
+    object or a solver name; None: the forward's solver and tolerance)."""
+
+    adjoint: AdjointOptions | Solver | str | None = None
+
+    name = "implicit"
+
+    def __post_init__(self) -> None:
+        adjoint = self.adjoint
+        if adjoint is None or isinstance(adjoint, (Solver, str)):
+            object.__setattr__(self, "adjoint", AdjointOptions(method=adjoint))
+        elif not isinstance(adjoint, AdjointOptions):
+            raise TypeError(
+                f"adjoint must be an iqa.AdjointOptions, a solver object or a solver name, got {type(adjoint).__name__}"
+            )
+
+    @property
+    def options(self) -> AdjointOptions:
+        assert isinstance(self.adjoint, AdjointOptions)
+        return self.adjoint
+
+
+@dataclass(frozen=True)
+class Phantom(Backward):
+    """``steps`` damped steps z <- (1 - damping) z + damping f(z) from the detached y*, recorded."""
+
+    steps: int = 1
+    damping: float = 1.0
+
+    name = "phantom"
+
+    def __post_init__(self) -> None:
+        check_positive_int("phantom steps", self.steps)
+        check_unit_interval("phantom damping", self.damping)
+
+
+_MODES: dict[str, type[Backward]] = {"unrolled": Unrolled, "implicit": Implicit, "phantom": Phantom}
+#: The keyword form of each backward option, and the mode it belongs to.
+_KEYWORDS: dict[str, type[Backward]] = {"adjoint": Implicit, "phantom_steps": Phantom, "phantom_damping": Phantom}
+
+
+def as_backward(
+    backward: str | Backward,
+    adjoint: AdjointOptions | Solver | str | None = None,
+    phantom_steps: int | None = None,
+    phantom_damping: float | None = None,
+) -> Backward:
+    """The backward object for ``backward`` (an object, or a mode name with that mode's keyword options).
+
+    A keyword option of another mode, or any beside an object, is an error."""
+    keywords = {"adjoint": adjoint, "phantom_steps": phantom_steps, "phantom_damping": phantom_damping}
+    given = {name: value for name, value in keywords.items() if value is not None}
+    if isinstance(backward, Backward):
+        if given:
+            names = ", ".join(f"{k}=" for k in given)
+            raise ValueError(f"{names} given beside the backward object {backward!r}: set the options in the object")
+        return backward
+    if not isinstance(backward, str) or backward not in _MODES:
         raise ValueError(f"unknown backward mode {backward!r}; choose one of {', '.join(BACKWARD_MODES)}")
+    for name in given:
+        owner = _KEYWORDS[name]
+        if owner.name != backward:
+            raise ValueError(f"{name} is an option of the {owner.name} backward ({owner.__name__}), not of {backward}")
+    if backward == "unrolled":
+        return Unrolled()
+    if backward == "implicit":
+        return Implicit(adjoint)
+    return Phantom(
+        steps=1 if phantom_steps is None else phantom_steps, damping=1.0 if phantom_damping is None else phantom_damping
+    )
 
 
 def fixed_point(
     f: Map,
     y0: Tensor,
-    backward: str = "implicit",
+    backward: str | Backward = "implicit",
     *,
-    adjoint: AdjointOptions | None = None,
-    phantom_steps: int = 1,
-    phantom_damping: float = 1.0,
+    method: str | Solver = "picard",
+    adjoint: AdjointOptions | Solver | str | None = None,
+    phantom_steps: int | None = None,
+    phantom_damping: float | None = None,
     record: SolveRecord | None = None,
     **solve_options: Any,
 ) -> Tensor:
     """Solve y* = f(y*) from y0 and return y* with gradients by ``backward``.
 
     ``f`` closes over its parameters (and inputs); the returned tensor carries
-    gradients to every tensor f uses. ``solve_options`` go to :func:`iqa.solve`.
-    ``record`` (if given) receives the forward Solution and, once the backward
-    has run, the adjoint Solution.
+    gradients to every tensor f uses. ``backward`` is a mode object
+    (``Implicit(adjoint=...)``, ``Phantom(steps=..., damping=...)``,
+    ``Unrolled()``) or its name, with ``adjoint`` (implicit) and
+    ``phantom_steps``/``phantom_damping`` (phantom) as keywords. ``method`` is
+    a solver object or name; ``solve_options`` are :func:`iqa.solve`'s
+    (``tol``, ``max_iter``, ``stop``, ``raise_on_failure``, ``keep_iterates``)
+    and, with a name, the solver's own options. ``record`` (if given) receives
+    the forward Solution and, once the backward has run, the adjoint Solution.
     """
-    check_backward_mode(backward)
-    check_positive_int("phantom_steps", phantom_steps)
-    check_unit_interval("phantom_damping", phantom_damping)
-    if adjoint is not None and not isinstance(adjoint, AdjointOptions):
-        raise TypeError(f"adjoint must be an iqa.AdjointOptions, got {type(adjoint).__name__}")
+    mode = as_backward(backward, adjoint, phantom_steps, phantom_damping)
+    generic = {k: v for k, v in solve_options.items() if k in SOLVE_KEYWORDS}
+    solver = as_solver(method, {k: v for k, v in solve_options.items() if k not in SOLVE_KEYWORDS})
     record = record if record is not None else SolveRecord()
-    if backward == "unrolled":
-        solution = solve(f, y0, **solve_options)
+    if isinstance(mode, Unrolled):
+        solution = solve(f, y0, solver, **generic)
         record.forward = solution
         return solution.y
+    # An option error of the adjoint surfaces here, before the forward solve.
+    adjoint_solver = mode.options.solver(solver) if isinstance(mode, Implicit) else None
     with torch.no_grad():
-        solution = solve(f, y0.detach(), **solve_options)
+        solution = solve(f, y0.detach(), solver, **generic)
     record.forward = solution
     y_star = solution.y.detach()
     if not torch.is_grad_enabled():
         return y_star
-    if backward == "phantom":
+    if isinstance(mode, Phantom):
         z = y_star
-        for _ in range(phantom_steps):
-            z = z + phantom_damping * (f(z) - z)
+        for _ in range(mode.steps):
+            z = z + mode.damping * (f(z) - z)
         if not z.requires_grad:
             return y_star
         z.register_hook(_warn_if_not_converged(solution))
         return y_star + (z - z.detach())
+    assert isinstance(mode, Implicit) and adjoint_solver is not None
     fy = f(y_star)
     if not fy.requires_grad:
         return y_star
-    options = adjoint or AdjointOptions()
-    fy.register_hook(_adjoint_hook(f, y_star, solution, options, solve_options, record))
+    keywords = _adjoint_keywords(mode.options, generic)
+    fy.register_hook(_adjoint_hook(f, y_star, solution, adjoint_solver, keywords, record))
     # The value is exactly y*; the gradient flows through one application of f.
     return y_star + (fy - fy.detach())
 
 
-#: Options of the forward solve that the adjoint solve inherits unless AdjointOptions says otherwise.
-_INHERITED = ("method", "tol", "max_iter", "damping", "memory", "mixing", "ridge", "raise_on_failure")
-
-
-def adjoint_solve_options(options: AdjointOptions, solve_options: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of :func:`iqa.solve` for the adjoint: AdjointOptions, else the forward's."""
-    out = {k: solve_options[k] for k in _INHERITED if k in solve_options}
-    for name in ("method", "tol", "max_iter", "damping", "raise_on_failure"):
+def _adjoint_keywords(options: AdjointOptions, forward: dict[str, Any]) -> dict[str, Any]:
+    """The adjoint's tol, max_iter, stop and raise_on_failure: AdjointOptions' where set, else the forward's."""
+    out: dict[str, Any] = {k: forward[k] for k in ("tol", "max_iter", "raise_on_failure") if k in forward}
+    for name in ("tol", "max_iter", "raise_on_failure"):
         value = getattr(options, name)
         if value is not None:
             out[name] = value
@@ -198,12 +309,12 @@ def _adjoint_hook(
     f: Map,
     y_star: Tensor,
     forward: Solution,
-    options: AdjointOptions,
-    solve_options: dict[str, Any],
+    solver: Solver,
+    kwargs: dict[str, Any],
     record: SolveRecord,
 ) -> Any:
     """The hook on f(y*) that replaces its incoming gradient v by the solution g of g = v + J^T g."""
-    kwargs = adjoint_solve_options(options, solve_options)
+    kwargs = dict(kwargs)
     raise_on_failure = bool(kwargs.pop("raise_on_failure", False))
 
     def hook(v: Tensor) -> Tensor:
@@ -233,7 +344,7 @@ def _adjoint_hook(
             (jtg,) = torch.autograd.grad(fy, y_req, g, retain_graph=True, materialize_grads=True)
             return v_hat + jtg
 
-        solution = solve(adjoint_map, v_hat, **kwargs)
+        solution = solve(adjoint_map, v_hat, solver, **kwargs)
         if scale is not None:
             solution = _rescaled(solution, scale)
         record.backward = solution

@@ -6,34 +6,42 @@ says what f is (:meth:`FixedPointLayer.fixed_point_map`) and where to start
 
 - seed mode (the default, ``solver=None``): exactly ``n_iters`` steps of
   y <- f(y) from y0, autograd through all of them, as in the seed document;
-- solve mode (``solver="picard"`` or ``"anderson"``, or any of ``tol``,
-  ``max_iter``, ``damping`` or a non-unrolled ``backward`` given): a
+- solve mode (``solver=`` a solver object such as ``Anderson(history=5)`` or a
+  name "picard" / "anderson", or any of ``tol``, ``max_iter``, a solver option
+  such as ``damping``, or a backward other than unrolled given): a
   tolerance-based :func:`iqa.solve` whose Solution is kept in
   ``layer.last_solution``, with gradients by ``backward``.
+
+``layer(x, track=True)`` returns a :class:`Tracked` ``(y, iterates)``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, NamedTuple, overload
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from iqa.checks import (
-    check_matches_parameters,
-    check_nonnegative_int,
-    check_positive,
-    check_positive_int,
-    check_tokens,
-    check_unit_interval,
-)
-from iqa.grad import AdjointOptions, SolveRecord, check_backward_mode, fixed_point
-from iqa.solvers import METHODS, STOP_MODES, Map, Solution
+from iqa.grad import AdjointOptions, Backward, Implicit, SolveRecord, Unrolled, as_backward, fixed_point
+from iqa.solvers import Map, Solution, Solver, as_solver, check_solve_options
+from iqa.validation import check_matches_parameters, check_nonnegative_int, check_positive_int, check_tokens
 
 DEFAULT_TOL = 1e-6
 DEFAULT_MAX_ITER = 200
+
+
+class Tracked(NamedTuple):
+    """What ``layer(x, track=True)`` returns: the output and the iterates that led to it.
+
+    ``iterates`` are detached copies: y0 and each of the ``n_iters`` steps in seed
+    mode; every iterate the solver evaluated f at in solve mode. Unpacks as
+    ``y, history = layer(x, track=True)``.
+    """
+
+    y: Tensor
+    iterates: list[Tensor]
 
 
 class FixedPointLayer(nn.Module):
@@ -42,11 +50,15 @@ class FixedPointLayer(nn.Module):
     Args:
         embed_dim: D, the token width.
         n_iters: steps in seed mode.
-        solver: "picard" or "anderson" for a tolerance-based solve, or None.
-        tol, max_iter, damping, stop: options of :func:`iqa.solve`.
-        backward: "unrolled", "implicit" or "phantom" (solve mode).
-        adjoint: options of the implicit backward's adjoint solve.
-        phantom_steps, phantom_damping: the phantom gradient's k and lambda.
+        solver: a solver object (``iqa.Picard(...)``, ``iqa.Anderson(...)``) or name ("picard",
+            "anderson") for a tolerance-based solve, or None (seed mode unless a solve option is given).
+        tol, max_iter, stop: options of :func:`iqa.solve`.
+        damping, **solver_options: the named solver's options as keywords (``damping`` is Picard's;
+            ``history``, ``mixing``, ``ridge`` are Anderson's); an option of another solver is an error.
+        backward: a backward object (``iqa.Implicit(...)``, ``iqa.Phantom(...)``, ``iqa.Unrolled()``) or
+            name ("unrolled", "implicit", "phantom").
+        adjoint: the implicit backward's adjoint options (or solver); implicit only.
+        phantom_steps, phantom_damping: the phantom gradient's k and lambda; phantom only.
         raise_on_failure: raise :class:`iqa.ConvergenceError` when a forward
             solve (or, for implicit, the adjoint solve) does not converge.
     """
@@ -56,48 +68,41 @@ class FixedPointLayer(nn.Module):
         embed_dim: int,
         n_iters: int = 10,
         *,
-        solver: str | None = None,
+        solver: str | Solver | None = None,
         tol: float | None = None,
         max_iter: int | None = None,
         damping: float | None = None,
         stop: str = "abs",
-        backward: str = "unrolled",
-        adjoint: AdjointOptions | None = None,
-        phantom_steps: int = 1,
-        phantom_damping: float = 1.0,
+        backward: str | Backward = "unrolled",
+        adjoint: AdjointOptions | Solver | str | None = None,
+        phantom_steps: int | None = None,
+        phantom_damping: float | None = None,
         raise_on_failure: bool = False,
         **solver_options: Any,
     ) -> None:
         super().__init__()
         check_positive_int("embed_dim", embed_dim)
         check_nonnegative_int("n_iters", n_iters)
-        check_backward_mode(backward)
-        if solver is not None and solver not in METHODS:
-            raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(METHODS)} (or None for seed mode)")
-        if tol is not None:
-            check_positive("tol", tol)
-        if max_iter is not None:
-            check_positive_int("max_iter", max_iter)
-        if damping is not None:
-            check_unit_interval("damping", damping)
-            if solver == "anderson":
-                raise ValueError("damping is Picard's relaxation; Anderson's is mixing= (pass mixing=... instead)")
-        if stop not in STOP_MODES:
-            raise ValueError(f"unknown stop mode {stop!r}; choose 'abs' or 'rel'")
+        self.backward = as_backward(backward, adjoint, phantom_steps, phantom_damping)
+        check_solve_options(tol, max_iter, stop)
+        options = solver_options if damping is None else {"damping": damping, **solver_options}
+        wants_solve = (
+            solver is not None
+            or tol is not None
+            or max_iter is not None
+            or bool(options)
+            or not isinstance(self.backward, Unrolled)
+        )
         self.embed_dim = embed_dim
         self.n_iters = n_iters
-        wants_solve = any(v is not None for v in (tol, max_iter, damping)) or backward != "unrolled"
-        self.solver = solver if solver is not None else ("picard" if wants_solve else None)
+        #: The solver of solve mode (None: seed mode).
+        self.solver: Solver | None = as_solver("picard" if solver is None else solver, options) if wants_solve else None
+        if isinstance(self.backward, Implicit) and self.solver is not None:
+            self.backward.options.solver(self.solver)  # an adjoint option of another solver is an error now
         self.tol = DEFAULT_TOL if tol is None else tol
         self.max_iter = DEFAULT_MAX_ITER if max_iter is None else max_iter
-        self.damping = 1.0 if damping is None else damping
         self.stop = stop
-        self.backward = backward
-        self.adjoint = adjoint
-        self.phantom_steps = phantom_steps
-        self.phantom_damping = phantom_damping
         self.raise_on_failure = raise_on_failure
-        self.solver_options = solver_options
         self._record = SolveRecord()
 
     def fixed_point_map(self, x: Tensor) -> Map:
@@ -118,7 +123,17 @@ class FixedPointLayer(nn.Module):
         """The adjoint Solution of the last implicit backward, once it has run."""
         return self._record.backward
 
-    def forward(self, x: Tensor, track: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+    @overload
+    def forward(self, x: Tensor, track: Literal[False] = False) -> Tensor: ...
+
+    @overload
+    def forward(self, x: Tensor, track: Literal[True]) -> Tracked: ...
+
+    @overload
+    def forward(self, x: Tensor, track: bool) -> Tensor | Tracked: ...
+
+    def forward(self, x: Tensor, track: bool = False) -> Tensor | Tracked:
+        """y* for tokens x; with ``track``, a :class:`Tracked` (y*, iterates)."""
         check_tokens(x, self.embed_dim)
         check_matches_parameters(x, self)
         f = self.fixed_point_map(x)
@@ -128,34 +143,25 @@ class FixedPointLayer(nn.Module):
             return _iterate(f, y0, self.n_iters, track)
         record = SolveRecord()
         self._record = record
-        options: dict[str, Any] = dict(
+        y = fixed_point(
+            f,
+            y0,
+            self.backward,
             method=self.solver,
             tol=self.tol,
             max_iter=self.max_iter,
             stop=self.stop,
             raise_on_failure=self.raise_on_failure,
             keep_iterates=track,
-            **self.solver_options,
-        )
-        if self.solver == "picard":
-            options["damping"] = self.damping
-        y = fixed_point(
-            f,
-            y0,
-            self.backward,
-            adjoint=self.adjoint,
-            phantom_steps=self.phantom_steps,
-            phantom_damping=self.phantom_damping,
             record=record,
-            **options,
         )
         if track:
             assert record.forward is not None and record.forward.iterates is not None
-            return y, list(record.forward.iterates)
+            return Tracked(y, list(record.forward.iterates))
         return y
 
 
-def _iterate(f: Map, y0: Tensor, n_iters: int, track: bool) -> Tensor | tuple[Tensor, list[Tensor]]:
+def _iterate(f: Map, y0: Tensor, n_iters: int, track: bool) -> Tensor | Tracked:
     """The seed's loop: n_iters steps of y <- f(y), keeping clones when tracking."""
     y = y0
     history = [y.clone()] if track else None
@@ -163,7 +169,7 @@ def _iterate(f: Map, y0: Tensor, n_iters: int, track: bool) -> Tensor | tuple[Te
         y = f(y)
         if history is not None:
             history.append(y.clone())
-    return (y, history) if history is not None else y
+    return Tracked(y, history) if history is not None else y
 
 
 def linear_init_(linear: nn.Linear, scale: float = 1.0, generator: torch.Generator | None = None) -> nn.Linear:

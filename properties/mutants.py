@@ -14,8 +14,6 @@ only difference, which keeps each one honest about what it tests.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-import iqa.grad
-from iqa.layer import ImplicitQueryAttention
-from iqa.solvers import Map, Solution, Status
+from iqa.grad import Implicit
+from iqa.layer import ImplicitQueryAttention, Tracked
+from iqa.solvers import Map, Solution, Solver, Status, StopMode
 from iqa.variants import (
     BUILTIN_VARIANTS,
     HopfieldAttention,
@@ -109,25 +107,25 @@ class JacobianFreeImplicit(HopfieldAttention):
     instead of v^T (I - J)^{-1} df/dtheta (the Jacobian term J^T g is dropped).
     """
 
-    def forward(self, x: Tensor, track: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
-        if self.solver is None or self.backward != "implicit":
+    def forward(self, x: Tensor, track: bool = False) -> Tensor | Tracked:
+        if self.solver is None or not isinstance(self.backward, Implicit):
             return super().forward(x, track)
         with torch.no_grad():
             out = super().forward(x, track)
-        y_star = out[0] if isinstance(out, tuple) else out
+        y_star = out.y if isinstance(out, Tracked) else out
         if not torch.is_grad_enabled():
             return out
         fy = self.fixed_point_map(x)(y_star)
         y = y_star + (fy - fy.detach())  # the bug: the gradient flows through one f, with g = v
-        return (y, out[1]) if isinstance(out, tuple) else y
+        return out._replace(y=y) if isinstance(out, Tracked) else y
 
 
 class ScaledGradient(HopfieldAttention):
     """Hopfield attention whose gradients (every backward mode) are GRADIENT_FACTOR times too large."""
 
-    def forward(self, x: Tensor, track: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+    def forward(self, x: Tensor, track: bool = False) -> Tensor | Tracked:
         out = super().forward(x, track)
-        y = out[0] if isinstance(out, tuple) else out
+        y = out.y if isinstance(out, Tracked) else out
         if y.requires_grad:
             y.register_hook(lambda g: GRADIENT_FACTOR * g)  # the bug
         return out
@@ -136,32 +134,28 @@ class ScaledGradient(HopfieldAttention):
 # --- the report is wrong ----------------------------------------------------------------------
 
 
-@contextmanager
-def _solver_claiming_convergence(steps: int) -> Iterator[None]:
-    """Make iqa's fixed-point operator use a solver that stops after ``steps`` evaluations
-    of f and says CONVERGED (its residuals stay honest: only the verdict lies)."""
-    honest = iqa.grad.solve
+@dataclass(frozen=True)
+class ClaimsConvergence(Solver):
+    """A test double: runs ``inner`` for at most ``steps`` evaluations of f and says CONVERGED (its residuals
+    stay honest: only the verdict lies)."""
 
-    def lying_solve(f: Map, y0: Tensor, *args: Any, **options: Any) -> Solution:
-        options.update(max_iter=min(options.get("max_iter", steps), steps), raise_on_failure=False)
-        solution = honest(f, y0, *args, **options)
+    inner: Solver
+    steps: int
+
+    def run(self, f: Map, y0: Tensor, *, tol: float, max_iter: int, stop: StopMode, keep_iterates: bool) -> Solution:
+        solution = self.inner.run(
+            f, y0, tol=tol, max_iter=min(max_iter, self.steps), stop=stop, keep_iterates=keep_iterates
+        )
         return dataclasses.replace(solution, statuses=(Status.CONVERGED,) * len(solution.statuses))
-
-    iqa.grad.solve = lying_solve  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        iqa.grad.solve = honest
 
 
 class EarlyConvergence(ImplicitQueryAttention):
     """The seed in solve mode with a solver that reports CONVERGED after EARLY_STEPS steps."""
 
-    def forward(self, x: Tensor, track: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
-        if self.solver is None:
-            return super().forward(x, track)
-        with _solver_claiming_convergence(EARLY_STEPS):
-            return super().forward(x, track)
+    def __init__(self, embed_dim: int, n_iters: int = 10, **options: Any) -> None:
+        super().__init__(embed_dim, n_iters, **options)
+        if self.solver is not None:
+            self.solver = ClaimsConvergence(self.solver, EARLY_STEPS)
 
 
 # --- the output is not reproducible -----------------------------------------------------------

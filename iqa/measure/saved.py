@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from iqa.grad import BACKWARD_MODES, IQAWarning
+from iqa.grad import BACKWARD_MODES, IQAWarning, Phantom
 from iqa.measure.cell import inputs, make_layer
 from iqa.measure.sweep import Cell, Sweep
 from iqa.memory import saved_tensor_bytes
@@ -50,9 +50,8 @@ def measure_saved_bytes(variant: Variant, sweep: Sweep) -> dict[str, Any]:
             if mode == "unrolled":
                 layer = make_layer(variant, cell, sweep, n_iters=T)
             else:
-                layer = make_layer(
-                    variant, cell, sweep, solver="picard", tol=sweep.tol, max_iter=T, backward=mode, phantom_steps=k
-                )
+                backward = Phantom(steps=k) if mode == "phantom" else mode
+                layer = make_layer(variant, cell, sweep, solver="picard", tol=sweep.tol, max_iter=T, backward=backward)
             exclude = [*layer.parameters(), x]
             with warnings.catch_warnings(), torch.enable_grad():
                 warnings.simplefilter("ignore", IQAWarning)

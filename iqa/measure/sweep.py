@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from iqa.checks import check_positive, check_positive_int
 from iqa.solvers import METHODS
+from iqa.validation import check_positive, check_positive_int
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 #: Sweep fields renamed since stored files were written: old name -> new name.

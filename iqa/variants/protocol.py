@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from iqa.checks import check_positive_int
 from iqa.layer import FixedPointLayer, linear_init_
+from iqa.validation import check_positive_int
 
 
 class Tag(str, enum.Enum):

@@ -23,7 +23,7 @@ import warnings
 import pytest
 import torch
 
-from iqa import BACKWARD_MODES, AdjointOptions, NonConvergedForwardWarning
+from iqa import BACKWARD_MODES, AdjointOptions, Implicit, NonConvergedForwardWarning
 from iqa.variants import Tag, Variant
 from properties.benchmarks import band as grid
 from properties.benchmarks.conftest import median_seconds
@@ -41,7 +41,8 @@ def test_forward_backward(benchmark, summary, variant: Variant, mode: str, depth
     assert hardest.picard > max(DEPTHS), f"the slowest band case needs only {hardest.picard} steps"
     case = hardest.case
     adjoint = AdjointOptions(tol=grid.TOL, max_iter=grid.MAX_ITER)
-    layer = case.layer(variant, solver="picard", tol=grid.TOL, max_iter=depth, backward=mode, adjoint=adjoint)
+    backward = Implicit(adjoint) if mode == "implicit" else mode
+    layer = case.layer(variant, solver="picard", tol=grid.TOL, max_iter=depth, backward=backward)
     x = case.inputs().requires_grad_(True)
     weight = torch.randn(x.shape, dtype=x.dtype, generator=case.generator(2))
     wrt = [*layer.parameters(), x]

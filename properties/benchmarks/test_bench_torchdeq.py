@@ -39,7 +39,7 @@ from torch import Tensor
 
 from iqa import AdjointOptions, SolveRecord, fixed_point, solve
 from iqa.analysis import jacobian, spectral_radius
-from iqa.solvers import DEFAULT_MEMORY
+from iqa.solvers import DEFAULT_HISTORY, Anderson, Picard, Solver
 from iqa.variants import Tag, Variant
 from properties.benchmarks import band as grid
 from properties.benchmarks.conftest import median_seconds
@@ -52,7 +52,7 @@ from properties.benchmarks.peers import AdjointProbe, Counted
 
 TOL = grid.TOL  # absolute forward residual and relative adjoint residual, the same for both libraries
 MAX_ITER = grid.MAX_ITER
-MEMORY = DEFAULT_MEMORY  # Anderson's history length, both libraries: iqa's default
+MEMORY = DEFAULT_HISTORY  # Anderson's history length, both libraries: iqa's default
 REFERENCE_TOL = 1e-13  # float64: ~100 eps * ||y||, the tightest a forward solve reaches reliably
 NORM_FLOOR = 1e-6  # a reference gradient below this norm would make relative errors meaningless: fail instead
 METHODS = peers.METHODS
@@ -101,20 +101,23 @@ def _torchdeq_ift(method: str, probe: AdjointProbe | None = None) -> Any:
     return peers.torchdeq_ift(method, tol=TOL, stop="rel", max_iter=MAX_ITER, memory=MEMORY, probe=probe)
 
 
+def _ours(method: str) -> Solver:
+    """iqa's solver for ``method``, with torchdeq's history length for Anderson."""
+    return Anderson(history=MEMORY) if method == "anderson" else Picard()
+
+
 def _iqa_output(
     problem: Problem, method: str, record: SolveRecord, tol: float = TOL, adjoint_tol: float = TOL
 ) -> Tensor:
-    options = {"memory": MEMORY} if method == "anderson" else {}
     return fixed_point(
         problem.map(),
         problem.start(),
         "implicit",
-        method=method,
+        method=_ours(method),
         tol=tol,
         max_iter=MAX_ITER,
         adjoint=AdjointOptions(tol=adjoint_tol),
         record=record,
-        **options,
     )
 
 
@@ -182,7 +185,7 @@ def _compare(variant: Variant, kind: str, method: str) -> Comparison:
 
     f = Counted(problem.map())
     with torch.no_grad():
-        ours = solve(f, problem.start(), method, tol=TOL, max_iter=MAX_ITER, memory=MEMORY)
+        ours = solve(f, problem.start(), _ours(method), tol=TOL, max_iter=MAX_ITER)
     g = Counted(problem.map())
     theirs = _torchdeq_forward(method, g, problem.start())
 
@@ -268,7 +271,7 @@ def test_forward(benchmark, summary, variant: Variant, kind: str, method: str, l
             _torchdeq_forward(method, f, y0)
         else:
             with torch.no_grad():
-                solve(f, y0, method, tol=tol, max_iter=MAX_ITER, memory=MEMORY)
+                solve(f, y0, _ours(method), tol=tol, max_iter=MAX_ITER)
 
     benchmark.group = f"torchdeq-forward[{variant.name}-{kind}-{method}]"
     benchmark.pedantic(run, rounds=7, warmup_rounds=1)

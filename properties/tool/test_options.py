@@ -69,7 +69,9 @@ def test_layer_damping_in_unit_interval(damping: Any) -> None:
 
 def test_layer_damping_is_not_dropped_for_anderson() -> None:
     """Anderson has no damping (its relaxation is mixing=): asking for both is an error, not a silent no-op."""
-    with pytest.raises(ValueError, match="damping is Picard's relaxation"):
+    with pytest.raises(
+        ValueError, match=r"damping is an option of Picard .*not of Anderson; Anderson's relaxation is mixing="
+    ):
         ImplicitQueryAttention(2, solver="anderson", damping=0.5)
 
 
@@ -122,26 +124,32 @@ def test_boundary_values_are_accepted() -> None:
 
 @given(name=NAMES.filter(lambda s: s not in ("picard", "anderson")))
 def test_solve_unknown_method(name: str) -> None:
-    with pytest.raises(ValueError, match=rf"unknown solver method '{name}'.*picard, anderson"):
+    with pytest.raises(ValueError, match=rf"unknown solver '{name}'.*picard, anderson"):
         solve(lambda y: y / 2, torch.ones(1, 2), name)
 
 
 @given(
-    option=st.sampled_from(["tol", "max_iter", "damping", "mixing", "memory", "ridge"]),
+    option=st.sampled_from(["tol", "max_iter", "mixing", "history", "memory", "ridge"]),
     data=st.data(),
 )
 def test_solve_options_are_checked(option: str, data) -> None:
     bad, message = {
         "tol": (BAD_TOL, r"tol must be a finite number > 0"),
         "max_iter": (BAD_MAX_ITER, r"max_iter must be an integer >= 1"),
-        "damping": (BAD_DAMPING, r"damping must be in \(0, 1\]"),
         "mixing": (BAD_DAMPING, r"mixing must be in \(0, 1\]"),
-        "memory": (BAD_MAX_ITER, r"memory must be an integer >= 1"),
+        "history": (BAD_MAX_ITER, r"history must be an integer >= 1"),
+        "memory": (BAD_MAX_ITER, r"history must be an integer >= 1"),  # memory= is history's old name
         "ridge": (st.one_of(st.floats(max_value=0.0, exclude_max=True), st.just(math.inf)), r"ridge must be"),
     }[option]
     value = data.draw(bad, label=option)
     with pytest.raises(ValueError, match=message):
         solve(lambda y: y / 2, torch.ones(1, 2), "anderson", **{option: value})
+
+
+@given(damping=BAD_DAMPING)
+def test_solve_picard_damping_is_checked(damping: Any) -> None:
+    with pytest.raises(ValueError, match=r"damping must be in \(0, 1\]"):
+        solve(lambda y: y / 2, torch.ones(1, 2), "picard", damping=damping)
 
 
 @given(
@@ -169,5 +177,5 @@ def test_solve_start_is_checked(bad: str, dtype: torch.dtype) -> None:
 
 @given(steps=st.one_of(st.integers(max_value=0), st.just(1.5)))
 def test_phantom_steps_must_be_a_positive_integer(steps: Any) -> None:
-    with pytest.raises(ValueError, match=r"phantom_steps must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"phantom steps must be an integer >= 1"):
         fixed_point(lambda y: y / 2, torch.ones(1, 2), backward="phantom", phantom_steps=steps)

@@ -26,7 +26,9 @@ from iqa import (
     AdjointOptions,
     BackwardConvergenceWarning,
     ConvergenceError,
+    Implicit,
     NonConvergedForwardWarning,
+    Phantom,
     Status,
 )
 from iqa.analysis import vjp
@@ -136,7 +138,8 @@ def test_adjoint_failure_raises_under_raise_on_failure(variant: Variant, case: C
 def test_gradient_after_nonconverged_forward_warns(variant: Variant, case: Case, backward: str, device) -> None:
     """A forward cut to one step is not at a fixed point: its implicit or phantom gradient warns. The implicit
     adjoint at that point may fail too (rho(J) >= 1 there): then it warns as well, and only then."""
-    layer = case.layer(variant, device, backward=backward, tol=TOL, max_iter=1, adjoint=AdjointOptions(max_iter=500))
+    mode = Implicit(adjoint=AdjointOptions(max_iter=500)) if backward == "implicit" else Phantom()
+    layer = case.layer(variant, device, backward=mode, tol=TOL, max_iter=1)
     x, v = case.inputs(device), cotangent(case, device)
     with torch.no_grad():
         layer(x)

@@ -1,4 +1,4 @@
-"""Argument checks that fail loudly and name the problem.
+"""Argument validation: checks that fail loudly and name the problem.
 
 Nothing in iqa clips, coerces or silently repairs its input: a bad value is a
 ``ValueError`` (or ``TypeError``) whose message says which argument, what it

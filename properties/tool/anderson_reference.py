@@ -1,16 +1,7 @@
-"""Fixed-point solvers that say whether they converged.
-
-``solve(f, y0)`` looks for y* = f(y*) by Picard iteration (optionally damped,
-y <- (1 - a) y + a f(y)) or by Anderson acceleration. Dimension 0 of ``y0`` is
-the batch: every batch element gets its own residual history, its own step
-count and its own :class:`Status`, and an element stops changing as soon as its
-status is decided, so one slow element never perturbs a finished one.
-
-The residual of an iterate y is r(y) = ||f(y) - y|| (absolute) or
-||f(y) - y|| / ||f(y)|| (relative), over all non-batch dimensions; ``stop``
-selects which one is compared with ``tol``. A solution is ``CONVERGED`` only
-when the residual of the iterate it returns is <= tol; its overall status is
-never ``CONVERGED`` while any element is not.
+"""TEST-ONLY: iqa's solvers as they were before the ring-buffer Anderson (the reference its iterates are
+compared with in test_anderson_reference.py). A verbatim copy of the former ``iqa/solvers.py`` (only its
+import of the argument checks renamed); do not change it, except to follow a deliberate change of Anderson's
+algorithm, and say so in the commit.
 """
 
 from __future__ import annotations
@@ -26,7 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from iqa.checks import check_finite_tensor, check_positive, check_positive_int, check_unit_interval
+from iqa.validation import check_finite_tensor, check_positive, check_positive_int, check_unit_interval
 
 Map = Callable[[Tensor], Tensor]
 StopMode = Literal["abs", "rel"]

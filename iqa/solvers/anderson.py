@@ -1,0 +1,302 @@
+"""Anderson acceleration (type II) with per-element safeguards, its history in ring buffers.
+
+Each step mixes the last m pairs (x_i, f(x_i)): with g_i = f(x_i) - x_i,
+
+    alpha = argmin ||sum_i alpha_i g_i||  subject to  sum_i alpha_i = 1,
+    x_next = beta sum_i alpha_i f(x_i) + (1 - beta) sum_i alpha_i x_i      (beta = mixing),
+
+alpha from (G G^T + lam I) w = 1, alpha = w / sum(w), lam = ridge trace(G G^T) / m.
+The pairs live in preallocated ring buffers [B, m, n] (X, F and G = F - X), and
+G G^T is kept up to date by one new row per step, so a step costs two
+length-n products per pair (the new Gram row and alpha F), one batched m x m
+solve, and a fixed number of small operations, whatever B is. Per-element
+bookkeeping (best residual, stall counter, usable pairs) is vectorised on the
+host, where the tracker already has the residuals.
+
+Safeguards, each per batch element:
+
+- restart: a residual above RESTART_FACTOR times the element's best drops its
+  history (the extrapolation left the region where the secant model holds);
+- stale pairs: a stored pair whose residual is more than STALE_FACTOR times the
+  newest one is dropped, with every older pair;
+- fallback: a singular system, sum |alpha| > ALPHA_LIMIT or a non-finite step
+  gives a damped Picard step (damping = mixing) instead, counted in
+  ``Solution.fallbacks``;
+- give up: after STALL_STEPS steps in a row without a new best residual, an
+  element that has taken at least one accelerated step starts again from y0
+  with damped Picard steps for the rest of its budget. Picard's trajectory from
+  y0 is what a stalled acceleration is measured against, so Anderson then fails
+  only where that Picard iteration would, in the steps left. Between its first
+  accelerated step and giving up an element is never declared CYCLE: its stall
+  ends in the fallback instead.
+
+A converged element returns the iterate that met tol; any other returns the
+best iterate it saw (and that iterate's residual).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from iqa.solvers.options import Solver
+from iqa.solvers.result import NORM_FLOOR, Map, Solution, Status, StopMode
+from iqa.solvers.tracker import MAX_PERIOD, Tracker, freeze, relaxed
+from iqa.validation import check_positive_int, check_unit_interval
+
+#: Default history length m: the shortest with which every band case of the benchmarks (rho(J*) in [0.8, 0.95])
+#: needs at most 0.4 x Picard's evaluations (measurements: properties/benchmarks/README.md).
+DEFAULT_HISTORY = 8
+#: sum |alpha| above this is ill-conditioned: the step would amplify the rounding of the stored iterates (eps
+#: relative) 1e4-fold, to ~1e-12 in float64 and ~1e-3 in float32, where it stops helping.
+ALPHA_LIMIT = 1e4
+#: Restart (drop the history) when the residual exceeds this factor times the element's best.
+RESTART_FACTOR = 2.0
+#: Drop a stored pair (and the older ones) whose residual exceeds this factor times the newest one's: it samples
+#: the map far from the iterate, and its large row of G dominates the least-squares system.
+STALE_FACTOR = 1e4
+#: Give up on acceleration after this many steps without a new best residual: shorter gave up on plateaus that
+#: Anderson leaves in the band cases; longer wastes the budget where Picard needs nearly all of it.
+STALL_STEPS = 16
+
+
+@dataclass(frozen=True)
+class Anderson(Solver):
+    """Anderson acceleration with restarts, stale-pair removal, a Picard fallback and give-up (module docs).
+
+    ``history`` is m, the number of pairs mixed (``memory=`` is its old name, still accepted by the keyword
+    forms such as ``solve(f, y0, "anderson", memory=5)``); ``mixing`` is beta in (0, 1], also the damping of
+    its Picard steps; ``ridge`` is the Tikhonov term relative to trace(G G^T) / m.
+    """
+
+    history: int = DEFAULT_HISTORY
+    mixing: float = 1.0
+    ridge: float = 1e-10
+
+    name = "anderson"
+    relaxation = "mixing"
+    aliases = {"memory": "history"}  # noqa: RUF012 (a class attribute of the base, not a field)
+
+    def __post_init__(self) -> None:
+        check_positive_int("history", self.history)
+        check_unit_interval("mixing", self.mixing)
+        ridge = self.ridge
+        if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not (ridge >= 0 and math.isfinite(ridge)):
+            raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
+
+    def run(self, f: Map, y0: Tensor, *, tol: float, max_iter: int, stop: StopMode, keep_iterates: bool) -> Solution:
+        return _AndersonRun(self, y0, tol, stop, keep_iterates).solve(f, max_iter)
+
+
+class _Pairs:
+    """The last m pairs of every element in ring buffers [B, m, n], with G G^T [B, m, m] kept current.
+
+    Slots fill from 0, so the first ``count`` slots are the valid ones; ``head`` is the newest. While a graph
+    is recorded (unrolled mode) the buffers are replaced, never written in place, so that autograd keeps the
+    versions it saved.
+    """
+
+    def __init__(self, y0: Tensor, m: int, differentiable: bool) -> None:
+        batch, n = y0.shape[0], y0[0].numel()
+        self.m = m
+        self.X = y0.new_zeros(batch, m, n)
+        self.F = y0.new_zeros(batch, m, n)
+        self.G = y0.new_zeros(batch, m, n)
+        # torch has no float16/bfloat16 LU on the CPU, and squared norms overflow there: the m x m system is float32
+        self.work = y0.dtype if y0.dtype in (torch.float32, torch.float64) else torch.float32
+        self.gram = torch.zeros(batch, m, m, dtype=self.work, device=y0.device)
+        self.ones = torch.ones(batch, m, 1, dtype=self.work, device=y0.device)
+        self.eye = torch.eye(m, dtype=self.work, device=y0.device)
+        self.residual = np.zeros((m, batch))  # the absolute residual of each stored pair's x
+        self.count = 0
+        self.head = -1
+        self.differentiable = differentiable
+
+    def push(self, x: Tensor, fx: Tensor, g: Tensor, residual: np.ndarray) -> None:
+        """Store (x, f(x), g = f(x) - x), all [B, n], in the oldest slot, and its row of G G^T."""
+        slot = (self.head + 1) % self.m
+        self.head = slot
+        self.count = min(self.count + 1, self.m)
+        self.residual[slot] = residual
+        k = self.count
+        if self.differentiable:
+            index = torch.tensor([slot], device=x.device)
+            self.X = self.X.index_copy(1, index, x.unsqueeze(1))
+            self.F = self.F.index_copy(1, index, fx.unsqueeze(1))
+            self.G = self.G.index_copy(1, index, g.unsqueeze(1))
+        else:
+            self.X[:, slot] = x
+            self.F[:, slot] = fx
+            self.G[:, slot] = g
+        G = self.G[:, :k]
+        if self.work != G.dtype:
+            G, g = G.to(self.work), g.to(self.work)
+        # [B, 1, k]: g_new . g_i (this orientation is a fast batched row-times-matrix product; G g is not)
+        row = torch.bmm(g.unsqueeze(1), G.transpose(1, 2))
+        if self.differentiable:
+            index = torch.tensor([slot], device=x.device)
+            column = torch.nn.functional.pad(row.transpose(1, 2), (0, 0, 0, self.m - k))
+            gram = self.gram.index_copy(2, index, column)
+            self.gram = gram.index_copy(1, index, gram[:, :, slot].unsqueeze(1))
+        else:
+            self.gram[:, :k, slot] = row.squeeze(1)
+            self.gram[:, slot, :k] = row.squeeze(1)
+
+    def ages(self) -> np.ndarray:
+        """Age of each valid slot (0 = newest), [count]."""
+        return (self.head - np.arange(self.count)) % self.m
+
+    def fresh(self, cap: np.ndarray) -> np.ndarray:
+        """Per element, how many of its newest pairs (at most ``cap``) to use: up to the first, going back, whose
+        residual exceeds STALE_FACTOR times the newest one's."""
+        stored = self.residual[: self.count]
+        newest = stored[self.head]
+        if stored.max() <= STALE_FACTOR * newest.min():  # nothing stale (NaN fails this test: the full rule runs)
+            return cap
+        by_age = self.residual[self.ages()]  # [count, B], newest first
+        within = by_age[1:] <= STALE_FACTOR * by_age[0]
+        leading = np.cumprod(within, axis=0).sum(axis=0)
+        return np.minimum(1 + leading, cap)
+
+    def next_iterate(
+        self, y: Tensor, fy: Tensor, mixing: float, ridge: float, usable: np.ndarray
+    ) -> tuple[Tensor, np.ndarray]:
+        """The next iterate [B, n] from the newest pair (y, f(y)) and the history: Anderson's where its system is
+        sound and the element may use more than one pair, else the damped Picard step (bit for bit); and which
+        elements fell back."""
+        none = np.zeros(y.shape[0], dtype=bool)
+        found = self.step(mixing, ridge, usable)
+        if found is None:
+            return relaxed(y, fy, mixing), none
+        new, ok = found
+        accelerating = usable > 1
+        take = ok & accelerating
+        if take.all():
+            return new, none
+        fell_back = ~ok & accelerating
+        mask = torch.from_numpy(take).to(y.device)[:, None]
+        return torch.where(mask, new, relaxed(y, fy, mixing)), fell_back
+
+    def step(self, mixing: float, ridge: float, usable: np.ndarray) -> tuple[Tensor, np.ndarray] | None:
+        """The Anderson step [B, n] from each element's newest ``usable`` pairs, and which elements' systems
+        failed (singular, sum |alpha| > ALPHA_LIMIT, or a non-finite step). None when no element may use more
+        than one pair (every step is a Picard step)."""
+        k = self.count
+        if k == 1 or int(usable.max()) == 1:
+            return None
+        gram = self.gram[:, :k, :k]
+        keep = None
+        n_kept: Tensor | float = float(k)
+        extra: Tensor | float = 0.0
+        if int(usable.min()) < k:
+            # Dropped pairs get alpha_i = 0: their rows and columns of the system are zeroed, 1 on the diagonal.
+            keep_host = self.ages()[None, :] < usable[:, None]
+            keep = torch.from_numpy(keep_host).to(gram.device)
+            gram = gram * (keep[:, :, None] & keep[:, None, :])
+            n_kept = torch.from_numpy(np.maximum(usable, 1)).to(gram.device, gram.dtype)
+            extra = (~keep).to(gram.dtype)
+        scale = gram.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(NORM_FLOOR) / n_kept
+        if keep is None:
+            system = gram + (ridge * scale)[:, None, None] * self.eye[:k, :k]
+        else:
+            system = gram + torch.diag_embed((ridge * scale)[:, None] + extra)
+        w, info = torch.linalg.solve_ex(system, self.ones[:, :k])
+        w = w.squeeze(-1)
+        if keep is not None:
+            w = w * keep
+        alpha = (w / w.sum(-1, keepdim=True)).to(self.F.dtype)
+        a = alpha.unsqueeze(1)
+        new = torch.bmm(a, self.F[:, :k]).squeeze(1)
+        if mixing != 1.0:
+            new = mixing * new + (1 - mixing) * torch.bmm(a, self.X[:, :k]).squeeze(1)
+        # One transfer for the three checks. sum |alpha| <= ALPHA_LIMIT is False for NaN and Inf too (it checks
+        # that alpha is finite); amax propagates NaN, so isfinite(amax |new|) is isfinite(new).all(-1).
+        work = self.work
+        checks = torch.stack((info.to(work), alpha.abs().sum(-1).to(work), new.abs().amax(-1).to(work)))
+        info_h, alpha_h, peak = checks.detach().cpu().numpy()
+        return new, (info_h == 0) & (alpha_h <= ALPHA_LIMIT) & np.isfinite(peak)
+
+
+class _AndersonRun:
+    """The state of one Anderson solve: the pairs and each element's safeguard state, as host arrays."""
+
+    def __init__(self, options: Anderson, y0: Tensor, tol: float, stop: StopMode, keep_iterates: bool) -> None:
+        batch = y0.shape[0]
+        self.options = options
+        self.y0 = y0
+        self.track = Tracker(y0, tol, stop, keep_iterates)
+        self.pairs: _Pairs | None = None
+        self.best = np.full(batch, math.inf)
+        self.best_y = y0
+        self.restart_point = y0
+        #: How many of the newest pairs each element may use (a restart drops the older ones).
+        self.usable = np.zeros(batch, dtype=np.int64)
+        #: Steps since the element last lowered its best residual.
+        self.stalled = np.zeros(batch, dtype=np.int64)
+        #: Whether it ever took an accelerated step: until then it is on Picard's trajectory, nothing to give up.
+        self.deviated = np.zeros(batch, dtype=bool)
+        self.gave_up = np.zeros(batch, dtype=bool)
+        self.fallbacks = 0
+
+    def solve(self, f: Map, max_iter: int) -> Solution:
+        options, track, y0 = self.options, self.track, self.y0
+        batch = y0.shape[0]
+        mixing = options.mixing
+        y = y0
+        step = 0
+        history = options.history
+        all_open = np.ones(batch, dtype=bool)
+        gave_up_any = False
+        for step in range(1, max_iter + 1):
+            fy = f(y)
+            was_open = track.open.copy() if track.n_decided else all_open
+            y_flat, f_flat = y.reshape(batch, -1), fy.reshape(batch, -1)
+            g = f_flat - y_flat
+            metric = np.array(track.observe(y, fy, step, diff=g.view(y.shape)))
+            if step == 1:
+                # The first step after giving up is the Picard step from y0, whose f(y0) is already known.
+                self.restart_point = relaxed(y0, fy, mixing)
+                self.pairs = _Pairs(y0, history, fy.requires_grad or y0.requires_grad)
+            assert self.pairs is not None
+            improved = was_open & (metric < self.best)
+            if improved.any():
+                self.best = np.where(improved, metric, self.best)
+                mask = None if improved.all() else torch.from_numpy(improved).to(y.device)
+                self.best_y = y if mask is None else freeze(mask, y, self.best_y)
+                self.stalled = np.where(improved, 0, self.stalled + 1)
+            else:
+                self.stalled += 1
+            giving_up = None
+            if self.stalled.max() >= STALL_STEPS:
+                giving_up = self.deviated & ~self.gave_up & (self.stalled >= STALL_STEPS)
+                self.gave_up |= giving_up
+                gave_up_any = bool(self.gave_up.any())
+            if track.all_decided or step == max_iter:
+                break
+            self.pairs.push(y_flat, f_flat, g, np.array(track.abs_history[-1]))
+            restart = metric > RESTART_FACTOR * self.best
+            if gave_up_any:
+                restart |= self.gave_up
+            self.usable = np.where(restart, 1, self.pairs.fresh(np.minimum(self.usable + 1, history)))
+            y_next, fell_back = self.pairs.next_iterate(y_flat, f_flat, mixing, options.ridge, self.usable)
+            self.deviated |= (self.usable > 1) & ~fell_back
+            if (step + 1) % MAX_PERIOD == 0:  # the tracker reads it at its next cycle check only
+                track.may_cycle = self.gave_up | ~self.deviated
+            if gave_up_any or fell_back.any():
+                # Count only elements still being solved: a decided element's step is discarded by the freeze.
+                self.fallbacks += int(((fell_back | self.gave_up) & track.open).sum())
+            y_next = y_next.reshape(y.shape)
+            if giving_up is not None and giving_up.any():
+                y_next = freeze(torch.from_numpy(giving_up).to(y.device), self.restart_point, y_next)
+            y = freeze(track.decided, y, y_next) if track.any_decided else y_next
+        track.finish(step)
+        converged = [s is Status.CONVERGED for s in track.statuses]
+        y_out = freeze(torch.tensor(converged, device=y.device), y, self.best_y)
+        final = [
+            track.stop_history[track.steps[b] - 1][b] if converged[b] else float(self.best[b]) for b in range(batch)
+        ]
+        return track.solution(y_out, options.name, final, self.fallbacks)

@@ -1,0 +1,221 @@
+"""The ring-buffer Anderson computes what the former implementation computed, to rounding.
+
+The reference is the former ``iqa/solvers.py``, kept verbatim in
+``anderson_reference.py`` (test-only). Two levels:
+
+- one step: the same history of pairs (pushed into the ring, wrapping it, and
+  into the reference's deques) and the same usable counts give the same next
+  iterate within the rounding of the m x m least-squares solve, a bound derived
+  from its condition number kappa, and the same fallbacks; the stale-pair rule
+  gives the same counts exactly;
+- whole solves on the built-in variants (float64, contractive to cycling
+  scales): the same statuses, step counts and fallbacks. Rounding differs
+  between the two (the Gram matrix is updated one row per step, the ring stores
+  pairs in rotated order), and Anderson's least-squares step amplifies it by
+  up to kappa, so whole trajectories are not compared to a fixed tolerance.
+  A decision may differ only where the two runs' own residuals fall on
+  different sides of one of its thresholds (tol, a new best, RESTART_FACTOR,
+  STALE_FACTOR, the stall ratio of the cycle check, DIVERGENCE_FACTOR); such
+  an element is excluded from the comparison and counted as an event.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import torch
+from hypothesis import assume, event, given, note
+from hypothesis import strategies as st
+
+from iqa import Anderson, solve
+from iqa.solvers import ALPHA_LIMIT, DIVERGENCE_FACTOR, MAX_PERIOD, RESTART_FACTOR, STALE_FACTOR, STALL_RATIO
+from iqa.solvers.anderson import _Pairs
+from iqa.variants import resolve
+from properties.strategies import Case
+from properties.tool import anderson_reference as reference
+
+F64 = torch.float64
+EPS = torch.finfo(F64).eps
+
+
+# --- one step ----------------------------------------------------------------------------------------------------
+
+
+@given(
+    batch=st.integers(1, 3),
+    n=st.integers(8, 40),
+    m=st.integers(2, 8),
+    extra=st.integers(0, 12),
+    mixing=st.sampled_from([1.0, 0.75, 0.5]),
+    ridge=st.sampled_from([1e-10, 1e-6, 0.0]),
+    seed=st.integers(0, 2**31 - 1),
+    data=st.data(),
+)
+def test_step_matches_reference_step(batch, n, m, extra, mixing, ridge, seed, data) -> None:
+    """The next iterate from the same pairs agrees with the reference's within 8 u eps (kappa + 1) sum|alpha|
+    max ||pair||: the rounding of a u x u solve with condition number kappa (u the pairs used), carried through
+    the mix sum_i alpha_i f_i. Elements that may use one pair take the Picard step, bit for bit."""
+    pushes = data.draw(st.integers(1, m + extra), label="pairs pushed")  # more than m wraps the ring
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(pushes, batch, n, dtype=F64, generator=g)
+    F = X + torch.randn(pushes, batch, n, dtype=F64, generator=g) / (1 + torch.arange(pushes, dtype=F64))[:, None, None]
+    pairs = _Pairs(X[0], m, differentiable=False)
+    xs: deque[torch.Tensor] = deque(maxlen=m)
+    fs: deque[torch.Tensor] = deque(maxlen=m)
+    for t in range(pushes):
+        pairs.push(X[t], F[t], F[t] - X[t], np.zeros(batch))
+        xs.append(X[t])
+        fs.append(F[t])
+    k = min(pushes, m)
+    usable = np.array(data.draw(st.lists(st.integers(1, k), min_size=batch, max_size=batch), label="usable"))
+    ours, fell_back = pairs.next_iterate(X[-1], F[-1], mixing, ridge, usable)
+    expected, expected_fell_back = reference._anderson_step(xs, fs, mixing, ridge, usable.tolist())
+    for b in range(batch):
+        u = int(usable[b])
+        if u == 1:
+            assert torch.equal(ours[b], expected[b]) and not fell_back[b] and not expected_fell_back[b]
+            continue
+        Xb = torch.stack(list(xs)[-u:])[:, b]
+        Fb = torch.stack(list(fs)[-u:])[:, b]
+        G = Fb - Xb
+        gram = G @ G.T
+        system = gram + ridge * gram.trace() / u * torch.eye(u, dtype=F64)
+        kappa = float(torch.linalg.cond(system))
+        assume(kappa * EPS < 1e-3)  # a numerically singular system: its answer is rounding, nothing to compare
+        w = torch.linalg.solve(system, torch.ones(u, dtype=F64))
+        alpha_sum = float((w / w.sum()).abs().sum())
+        scale = float(torch.cat([Xb, Fb]).norm(dim=1).max())
+        bound = 8 * u * EPS * (kappa + 1) * alpha_sum * scale
+        note(f"b={b} u={u} kappa={kappa:.2e} sum|alpha|={alpha_sum:.2e} bound={bound:.2e}")
+        if bool(fell_back[b]) != bool(expected_fell_back[b]):
+            # only where sum|alpha| is within the solve's rounding of ALPHA_LIMIT
+            assert abs(alpha_sum / ALPHA_LIMIT - 1) <= 8 * u * EPS * (kappa + 1)
+            event("fallback decided within rounding of ALPHA_LIMIT")
+            continue
+        assert float((ours[b] - expected[b]).norm()) <= bound
+
+
+@given(
+    batch=st.integers(1, 3),
+    m=st.integers(1, 8),
+    steps=st.integers(1, 20),
+    seed=st.integers(0, 2**31 - 1),
+    data=st.data(),
+)
+def test_stale_pairs_match_reference(batch, m, steps, seed, data) -> None:
+    """The vectorised stale-pair rule gives the reference's counts exactly, from the same residuals."""
+    rng = np.random.default_rng(seed)
+    # residuals spanning 12 decades, so that STALE_FACTOR = 1e4 cuts somewhere in most histories
+    history = (10.0 ** rng.uniform(-6, 6, size=(steps, batch))).tolist()
+    pairs = _Pairs(torch.zeros(batch, 1, dtype=F64), m, differentiable=False)
+    for row in history:
+        pairs.push(torch.zeros(batch, 1, dtype=F64), torch.zeros(batch, 1, dtype=F64), torch.zeros(batch, 1, dtype=F64),
+                   np.array(row))  # fmt: skip
+    cap = np.array(data.draw(st.lists(st.integers(1, min(m, steps)), min_size=batch, max_size=batch), label="cap"))
+    expected = [reference._fresh_pairs(history, b, int(cap[b])) for b in range(batch)]
+    assert pairs.fresh(cap).tolist() == expected
+
+
+# --- whole solves ---------------------------------------------------------------------------------------------------
+
+
+def straddles(a, r, b: int, tol: float, history: int, until: int | None = None) -> bool:
+    """Whether, before element b's decision (and before step ``until``), the two runs' own residuals fall on
+    different sides of a threshold of the tracker or of Anderson's safeguards (then their decisions may differ,
+    from rounding alone)."""
+    steps = min(a.steps[b], r.steps[b], until if until is not None else a.steps[b])
+    sa, sr = a.stop_residuals[:, b].tolist(), r.stop_residuals[:, b].tolist()
+    ra, rr = a.residuals[:, b].tolist(), r.residuals[:, b].tolist()
+    best_a = best_r = float("inf")
+    for t in range(steps):
+        if (sa[t] <= tol) != (sr[t] <= tol):
+            return True
+        if (sa[t] < best_a) != (sr[t] < best_r) or (sa[t] > RESTART_FACTOR * best_a) != (
+            sr[t] > RESTART_FACTOR * best_r
+        ):
+            return True
+        best_a, best_r = min(best_a, sa[t]), min(best_r, sr[t])
+        if (ra[t] >= DIVERGENCE_FACTOR * ra[0]) != (rr[t] >= DIVERGENCE_FACTOR * rr[0]):
+            return True
+        if t >= MAX_PERIOD and (ra[t] >= STALL_RATIO * ra[t - MAX_PERIOD]) != (
+            rr[t] >= STALL_RATIO * rr[t - MAX_PERIOD]
+        ):
+            return True
+        for k in range(1, min(history, t + 1)):
+            if (ra[t - k] <= STALE_FACTOR * ra[t]) != (rr[t - k] <= STALE_FACTOR * rr[t]):
+                return True
+    return False
+
+
+VARIANTS = st.sampled_from(["hopfield", "positional", "injection", "reference", "scaled", "damped"])
+#: Residual histories of a contractive solve agree to this, relative (measured: <= 2e-7 between the two
+#: implementations, the least-squares step amplifying rounding by its condition number), above a floor of
+#: FLOOR ||f(y)|| where the residual is rounding itself.
+AGREE, FLOOR = 1e-5, 1e-12
+
+
+def run_both(name, batch, tokens, dim, scale, seed, history, mixing, stop, tol):
+    case = Case(batch=batch, tokens=tokens, dim=dim, dtype=F64, scale=scale, seed=seed)
+    layer = case.layer(resolve(name))
+    x = case.inputs()
+    f, y0 = layer.fixed_point_map(x), layer.initial_point(x)
+    with torch.no_grad():
+        ours = solve(f, y0, Anderson(history=history, mixing=mixing), tol=tol, max_iter=300, stop=stop)
+        theirs = reference.solve(f, y0, "anderson", memory=history, mixing=mixing, tol=tol, max_iter=300, stop=stop)
+    return ours, theirs
+
+
+def solve_cases(scales: st.SearchStrategy[float]) -> st.SearchStrategy[dict]:
+    return st.fixed_dictionaries(
+        dict(
+            name=VARIANTS,
+            batch=st.integers(1, 3),
+            tokens=st.integers(2, 8),
+            dim=st.integers(2, 8),
+            scale=scales,
+            seed=st.integers(0, 10**6),
+            history=st.integers(2, 8),
+            mixing=st.sampled_from([1.0, 0.75, 0.5]),
+            stop=st.sampled_from(["abs", "rel"]),
+            tol=st.floats(-10.0, -6.0).map(lambda e: 10.0**e),
+        )
+    )
+
+
+@given(problem=solve_cases(st.floats(0.5, 1.5)))
+def test_contractive_solves_match_reference(problem: dict) -> None:
+    """Where the layers contract: the same statuses, steps and fallbacks, and residual histories that agree to
+    AGREE, except for an element whose two runs straddle a threshold before their residuals part."""
+    ours, theirs = run_both(**problem)
+    rows = min(ours.n_steps, theirs.n_steps)
+    a, r = ours.stop_residuals[:rows], theirs.stop_residuals[:rows]
+    ref_norm = theirs.residuals[:rows] / theirs.relative_residuals[:rows].clamp_min(1e-300)
+    floor = FLOOR * (ref_norm if problem["stop"] == "abs" else torch.ones_like(ref_norm))
+    apart = (a - r).abs() > AGREE * torch.maximum(a.abs(), r.abs()) + floor
+    note(f"ours {ours.statuses} {ours.steps} {ours.fallbacks}; reference {theirs.statuses} {theirs.steps}"
+         f" {theirs.fallbacks}")  # fmt: skip
+    straddled = 0
+    for b in range(problem["batch"]):
+        parted = int(apart[:, b].nonzero()[0]) if bool(apart[:, b].any()) else rows
+        if straddles(ours, theirs, b, problem["tol"], problem["history"], until=parted):
+            straddled += 1
+            continue
+        assert parted == rows, f"element {b}: residuals part at step {parted + 1} with no threshold straddled"
+        assert (ours.statuses[b].value, ours.steps[b]) == (theirs.statuses[b].value, theirs.steps[b])
+    event(f"elements with a decision within rounding of a threshold: {straddled}")
+    if not straddled:
+        assert ours.fallbacks == theirs.fallbacks
+
+
+@given(problem=solve_cases(st.floats(1.5, 3.0)))
+def test_cycling_solves_match_reference(problem: dict) -> None:
+    """Up to the scales where the layers cycle: the same statuses and steps, except for an element whose two
+    runs straddle a threshold (here trajectories may part from rounding alone, amplified by the iteration)."""
+    ours, theirs = run_both(**problem)
+    explained = [straddles(ours, theirs, b, problem["tol"], problem["history"]) for b in range(problem["batch"])]
+    event(f"elements with a decision within rounding of a threshold: {sum(explained)}")
+    for b in range(problem["batch"]):
+        if not explained[b]:
+            assert (ours.statuses[b].value, ours.steps[b]) == (theirs.statuses[b].value, theirs.steps[b])
+    assert torch.equal(ours.stop_residuals[0], theirs.stop_residuals[0])  # both evaluate f(y0) first: same bits
