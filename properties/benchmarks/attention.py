@@ -36,12 +36,12 @@ from torch.nn import functional as F
 
 from iqa import AdjointOptions, FixedPointLayer, SolveRecord, fixed_point, solve
 from iqa.layer import linear_init_
-from iqa.solvers import DEFAULT_MEMORY, Map
+from iqa.solvers import DEFAULT_HISTORY, Map
 
 TOL = 1e-4  # relative residual ||f(y) - y|| / ||f(y)||, forward and adjoint, both libraries (issue 14)
 STOP = "rel"
 MAX_ITER = 200  # far above the ~15-40 steps these problems take: reaching it is a failure, not a stop
-MEMORY = DEFAULT_MEMORY  # Anderson's history length, both libraries: iqa's default
+MEMORY = DEFAULT_HISTORY  # Anderson's history length, both libraries: iqa's default
 UNROLLED_T = 50  # the unrolled mode's depth (issue 14)
 SEED = 0
 
@@ -150,7 +150,8 @@ def problem(size: Size, device: torch.device | str = "cpu", seed: int = SEED) ->
 
 def iqa_forward(f: Map, y0: Tensor, method: str) -> Tensor:
     with torch.no_grad():
-        solution = solve(f, y0, method, tol=TOL, stop=STOP, max_iter=MAX_ITER, memory=MEMORY)
+        history = {"history": MEMORY} if method == "anderson" else {}
+        solution = solve(f, y0, method, tol=TOL, stop=STOP, max_iter=MAX_ITER, **history)
     if not solution.converged:
         raise AssertionError(f"iqa {method} did not converge: {solution.status.name} after {solution.n_steps}")
     return solution.y
@@ -191,7 +192,7 @@ def output(problem: Problem, mode: str, record: SolveRecord | None = None) -> Te
         z = torchdeq_forward(f, problem.start())
         ift = peers.torchdeq_ift("anderson", tol=TOL, stop=STOP, max_iter=MAX_ITER, memory=MEMORY)
         return ift(None, f, z)[0]
-    options: dict[str, Any] = dict(method="anderson", tol=TOL, stop=STOP, max_iter=MAX_ITER, memory=MEMORY)
+    options: dict[str, Any] = dict(method="anderson", tol=TOL, stop=STOP, max_iter=MAX_ITER, history=MEMORY)
     if mode == "implicit":
         options["adjoint"] = AdjointOptions(tol=TOL)
     return fixed_point(f, problem.start(), mode, record=record, **options)
