@@ -18,10 +18,9 @@ its residual r = ||J u - theta u||: theta is an exact eigenvalue of J + E with
 lambda of J when J is normal, and <= cond(lambda) r to first order otherwise.
 A small residual only proves that an eigenpair was found, not the dominant
 one; Arnoldi reports ``converged`` only when its check (the same iteration on
-J with theta deflated, from a fresh random start) converged on no larger
-modulus, and restarts from the larger one when it found one. Where the check
-cannot converge (a cluster of nearly equal moduli just below rho, such as the
-damped layer's 1 - a), the estimate is returned unconverged, not trusted. The
+J with theta deflated, from a fresh random start, a few cycles) ended on no
+larger modulus, and restarts from the larger one when it found one: theta is
+then the dominant eigenvalue unless two independent random starts missed it. The
 dense method has no such blind spot and is the default up to n = DENSE_LIMIT.
 """
 
@@ -58,7 +57,7 @@ class Spectrum:
     Arnoldi reached its tolerance and its check confirmed that the eigenvalue is
     the dominant one (always True for dense); ``eigenvalues`` holds every
     eigenvalue for the dense method (None for Arnoldi). Arnoldi only:
-    ``confirmed`` (the deflated check from a fresh start converged on no larger
+    ``confirmed`` (the deflated check from a fresh start ended on no larger
     modulus, or the basis spanned the whole space), ``second`` (the modulus that
     check found; NaN without a check) and ``jvps`` (Jacobian-vector products used,
     each over the whole batch).

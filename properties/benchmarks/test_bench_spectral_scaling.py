@@ -71,7 +71,7 @@ def _case(name: str) -> tuple[object, Tensor, float | None, float | None]:
         return f, y, None, None
     # column k of every token block at once: the unit vector e_k in every token's slot
     columns = [jvp(f, (y,), (torch.zeros_like(y).index_fill_(-1, torch.tensor([k]), 1.0),))[1] for k in range(D)]
-    blocks = torch.stack(columns, dim=-1)[0]  # [N, D (output), D (input)]
+    blocks = torch.stack(columns, dim=-1)[0].detach()  # [N, D (output), D (input)]
     rho = float(np.abs(np.linalg.eigvals(blocks.numpy())).max())
     return f, y, rho, float(torch.linalg.svdvals(blocks).max())
 
