@@ -184,11 +184,11 @@ def krylov_schur(
         for j in range(k, m):
             w = op(V[:, :, j])
             applications += 1
-            scale = torch.linalg.vector_norm(w, dim=-1)
+            w_size = torch.linalg.vector_norm(w, dim=-1)
             w, h = _orthogonalize(V[:, :, : j + 1], w)
             H[:, : j + 1, j] = h
             beta = torch.linalg.vector_norm(w, dim=-1)
-            alive = beta > n * eps * scale
+            alive = beta > n * eps * w_size
             H[:, j + 1, j] = torch.where(alive, beta, 0.0)
             if j + 1 < n and not bool(alive.all()):
                 # an invariant subspace: its eigenvalues are exact, the dominant one may lie outside; go on fresh
