@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import event, example, given, note, target
+from hypothesis import event, example, given, note, settings, target
 from hypothesis import strategies as st
 from torch import Tensor
 
@@ -117,6 +117,12 @@ def test_arnoldi_converges_only_on_the_dominant_eigenvalue(
     assert result.jvps is not None and result.jvps >= 1
 
 
+def _at_2048(test):
+    """The n = 2048 example on the thorough and large profiles only: numpy's eig of two 2048 x 2048 blocks
+    takes minutes on a loaded 2-core machine, more than the default suite's whole budget."""
+    return example(n=2048, seed=3)(test) if settings._current_profile in ("thorough", "large") else test
+
+
 def _dense_batch(n: int, seed: int) -> Tensor:
     """Two operators of size n: a constructed non-normal one and a Gaussian one (circular law: many
     moduli close to rho, Arnoldi's hardest case)."""
@@ -125,8 +131,8 @@ def _dense_batch(n: int, seed: int) -> Tensor:
     return torch.stack([constructed(n, "complex" if seed % 2 else "negative", 1.0, 0.9, 0.3, seed), gaussian])
 
 
-@example(n=2048, seed=3)
-@given(n=st.integers(41, 300), seed=st.integers(0, 2**31 - 1))
+@_at_2048
+@given(n=st.integers(41, 200), seed=st.integers(0, 2**31 - 1))
 def test_arnoldi_and_lanczos_match_dense(n: int, seed: int) -> None:
     """Up to n = 2048, rho (Arnoldi, Krylov dimension 40) matches numpy's eigvals and ||M||_2 (Lanczos on
     M^T M) matches torch's svdvals, within the bounds their residuals give: Bauer-Fike for rho (as above);
@@ -135,7 +141,8 @@ def test_arnoldi_and_lanczos_match_dense(n: int, seed: int) -> None:
     M = _dense_batch(n, seed)
     f = linear_map(M)
     y = torch.zeros(2, n, 1, dtype=F64)
-    spectrum = analysis.spectrum(f, y, "arnoldi")
+    # 10 restarts: the constructed element converges in a few; the Gaussian one may not (reported, not asserted)
+    spectrum = analysis.spectrum(f, y, "arnoldi", max_restarts=10)
     norm = analysis.norm_estimate(f, y, "lanczos")
     sigma = torch.linalg.svdvals(M)
     rounding = 5 * n * EPS * sigma[:, 0]
