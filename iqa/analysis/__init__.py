@@ -13,7 +13,7 @@ from iqa.analysis.certificates import (
     score_form,
     supports_certificates,
 )
-from iqa.analysis.certified import (
+from iqa.analysis.certified_solution import (
     CERTIFICATE_NORMS,
     CertifiedSolution,
     best_certificate,
@@ -29,7 +29,7 @@ from iqa.analysis.consensus import (
     consensus_point,
     consensus_radius,
 )
-from iqa.analysis.jacobian import jacobian, jacobian_norm, jvp, power_norm, vjp
+from iqa.analysis.jacobian import NormEstimate, jacobian, jacobian_norm, jvp, norm_estimate, power_norm, vjp
 from iqa.analysis.rates import empirical_rate, solution_rate
 from iqa.analysis.rounding import jacobian_rounding, map_rounding, score_rounding, weight_norm_product
 from iqa.analysis.spectral import Spectrum, spectral_radius, spectrum
@@ -41,6 +41,7 @@ __all__ = [
     "SCORE_FORMS",
     "Certificates",
     "CertifiedSolution",
+    "NormEstimate",
     "Spectrum",
     "attention_weights",
     "best_certificate",
@@ -60,6 +61,7 @@ __all__ = [
     "jvp",
     "map_rounding",
     "max_row_norm",
+    "norm_estimate",
     "power_norm",
     "relaxation",
     "saturation_gap",

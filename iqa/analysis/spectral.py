@@ -7,24 +7,21 @@ converge; instead:
 
 - ``dense`` (n <= DENSE_LIMIT): every eigenvalue of the dense block
   (LAPACK geev through numpy, :func:`eig_blocks`);
-- ``arnoldi``: a batched Arnoldi process on the matrix-free J (jvp), Krylov
-  dimension m, explicitly restarted from the sum of the top half of the Ritz
-  vectors (by modulus), a fresh random direction after a breakdown.
+- ``arnoldi``: thick-restarted (Krylov-Schur) Arnoldi on the matrix-free J
+  (jvp), Krylov dimension m >= 4 (or >= n), whose answer is checked by a run on
+  J with that eigenvalue deflated, from a fresh random start
+  (:mod:`iqa.analysis.krylov`); it scales to n = N D = 65 536.
 
 Either way the result carries the dominant eigenpair (theta, u), ||u|| = 1, and
 its residual r = ||J u - theta u||: theta is an exact eigenvalue of J + E with
 ||E||_2 = r (backward error), so |theta - lambda| <= r for some eigenvalue
 lambda of J when J is normal, and <= cond(lambda) r to first order otherwise.
-Arnoldi converges to the eigenvalue of largest modulus when it stands apart
-(|lambda_2| / |lambda_1| < 1, faster the smaller); with a cluster of nearly
-equal moduli (the damped layer's 1 - a, for one) a converged Ritz value may be
-another member of the cluster, so it reports an eigenvalue that is accurate to
-its residual but not necessarily the dominant one. A Krylov dimension m <= 3
-restarts from a single Ritz vector; when that vector has almost no component
-along the dominant eigenvector, the restarts can lock onto a smaller eigenvalue
-with a small residual (seen with m = 2, n = 4, |lambda_2| / |lambda_1| = 0.64),
-so use m >= 4. The dense method has no such blind spot and is the default up to
-n = DENSE_LIMIT.
+A small residual only proves that an eigenpair was found, not the dominant
+one; Arnoldi reports ``converged`` only when its check (the same iteration on
+J with theta deflated, from a fresh random start, a few cycles) ended on no
+larger modulus, and restarts from the larger one when it found one: theta is
+then the dominant eigenvalue unless two independent random starts missed it. The
+dense method has no such blind spot and is the default up to n = DENSE_LIMIT.
 """
 
 from __future__ import annotations
@@ -38,6 +35,7 @@ from torch import Tensor
 from torch.func import jvp as _func_jvp
 
 from iqa.analysis.jacobian import DENSE_LIMIT, _check_point, _primal, iterative_rtol, jacobian
+from iqa.analysis.krylov import check_krylov_dim, checked_dominant
 from iqa.solvers import Map
 
 METHODS = ("auto", "dense", "arnoldi")
@@ -56,8 +54,13 @@ class Spectrum:
 
     ``rho`` = |eigenvalue|; ``residual`` = ||J u - eigenvalue u|| for the unit
     eigenvector estimate u (the backward error); ``converged`` says whether
-    Arnoldi reached its tolerance (always True for dense); ``eigenvalues`` holds
-    every eigenvalue for the dense method (None for Arnoldi).
+    Arnoldi reached its tolerance and its check confirmed that the eigenvalue is
+    the dominant one (always True for dense); ``eigenvalues`` holds every
+    eigenvalue for the dense method (None for Arnoldi). Arnoldi only:
+    ``confirmed`` (the deflated check from a fresh start ended on no larger
+    modulus, or the basis spanned the whole space), ``second`` (the modulus that
+    check found; NaN without a check) and ``jvps`` (Jacobian-vector products used,
+    each over the whole batch).
     """
 
     rho: Tensor
@@ -66,6 +69,9 @@ class Spectrum:
     converged: Tensor
     method: str
     eigenvalues: Tensor | None = None
+    confirmed: Tensor | None = None
+    second: Tensor | None = None
+    jvps: int | None = None
 
 
 def spectral_radius(f: Map, y: Tensor, method: str = "auto", **options: Any) -> Tensor:
@@ -99,13 +105,11 @@ def spectrum(
         method = "dense" if n <= DENSE_LIMIT else "arnoldi"
     if method == "dense":
         return _dense(f, y)
-    if not (isinstance(krylov_dim, int) and krylov_dim >= 1):
-        raise ValueError(f"krylov_dim must be an integer >= 1, got {krylov_dim!r}")
     if not (isinstance(max_restarts, int) and max_restarts >= 0):
         raise ValueError(f"max_restarts must be an integer >= 0, got {max_restarts!r}")
     if rtol is None:
         rtol = iterative_rtol(n, y.dtype)
-    return _arnoldi(f, y, min(krylov_dim, n), max_restarts, rtol, seed)
+    return _arnoldi(f, y, check_krylov_dim(krylov_dim, n), max_restarts, rtol, seed)
 
 
 def _dominant(values: Tensor) -> Tensor:
@@ -165,69 +169,15 @@ def _arnoldi(f: Map, y: Tensor, m: int, max_restarts: int, rtol: float, seed: in
         return _func_jvp(f, (y,), (v.reshape(y.shape).contiguous(),))[1].detach().reshape(batch, n)
 
     generator = torch.Generator().manual_seed(seed)
-    start = torch.randn(batch, n, generator=generator, dtype=torch.float64).to(dtype=y.dtype, device=y.device)
-    theta = torch.zeros(batch, dtype=torch.complex128, device=y.device)
-    residual = torch.full((batch,), math.inf, dtype=y.dtype, device=y.device)
-    converged = torch.zeros(batch, dtype=torch.bool, device=y.device)
-    tiny = torch.finfo(y.dtype).tiny
-    keep = max(1, m // 2)
-    for _ in range(max_restarts + 1):
-        V, H = _arnoldi_basis(matvec, start, m, generator)
-        values, vectors = eig_blocks(H[:, :m, :m])
-        idx = _dominant(values)
-        theta = values.gather(-1, idx[:, None]).squeeze(-1)
-        ritz = V[:, :, :m].to(vectors.dtype) @ vectors  # every Ritz vector, [B, n, m]
-        ritz = ritz / torch.linalg.vector_norm(ritz, dim=-2, keepdim=True).clamp_min(tiny)
-        u = ritz.gather(-1, idx[:, None, None].expand(-1, n, 1)).squeeze(-1)
-        Ju = matvec(u.real).to(u.dtype) + 1j * matvec(u.imag).to(u.dtype)
-        residual = torch.linalg.vector_norm(Ju - theta[:, None] * u, dim=-1).to(y.dtype)
-        scale = torch.linalg.matrix_norm(H, ord="fro")
-        converged = residual <= rtol * scale
-        if bool(converged.all()):
-            break
-        # restart from the top half of the Ritz vectors by modulus, not the top one alone: a start that
-        # is (nearly) one eigenvector spans an invariant subspace and would lock onto that eigenvalue
-        top = values.abs().argsort(dim=-1, descending=True)[:, :keep]
-        chosen = ritz.gather(-1, top[:, None, :].expand(-1, n, -1))
-        start = (chosen.real + chosen.imag).sum(dim=-1).to(y.dtype)
-    return Spectrum(theta.abs().to(y.dtype), theta, residual, converged, "arnoldi")
-
-
-def _orthogonalize(V: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
-    """w minus its projection on the columns of V (classical Gram-Schmidt twice), and the coefficients."""
-    h = (V.transpose(1, 2) @ w[..., None]).squeeze(-1)
-    w = w - (V @ h[..., None]).squeeze(-1)
-    h2 = (V.transpose(1, 2) @ w[..., None]).squeeze(-1)
-    return w - (V @ h2[..., None]).squeeze(-1), h + h2
-
-
-def _arnoldi_basis(matvec: Map, start: Tensor, m: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Orthonormal basis V [B, n, m + 1] and Hessenberg H [B, m + 1, m] with J V_m = V_{m+1} H.
-
-    On breakdown (the Krylov space is invariant: its eigenvalues are exact, but
-    the dominant one may lie outside it) H gets a zero subdiagonal entry and the
-    basis continues with a fresh random vector orthogonal to it, so that every
-    cycle searches an m-dimensional space.
-    """
-    batch, n = start.shape
-    V = torch.zeros(batch, n, m + 1, dtype=start.dtype, device=start.device)
-    H = torch.zeros(batch, m + 1, m, dtype=start.dtype, device=start.device)
-    eps = torch.finfo(start.dtype).eps
-    norm = torch.linalg.vector_norm(start, dim=-1, keepdim=True)
-    V[:, :, 0] = torch.where(norm > 0, start / norm.clamp_min(torch.finfo(start.dtype).tiny), 0.0)
-    tiny = torch.finfo(start.dtype).tiny
-    for k in range(m):
-        w = matvec(V[:, :, k])
-        scale = torch.linalg.vector_norm(w, dim=-1)
-        w, h = _orthogonalize(V[:, :, : k + 1], w)
-        H[:, : k + 1, k] = h
-        beta = torch.linalg.vector_norm(w, dim=-1)
-        alive = beta > n * eps * scale
-        H[:, k + 1, k] = torch.where(alive, beta, 0.0)
-        if k + 1 < n and not bool(alive.all()):
-            fresh = torch.randn(batch, n, generator=generator, dtype=torch.float64).to(start.dtype).to(start.device)
-            fresh, _ = _orthogonalize(V[:, :, : k + 1], fresh)
-            w = torch.where(alive[:, None], w, fresh)
-            beta = torch.linalg.vector_norm(w, dim=-1)
-        V[:, :, k + 1] = w / beta.clamp_min(tiny)[:, None]
-    return V, H
+    found = checked_dominant(matvec, batch, n, y.dtype, y.device, m, max_restarts, rtol, generator)
+    pair = found.pair
+    return Spectrum(
+        pair.value.abs().to(y.dtype),
+        pair.value,
+        pair.residual.to(y.dtype),
+        pair.converged & found.confirmed,
+        "arnoldi",
+        confirmed=found.confirmed,
+        second=found.second,
+        jvps=found.applications,
+    )

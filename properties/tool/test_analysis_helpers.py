@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from iqa import analysis, solve
+from iqa.analysis.krylov import MIN_KRYLOV
 from iqa.analysis.rounding import jacobian_rounding, map_rounding
 from iqa.analysis.spectral import eig_blocks
 from iqa.solvers import Status
@@ -133,7 +134,8 @@ def test_spectral_radius_of_constructed_spectra(
         torch.linalg.matrix_norm(torch.linalg.inv(S) @ M @ S, 2)
     )
     # Krylov dimension n: one cycle spans everything; n / 2: the restarts must find the dominant eigenvalue
-    krylov_dim = max(2, int(krylov_fraction * n))
+    # (at least MIN_KRYLOV: smaller restarted spaces are refused, they could lock onto a smaller eigenvalue)
+    krylov_dim = max(MIN_KRYLOV, int(krylov_fraction * n))
     for method in ("dense", "arnoldi"):
         result = analysis.spectrum(f, y, method, krylov_dim=krylov_dim)
         if not bool(result.converged.all()):

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from iqa import analysis, solve
-from iqa.analysis.certified import CERTIFICATE_NORMS, in_norm, steps_needed, token_norm
+from iqa.analysis.certified_solution import CERTIFICATE_NORMS, in_norm, steps_needed, token_norm
 from iqa.analysis.rounding import jacobian_rounding, map_rounding
 from iqa.variants import Tag, Variant
 from properties.regimes import solve_and_observe

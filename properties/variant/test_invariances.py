@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from iqa import analysis, solve
-from iqa.analysis.certified import certified_solve, in_norm, token_norm
+from iqa.analysis.certified_solution import certified_solve, in_norm, token_norm
 from iqa.analysis.rounding import map_rounding
 from iqa.layer import FixedPointLayer
 from iqa.solvers import Solution
