@@ -32,7 +32,7 @@ from iqa.analysis.spectral import eig_blocks
 from iqa.layer import FixedPointLayer
 from iqa.solvers import Solution
 from iqa.variants import Tag, Variant
-from properties.regimes import observe, solve_and_observe
+from properties.regimes import observe, reached, requires_share, solve_and_observe
 from properties.strategies import ANY_SCALE, Case, cases
 from properties.tags import requires
 
@@ -195,7 +195,13 @@ def tolerance_bucket(tolerance: float) -> str:
     return "rate tolerance < log 2" if tolerance < INFORMATIVE else "rate tolerance >= log 2 (uninformative)"
 
 
+RATE_LABEL = "rate: an informative check (tolerance < log 2)"
+#: Share of converged examples with an informative rate check that the property needs (measured 29-50% on ci).
+RATE_SHARE = 0.2
+
+
 @requires(Tag.SCORE_MATRIX)
+@requires_share(RATE_LABEL, RATE_SHARE)
 @given(case=rate_cases)
 def test_observed_rate_matches_spectral_radius(variant: Variant, case: Case, device) -> None:
     """The rate of the solver's own residual history (what measure reports) is rho(J*) of the dense Jacobian
@@ -217,7 +223,8 @@ def test_observed_rate_matches_spectral_radius(variant: Variant, case: Case, dev
             event("rate: the window is not yet linear (remainder > REMAINDER_MAX)")
         else:
             checks.append(check)
-    assume(any(check.tolerance < INFORMATIVE for check in checks))  # some element must tell rho from rho / 2
+    # some element must tell rho from rho / 2; how often one does is asserted (requires_share), not hoped for
+    assume(reached(RATE_LABEL, any(check.tolerance < INFORMATIVE for check in checks)))
     for check in checks:
         gap = abs(math.log(check.rate / check.rho))
         event(tolerance_bucket(check.tolerance))

@@ -696,7 +696,7 @@ def test_gradient_does_not_depend_on_y0(variant: Variant, case: Case, spread: fl
     v = cotangent(case, device)
     an = analyse_solved(layer, x, v)
     noise = torch.randn(x.shape, dtype=F64, generator=case.generator(5)).to(x)
-    budget, floor = adjoint_budget(an, TOL64), floor_of(x, v)
+    floor = floor_of(x, v)
     params = list(layer.parameters())
     for label, start in (("from x", x), ("near y*", an.y + spread * noise)):
         y0 = start.detach().clone().requires_grad_(True)
@@ -708,7 +708,11 @@ def test_gradient_does_not_depend_on_y0(variant: Variant, case: Case, spread: fl
         grads = torch.autograd.grad((v * y).sum(), [y0, *params], materialize_grads=True)
         assert bool((grads[0] == 0).all()), f"{label}: the gradient reaches y0"
         weights = torch.cat([g.flatten() for g in grads[1:]])
-        assert_close(weights, an.reference.weights, an.scale_weights * budget, floor, f"dL/dW {label} vs dense")
+        # the dense reference at this solve's own y* (within TOL64 of the layer's: the same fixed point, but a
+        # gradient taken 1e-13 away differs by more than the adjoint budget)
+        own = analyse(layer, x, y.detach(), v)
+        budget = adjoint_budget(own, TOL64)
+        assert_close(weights, own.reference.weights, own.scale_weights * budget, floor, f"dL/dW {label} vs dense")
 
 
 @requires(Tag.MEAN_FIXED_POINT, Tag.SCORE_MATRIX)
