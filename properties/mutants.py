@@ -59,6 +59,9 @@ class Mutant:
     caught_by: str
     #: An honest built-in variant on which that property must pass: the mutant is caught for its bug.
     control: str
+    #: A regular expression that the property's own assertion message must match (re.search): the property
+    #: must fail by the assertion that guards against this bug, not by any AssertionError.
+    message: str
 
     @property
     def name(self) -> str:
@@ -185,30 +188,35 @@ MUTANTS: tuple[Mutant, ...] = (
         "softmax over the queries (dim=-2) instead of the keys: attention rows no longer sum to 1",
         "variant.test_layer_solve:test_output_in_convex_hull",
         "hopfield",
+        r"outside the convex hull",
     ),
     Mutant(
         _variant(JacobianFreeImplicit, "jacobian-free-implicit", HOPFIELD_TAGS),
         "implicit backward uses g = v, dropping the J^T g term of the adjoint fixed point",
         "variant.test_gradients:test_implicit_matches_unrolled",
         "hopfield",
+        r"unrolled vs implicit|different fixed points",
     ),
     Mutant(
         _variant(ScaledGradient, "scaled-gradient", HOPFIELD_TAGS),
         f"every gradient is {GRADIENT_FACTOR} times the true one, in every backward mode",
         "variant.test_gradients:test_implicit_matches_finite_differences",
         "hopfield",
+        r"vs central difference",
     ),
     Mutant(
         _variant(EarlyConvergence, "early-convergence", REFERENCE_TAGS, CONSENSUS_FAILURES),
         f"the solver reports CONVERGED after {EARLY_STEPS} steps, whatever the residual",
         "variant.test_layer_solve:test_solvers_agree_under_certificate",
         "reference",
+        r"^certified: ",
     ),
     Mutant(
         _variant(PositionalQueryAttention, "permutation-lie", POSITIONAL_TAGS | {Tag.PERMUTATION_EQUIVARIANT}),
         "claims permutation equivariance, but positions make it depend on token order",
         "variant.test_invariances:test_token_permutation_equivariance",
         "hopfield",
+        r"y\(P x\) vs P y\(x\)",
     ),
     Mutant(
         _variant(
@@ -220,12 +228,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "a layer of a form the certificates do not cover",
         "variant.test_invariances:test_token_permutation_equivariance",
         "hopfield",
+        r"y\(P x\) vs P y\(x\)",
     ),
     Mutant(
         _variant(RandomStart, "random-start", HOPFIELD_TAGS),
         "starts from x plus noise from the global RNG: the same input gives different outputs",
         "variant.test_determinism:test_same_input_same_output",
         "hopfield",
+        r"different outputs|not reproducible",
     ),
     Mutant(
         Variant(
@@ -237,54 +247,63 @@ MUTANTS: tuple[Mutant, ...] = (
         "the factory ignores the generator: the same seed gives different weights",
         "variant.test_determinism:test_same_seed_same_layer",
         "hopfield",
+        r"differs between two builds from one seed",
     ),
     Mutant(
         _variant(BatchCoupled, "batch-coupled", HOPFIELD_TAGS),
         "keys normalised by a statistic of the whole batch: batch elements interact",
         "variant.test_invariances:test_batch_independence",
         "hopfield",
+        r"each element alone vs in the batch",
     ),
     Mutant(
         _variant(BatchCoupled, "batch-coupled-uncertified", HOPFIELD_TAGS - {Tag.SCORE_MATRIX}),
         "as batch-coupled, for a layer that does not claim score_matrix (no certificate)",
         "variant.test_invariances:test_batch_independence",
         "hopfield",
+        r"each element alone vs in the batch",
     ),
     Mutant(
         _variant(HopfieldAttention, "mean-fixed-point-lie", HOPFIELD_TAGS | {Tag.MEAN_FIXED_POINT}),
         "claims the token mean is a fixed point; in the Hopfield orientation it is not",
         "variant.test_analysis:test_consensus_is_fixed_point",
         "reference",
+        r"is not a fixed point",
     ),
     Mutant(
         _variant(PositionalQueryAttention, "scale-lie", POSITIONAL_TAGS | {Tag.SCALE_COVARIANT}),
         "claims (2^k x, W / 2^k) gives 2^k y; the positions do not scale",
         "variant.test_invariances:test_power_of_two_rescaling",
         "hopfield",
+        r"is not 2\^",
     ),
     Mutant(
         _variant(HalvedScoreMatrix, "halved-certificate", REFERENCE_TAGS, CONSENSUS_FAILURES),
         "score_matrix reports A / 2, so every certificate is half the true Lipschitz bound",
         "variant.test_certificates:test_lipschitz_certificates_are_sound",
         "reference",
+        r"is not a Lipschitz bound",
     ),
     Mutant(
         _variant(ImplicitQueryAttention, "weights-matter-lie", REFERENCE_TAGS | {Tag.WEIGHT_DEPENDENT}),
         "the seed without its declared expected failure: its fixed point is the token mean",
         f"variant.test_gradients:{WEIGHTS_MOVE_FIXED_POINT}",
         "hopfield",
+        r"the fixed point ignores the weights",
     ),
     Mutant(
         _variant(ScaledQueryAttention, "seed-lie", _BUILTIN["scaled"].tags | {Tag.SEED_EXACT}, CONSENSUS_FAILURES),
         "claims to be the seed bit for bit, but divides the scores by sqrt(D)",
         "variant.test_seed:test_layer_equals_seed_bitwise",
         "reference",
+        r"differs from the seed",
     ),
     Mutant(
         _variant(InjectedQueryAttention, "hull-lie", INJECTION_TAGS | {Tag.CONVEX_HULL}),
         "claims the output is in the convex hull of x; input injection adds x to the attention output",
         "variant.test_layer_solve:test_output_in_convex_hull",
         "hopfield",
+        r"outside the convex hull",
     ),
 )
 

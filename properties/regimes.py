@@ -16,7 +16,12 @@ spent in each regime.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
 from hypothesis import event, note
@@ -25,6 +30,8 @@ from torch import Tensor
 from iqa import analysis
 from iqa.layer import FixedPointLayer
 from iqa.solvers import Solution, Status, solve
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 REGIMES = ("contractive", "multistable", "cycling", "saturated")
 #: An attention row whose largest weight is within this of 1 counts as one-hot.
@@ -90,3 +97,63 @@ def solve_and_observe(layer: FixedPointLayer, x: Tensor, label: str = "") -> tup
             layer.fixed_point_map(x), layer.initial_point(x), tol=observation_tol(x), max_iter=OBSERVE_MAX_ITER
         )
     return solution, observe(layer, x, solution, label)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# coverage asserted: a property that needs a regime fails when too few of its examples reach it
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """How many examples of one run of a property reached each labelled regime, out of how many looked."""
+
+    looked: Counter[str] = field(default_factory=Counter)
+    reached: Counter[str] = field(default_factory=Counter)
+
+
+_RUNNING: list[Tally] = []
+
+
+def reached(label: str, hit: bool) -> bool:
+    """Record (and ``event()``) whether this example reached the regime ``label``; returns ``hit``.
+
+    Counted for the property run that :func:`requires_share` wraps, if any (a no-op tally otherwise), and
+    shown by ``--hypothesis-show-statistics`` as the event "label: True/False".
+    """
+    event(f"{label}: {hit}")
+    if _RUNNING:
+        _RUNNING[-1].looked[label] += 1
+        _RUNNING[-1].reached[label] += int(hit)
+    return hit
+
+
+def requires_share(label: str, minimum: float, at_least: int = 1) -> Callable[[F], F]:
+    """Decorate a Hypothesis property (above ``@given``): after all its examples have run, at least ``minimum``
+    of those that called :func:`reached` with ``label`` (and at least ``at_least`` of them) must have reached it.
+    Otherwise the property fails: it would pass without having tested the regime it exists for.
+
+    The wrapped Hypothesis test stays reachable as ``wrapper.hypothesis_inner`` (the meta tests change its
+    settings there).
+    """
+
+    def decorate(test: F) -> F:
+        @functools.wraps(test)
+        def wrapper(*args: Any, **kwargs: Any) -> None:
+            tally = Tally()
+            _RUNNING.append(tally)
+            try:
+                test(*args, **kwargs)
+            finally:
+                _RUNNING.remove(tally)
+            looked, hit = tally.looked[label], tally.reached[label]
+            share = hit / looked if looked else 0.0
+            assert hit >= at_least and share >= minimum, (
+                f"regime coverage: {hit} of {looked} examples reached '{label}' ({share:.0%}); "
+                f"this property needs at least {minimum:.0%} and {at_least}: it did not test what it is for"
+            )
+
+        wrapper.hypothesis_inner = test  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

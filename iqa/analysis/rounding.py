@@ -3,8 +3,8 @@
 For f_i(Y) = sum_j p_ij v_j (+ b_i) with p_i = softmax(s_i) and scores formed
 by products of the weights with x and y (length-D dot products), the computed
 scores carry |ds| <= s_err = (D + 2) eps W ||x||max (||y||max + ||x||max + sqrt(D)),
-W the product of the spectral norms of the layer's weight matrices (an upper
-bound on the size of any intermediate product; sqrt(D) covers a bounded
+W the product of the spectral norms of the weight matrices the scores pass
+through (:func:`weight_norm_product`; an upper bound on the size of any intermediate product; sqrt(D) covers a bounded
 positional offset). Since d f_i / d s_ij = p_ij (v_j - f_i), a score error moves
 f_i by at most diam(V) (s_err + 4 eps) (the 4 eps for exp and the
 normalization), and the length-N average and the additions add
@@ -25,13 +25,30 @@ from iqa.analysis.certificates import diameter, max_row_norm, relaxation, suppor
 from iqa.layer import FixedPointLayer
 
 
-def weight_norm_product(layer: FixedPointLayer) -> float:
-    """prod ||W||_2 over the layer's 2-D parameters (1.0 for a layer without any)."""
+def weight_norm_product(layer: FixedPointLayer, x: Tensor | None = None) -> float:
+    """W: a bound on the product of the norms of the weight matrices that any score passes through.
+
+    For a layer with ``score_matrix(x)`` (and ``x`` given) that is prod ||W||_2 over the 2-D parameters the
+    score matrix depends on (found by autograd: the value matrices, W_V, are left out, their size enters the
+    bounds through ||v||); otherwise prod max(1, ||W||_2) over all of them, a bound on the product over any
+    subset. (A plain product over all matrices is not a bound: a value matrix of norm < 1 made it fall below
+    the scores' own scale, found on injection, float32, N = 2, D = 1, J's rounding 17x the bound.)
+    """
+    matrices = [p for p in layer.parameters() if p.dim() == 2]
+    on_path: list[bool] | None = None
+    if x is not None and supports_certificates(layer) and all(p.requires_grad for p in matrices) and matrices:
+        with torch.enable_grad():
+            A = layer.score_matrix(x.detach())  # type: ignore[operator]
+            grads = torch.autograd.grad(A.sum(), matrices, allow_unused=True) if A.requires_grad else []
+        on_path = [g is not None for g in grads] if grads else None
     product = 1.0
     with torch.no_grad():
-        for p in layer.parameters():
-            if p.dim() == 2:
-                product *= float(torch.linalg.matrix_norm(p.to(torch.float64), ord=2))
+        for i, p in enumerate(matrices):
+            norm = float(torch.linalg.matrix_norm(p.to(torch.float64), ord=2))
+            if on_path is None:
+                product *= max(1.0, norm)
+            elif on_path[i]:
+                product *= norm
     return product
 
 
@@ -41,7 +58,7 @@ def score_rounding(layer: FixedPointLayer, x: Tensor, y: Tensor) -> Tensor:
     D = x.shape[-1]
     X = max_row_norm(x.to(torch.float64))
     Y = max_row_norm(y.to(torch.float64)) + X + math.sqrt(D)
-    return (D + 2) * eps * weight_norm_product(layer) * X * Y
+    return (D + 2) * eps * weight_norm_product(layer, x) * X * Y
 
 
 def map_rounding(layer: FixedPointLayer, x: Tensor, y: Tensor) -> Tensor:
@@ -74,7 +91,7 @@ def jacobian_rounding(layer: FixedPointLayer, x: Tensor, y: Tensor) -> Tensor:
     N, D = x.shape[-2], x.shape[-1]
     with torch.no_grad():
         V = (layer.values(x) if supports_certificates(layer) else x).to(torch.float64)  # type: ignore[operator]
-    scale = weight_norm_product(layer) * max_row_norm(x.to(torch.float64)) * (diameter(V) + 2 * max_row_norm(V))
+    scale = weight_norm_product(layer, x) * max_row_norm(x.to(torch.float64)) * (diameter(V) + 2 * max_row_norm(V))
     a = relaxation(layer)
     inner = math.sqrt(N * D) * scale * (score_rounding(layer, x, y) + (2 * N + 2 * D + 8) * eps)
     return a * inner + 3 * eps * (1 - a) * math.sqrt(N * D)

@@ -2,9 +2,10 @@
 
 For each mutant of ``properties/mutants.py`` this calls the property function
 itself with ``variant=<mutant>`` (a Hypothesis test accepts its non-drawn
-arguments) and requires it to fail with an assertion, after the same call on
-an honest built-in variant (the mutant's control) has passed: the property is
-then known to fail because of the mutant's bug. Hypothesis runs both
+arguments) and requires it to fail with its own assertion (a message matching
+the mutant's ``message``, not any AssertionError), after the same call on an
+honest built-in variant (the mutant's control) has passed: the property is then
+known to fail because of the mutant's bug. Hypothesis runs both
 derandomized, without shrinking, with at least ``MIN_EXAMPLES`` examples, so
 the verdict is the same on every run. The share of mutants caught is printed
 at the end of the session (``properties/meta/score.py``).
@@ -16,6 +17,7 @@ import importlib
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -45,6 +47,12 @@ class Outcome:
 
     kind: str  # "passed", "failed" (by an assertion) or "error" (anything else)
     detail: str | None = None
+    #: The messages of the assertions that failed (every leaf of a Hypothesis exception group).
+    messages: tuple[str, ...] = ()
+
+    def matches(self, pattern: str) -> bool:
+        """Whether the property's own assertion failed: some assertion message matches ``pattern``."""
+        return self.kind == "failed" and any(re.search(pattern, m, re.DOTALL) for m in self.messages)
 
 
 def load_property(spec: str) -> Callable[..., Any]:
@@ -64,7 +72,7 @@ def load_property(spec: str) -> Callable[..., Any]:
 
 
 @contextmanager
-def _meta_settings(prop: Callable[..., Any]) -> Iterator[None]:
+def _meta_settings(prop: Callable[..., Any], min_examples: int = MIN_EXAMPLES) -> Iterator[None]:
     """Run a Hypothesis property derandomized, unshrunk, with at least MIN_EXAMPLES examples.
 
     Hypothesis keeps a test's settings in ``_hypothesis_internal_use_settings``;
@@ -72,6 +80,7 @@ def _meta_settings(prop: Callable[..., Any]) -> Iterator[None]:
     property keeps its own settings when the suite runs it normally.
     """
     attribute = "_hypothesis_internal_use_settings"
+    prop = getattr(prop, "hypothesis_inner", prop)  # under properties.regimes.requires_share
     own = getattr(prop, attribute, None)
     if own is None:
         yield
@@ -80,7 +89,7 @@ def _meta_settings(prop: Callable[..., Any]) -> Iterator[None]:
         own,
         derandomize=True,
         database=None,
-        max_examples=max(own.max_examples, MIN_EXAMPLES),
+        max_examples=max(own.max_examples, min_examples),
         phases=(Phase.explicit, Phase.generate),
         report_multiple_bugs=False,
         print_blob=False,
@@ -101,22 +110,33 @@ def _assertions_only(error: BaseException) -> bool:
     return isinstance(error, AssertionError)
 
 
-def run_property(prop: Callable[..., Any], variant: Variant, device: torch.device) -> Outcome:
+def _assertion_messages(error: BaseException) -> tuple[str, ...]:
+    inner = getattr(error, "exceptions", None)
+    if inner:
+        return tuple(m for e in inner for m in _assertion_messages(e))
+    return (str(error),) if isinstance(error, AssertionError) else ()
+
+
+def run_property(
+    prop: Callable[..., Any], variant: Variant | None, device: torch.device, min_examples: int = MIN_EXAMPLES
+) -> Outcome:
     """Call ``prop`` with ``variant``: "failed" when it fails by an assertion, "error" for anything else."""
-    available = {"variant": variant, "device": device}
+    available: dict[str, Any] = {"device": device} if variant is None else {"variant": variant, "device": device}
     wanted = list(inspect.signature(prop).parameters)
     unknown = [name for name in wanted if name not in available]
     if unknown:
         return Outcome("error", f"{prop.__name__} needs fixtures the meta test does not provide: {unknown}")
     try:
-        with _meta_settings(prop):
+        with _meta_settings(prop, min_examples):
             prop(**{name: available[name] for name in wanted})
     except BaseException as error:
         if isinstance(error, (KeyboardInterrupt, SystemExit)):
             raise
         message = str(error).strip()
         detail = f"{type(error).__name__}: {message.splitlines()[0] if message else ''}"
-        return Outcome("failed" if _assertions_only(error) else "error", detail)
+        if _assertions_only(error):
+            return Outcome("failed", detail, _assertion_messages(error))
+        return Outcome("error", detail)
     return Outcome("passed")
 
 
@@ -140,8 +160,10 @@ def check_mutant(mutant: Mutant, device: torch.device) -> tuple[str, str | None]
     if honest.kind != "passed":
         return "error", f"{mutant.caught_by} does not pass on the honest control {control.name}: {honest.detail}"
     outcome = run_property(prop, mutant.variant, device)
-    if outcome.kind == "failed":
+    if outcome.matches(mutant.message):
         return "caught", outcome.detail
+    if outcome.kind == "failed":
+        return "error", f"{mutant.caught_by} failed, but not by its own assertion /{mutant.message}/: {outcome.detail}"
     if outcome.kind == "passed":
         return "escaped", f"{mutant.caught_by} passed on the mutant: it is too weak for this bug"
     return "error", outcome.detail

@@ -521,9 +521,92 @@ def test_anderson_gives_up_and_follows_picard_from_the_start(y0, memory, mixing)
     picard = solve(trap, start, "picard", tol=tol, max_iter=max_iter, damping=mixing)
     note(f"anderson={anderson.statuses}/{anderson.steps} fallbacks={anderson.fallbacks} picard={picard.steps}")
     assert picard.status is Status.CONVERGED
-    assert anderson.status is Status.CONVERGED
+    assert anderson.status is Status.CONVERGED, (
+        f"Anderson did not fall back to Picard and converge: {anderson.statuses}"
+    )
     for b, picard_steps in enumerate(picard.steps):
-        assert anderson.steps[b] == picard_steps + STALL_STEPS + 1
-        assert torch.equal(anderson.history(b)[-(picard_steps - 1) :], picard.history(b)[1:])
-        assert torch.equal(anderson.y[b], picard.y[b])
-    assert anderson.fallbacks == sum(steps - 1 for steps in picard.steps)
+        assert anderson.steps[b] == picard_steps + STALL_STEPS + 1, (
+            f"Anderson did not fall back to Picard after STALL_STEPS: {anderson.steps[b]} steps, Picard {picard_steps}"
+        )
+        assert torch.equal(anderson.history(b)[-(picard_steps - 1) :], picard.history(b)[1:]), (
+            "Anderson did not fall back to Picard: its history does not end with Picard's"
+        )
+        assert torch.equal(anderson.y[b], picard.y[b]), "Anderson did not fall back to Picard: another y"
+    assert anderson.fallbacks == sum(steps - 1 for steps in picard.steps), (
+        f"Anderson did not fall back to Picard for every step: fallbacks {anderson.fallbacks}"
+    )
+
+
+# --- decision boundaries, hit on purpose ---------------------------------------------------------------------------
+
+
+@given(
+    affine=affine_contractions(),
+    method=st.sampled_from(["picard", "anderson"]),
+    stop=st.sampled_from(["abs", "rel"]),
+    k=st.integers(1, 40),
+)
+def test_status_flips_exactly_at_tol(affine: Affine, method: str, stop: str, k: int) -> None:
+    """tol taken from a previous run's own residual history, so that the decision sits exactly on it: with
+    tol = m_k, the smallest of the first k stop-mode residuals, a solve of max_iter = k is CONVERGED at the first
+    step j whose residual is <= m_k (the trajectory does not depend on tol until the element is decided); with tol
+    one float below m_k it is not CONVERGED at all. A solver that stops one step late or early, compares another
+    residual (another stop mode) or allows any slack above tol fails one of the two. On A y + b with A dense
+    (non-diagonal), so Anderson's secant model is a real one."""
+    f = Affine(A=affine.A[:1], b=affine.b[:1], y0=affine.y0[:1], rho=affine.rho)
+    probe = solve(f, f.y0, method, tol=1e-300, max_iter=k, stop=stop)
+    history = probe.stop_residuals[:, 0].tolist()
+    if probe.statuses[0] is Status.MAX_ITER:
+        assert probe.n_steps == k, f"a MAX_ITER solve made {probe.n_steps} evaluations of f, not max_iter = {k}"
+    assume(len(history) == k)  # an exactly zero residual (CONVERGED even at tol 1e-300) ends the probe early
+    m_k = min(history)
+    assume(m_k > 0)
+    j = history.index(m_k) + 1
+    event(f"{method}, stop {stop}, boundary at {'the last step' if j == k else 'an earlier step'}")
+    at = solve(f, f.y0, method, tol=m_k, max_iter=k, stop=stop)
+    note(f"history {history}; tol = m_k = {m_k!r} first reached at step {j}; solve at tol: {at.statuses}/{at.steps}")
+    assert at.statuses[0] is Status.CONVERGED, (
+        f"not CONVERGED although residual {m_k!r} <= tol at step {j} of {k}: {at.statuses[0].name}"
+    )
+    assert at.steps[0] == j, f"CONVERGED at step {at.steps[0]}, where the residual history first reaches tol at {j}"
+    below = math.nextafter(m_k, 0.0)
+    under = solve(f, f.y0, method, tol=below, max_iter=k, stop=stop)
+    note(f"solve at tol one float below: {under.statuses}/{under.steps}, residual {under.residual.tolist()}")
+    assert under.statuses[0] is not Status.CONVERGED, (
+        f"CONVERGED with residual {float(under.residual[0])!r} above tol {below!r} (step {under.steps[0]})"
+    )
+
+
+#: The ill-conditioned map's coupling: residuals c + EPSILON y of consecutive iterates are nearly parallel, so the
+#: mixing weights that cancel them are ~1 / EPSILON (> ALPHA_LIMIT = 1e4) in size.
+ILL_EPSILON = 2.0**-20
+
+
+@given(
+    n=st.integers(1, 4),
+    mixing=st.sampled_from([1.0, 0.75, 0.5]),
+    steps=st.integers(3, 12),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_anderson_falls_back_on_ill_conditioned_system(n: int, mixing: float, steps: int, seed: int) -> None:
+    """On y -> y + c + EPSILON y (memory 2, no ridge) each residual g_k = c + EPSILON y_k is nearly the previous one:
+    the system is not singular, but its weights alpha have sum |alpha| ~ 1 / EPSILON > ALPHA_LIMIT, an
+    extrapolation towards the far root -c / EPSILON that amplifies rounding by that much. Anderson must refuse
+    every such step: its residual history is bit for bit damped Picard's (mixing), and each refused step is a
+    counted fallback."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(1, n, dtype=torch.float64, generator=g)
+    y0 = torch.randn(1, n, dtype=torch.float64, generator=g)
+
+    def f(y: Tensor) -> Tensor:
+        return y + c + ILL_EPSILON * y
+
+    anderson = solve(f, y0, "anderson", tol=1e-300, max_iter=steps, memory=2, mixing=mixing, ridge=0.0)
+    picard = solve(f, y0, "picard", tol=1e-300, max_iter=steps, damping=mixing)
+    note(f"anderson residuals {anderson.residuals[:, 0].tolist()}, picard {picard.residuals[:, 0].tolist()}")
+    assert torch.equal(anderson.residuals, picard.residuals), (
+        "Anderson took an ill-conditioned step: its residuals left damped Picard's "
+        f"({anderson.residuals[:, 0].tolist()} vs {picard.residuals[:, 0].tolist()})"
+    )
+    # every step after the first Picard one (steps 2..steps-1 choose a next iterate) refused the extrapolation
+    assert anderson.fallbacks == steps - 2, f"Anderson took an ill-conditioned step: fallbacks {anderson.fallbacks}"

@@ -28,11 +28,11 @@ from iqa import analysis, solve
 from iqa.analysis.linearization import SIGNAL_TO_NOISE, matrix_power_norms, rate_intervals, second_order_constant
 from iqa.analysis.rates import MIN_POINTS
 from iqa.analysis.rounding import jacobian_rounding, map_rounding
-from iqa.analysis.spectral import eig_blocks
+from iqa.analysis.spectral import TIE, eig_blocks
 from iqa.layer import FixedPointLayer
 from iqa.solvers import Solution
 from iqa.variants import Tag, Variant
-from properties.regimes import observe, solve_and_observe
+from properties.regimes import observe, reached, requires_share, solve_and_observe
 from properties.strategies import ANY_SCALE, Case, cases
 from properties.tags import requires
 
@@ -195,7 +195,13 @@ def tolerance_bucket(tolerance: float) -> str:
     return "rate tolerance < log 2" if tolerance < INFORMATIVE else "rate tolerance >= log 2 (uninformative)"
 
 
+RATE_LABEL = "rate: an informative check (tolerance < log 2)"
+#: Share of converged examples with an informative rate check that the property needs (measured 29-50% on ci).
+RATE_SHARE = 0.2
+
+
 @requires(Tag.SCORE_MATRIX)
+@requires_share(RATE_LABEL, RATE_SHARE)
 @given(case=rate_cases)
 def test_observed_rate_matches_spectral_radius(variant: Variant, case: Case, device) -> None:
     """The rate of the solver's own residual history (what measure reports) is rho(J*) of the dense Jacobian
@@ -217,7 +223,8 @@ def test_observed_rate_matches_spectral_radius(variant: Variant, case: Case, dev
             event("rate: the window is not yet linear (remainder > REMAINDER_MAX)")
         else:
             checks.append(check)
-    assume(any(check.tolerance < INFORMATIVE for check in checks))  # some element must tell rho from rho / 2
+    # some element must tell rho from rho / 2; how often one does is asserted (requires_share), not hoped for
+    assume(reached(RATE_LABEL, any(check.tolerance < INFORMATIVE for check in checks)))
     for check in checks:
         gap = abs(math.log(check.rate / check.rho))
         event(tolerance_bucket(check.tolerance))
@@ -280,32 +287,63 @@ def test_arnoldi_matches_dense_spectral_radius(variant: Variant, case: Case, dev
     # smaller eigenvalue (iqa.analysis.spectral: Case(2, 4, 1, float64, 3.4375, 3) on reference did, with m = 2)
     arnoldi = analysis.spectrum(f, solution.y, "arnoldi", krylov_dim=max(4, case.tokens * case.dim // 2))
     J = analysis.jacobian(f, solution.y).to(torch.float64)
-    # Bauer-Fike is rigorous but infinite for defective J; the first-order dominant condition is not
-    condition = torch.minimum(bauer_fike_condition(J), dominant_conditions(J, dense.rho.to(torch.float64)))
     eps = torch.finfo(x.dtype).eps
+    norm_J = torch.linalg.matrix_norm(J, 2).cpu()
     # a computed residual J u - theta u is itself off by up to (n + 2) eps (||J||_2 + |theta|)
-    residual_rounding = (case.tokens * case.dim + 2) * eps * (torch.linalg.matrix_norm(J, 2).cpu() + dense.rho.cpu())
+    residual_rounding = (case.tokens * case.dim + 2) * eps * (norm_J + dense.rho.cpu())
     jacobian_error = jacobian_rounding(layer, x, solution.y).cpu()
     assert dense.eigenvalues is not None
     moduli = dense.eigenvalues.abs().to(torch.float64).cpu()
     for b in range(case.batch):
         theta = complex(dense.eigenvalue[b])
         event(f"dominant eigenvalue {eigenvalue_kind(theta)}")
-        if not bool(arnoldi.converged[b]):
-            event("arnoldi: not converged within its restarts")
-            continue
         backward = dense.residual[b] + arnoldi.residual[b] + 2 * residual_rounding[b] + 2 * jacobian_error[b]
-        tolerance = float(condition[b] * backward) + 2 * eps * float(dense.rho[b])  # + rounding of each |theta|
-        rho = float(moduli[b].max())
-        below = moduli[b][moduli[b] < rho - tolerance]  # moduli within the tolerance of rho count as ties
-        if rho == 0 or (below.numel() and float(below.max()) > SEPARATION * rho):
-            # a cluster just below rho is Arnoldi's blind spot (iqa.analysis.spectral): not held to the dense rho
-            event(f"arnoldi: dominant modulus not separated (|lambda_2| > {SEPARATION} rho): not asserted")
+        # first order (Bauer-Fike, or the dominant eigenvalues' own conditions) where finite, else Elsner's bound,
+        # which holds for any matrix (defective, repeated, rho = 0): never an infinite tolerance
+        tolerance = float(eigenvalue_shift_bound(J[b : b + 1], dense.rho[b : b + 1], backward.reshape(1))[0])
+        tolerance += 2 * eps * float(dense.rho[b])  # + the rounding of each |theta|
+        rho, rho_a = float(moduli[b].max()), float(arnoldi.rho[b])
+        if not bool(arnoldi.converged[b]):
+            # not converged: its Ritz value still lies in the field of values of J, |theta| <= ||J||_2
+            event("arnoldi: not converged within its restarts (checked: rho <= ||J||_2)")
+            assert rho_a <= float(norm_J[b]) * (1 + 4 * eps) + tolerance, (
+                f"Arnoldi rho {rho_a} (not converged) exceeds ||J||_2 {float(norm_J[b])}"
+            )
             continue
-        gap = abs(float(dense.rho[b]) - float(arnoldi.rho[b]))
+        # converged: its value is an eigenvalue of J + E (||E|| <= backward), so within the tolerance of some |lambda|
+        nearest = float((moduli[b] - rho_a).abs().min())
+        assert nearest <= tolerance, f"Arnoldi rho {rho_a} is no eigenvalue modulus of J (nearest {nearest:.3e})"
+        below = moduli[b][moduli[b] < rho - tolerance]  # moduli within the tolerance of rho count as ties
+        if below.numel() and float(below.max()) > SEPARATION * rho:
+            # a cluster just below rho is Arnoldi's blind spot (iqa.analysis.spectral): it may converge on a
+            # member of the cluster, within (1 - SEPARATION) rho of the dense rho, never above it
+            event(f"arnoldi: dominant modulus not separated (|lambda_2| > {SEPARATION} rho): cluster checked")
+            assert rho_a <= rho + tolerance and rho - rho_a <= (1 - SEPARATION) * rho + tolerance, (
+                f"Arnoldi rho {rho_a} outside the dominant cluster [{SEPARATION} x {rho}, {rho}]"
+            )
+            continue
+        gap = abs(float(dense.rho[b]) - rho_a)
         event("arnoldi vs dense: " + ("tolerance < 1e-6 rho" if tolerance < 1e-6 * float(dense.rho[b]) else "loose"))
         note(f"element {b}: dense {theta}, arnoldi {complex(arnoldi.eigenvalue[b])}, tolerance {tolerance:.3e}")
-        assert gap <= tolerance, f"Arnoldi rho {float(arnoldi.rho[b])} vs dense {float(dense.rho[b])}"
+        assert gap <= tolerance, f"Arnoldi rho {rho_a} vs dense {float(dense.rho[b])}"
+
+
+def elsner_bound(J: Tensor, backward: Tensor) -> Tensor:
+    """Elsner's theorem: every eigenvalue of J + E lies within (||J|| + ||J + E||)^(1 - 1/n) ||E||^(1/n) of one of
+    J, for ANY J (defective, repeated, zero), so rho moves by at most that; ||J + E|| <= ||J|| + ||E||."""
+    n = J.shape[-1]
+    norm = torch.linalg.matrix_norm(J.to(torch.float64), 2).cpu()
+    return (2 * norm + backward) ** (1 - 1 / n) * backward ** (1 / n)
+
+
+def eigenvalue_shift_bound(J: Tensor, rho: Tensor, backward: Tensor) -> Tensor:
+    """How far rho(J + E) can be from rho(J) for ||E||_2 <= backward, per block: the first-order bound (Bauer-Fike
+    or the dominant eigenvalues' conditions, :func:`dominant_conditions`) where it is finite and small, else
+    Elsner's (:func:`elsner_bound`), which is always finite."""
+    J = J.to(torch.float64)
+    condition = torch.minimum(bauer_fike_condition(J), dominant_conditions(J, rho.to(torch.float64)))
+    first_order = condition * backward
+    return torch.minimum(torch.nan_to_num(first_order, nan=math.inf), elsner_bound(J, backward))
 
 
 #: Arnoldi is held to the dense rho where every smaller modulus is at most this fraction of rho.
@@ -394,11 +432,11 @@ def test_consensus_spectral_radius(variant: Variant, case: Case, device) -> None
     n = case.tokens * case.dim
     # J carries jacobian_rounding, its eigensolver n eps ||J||; each moves rho by at most cond times that
     backward_J = jacobian_rounding(layer, x, point).cpu() + n * eps * torch.linalg.matrix_norm(J, 2).cpu()
-    tol_J = dominant_conditions(J, rho_dense) * backward_J
+    tol_J = eigenvalue_shift_bound(J, rho_dense, backward_J)  # finite even at a repeated eigenvalue (1 - a)
     tol_c = consensus_tolerance(layer, x) + 4 * eps * rho_c  # + the rounding of |lambda| and 1 - a + a lambda
     gap = (rho_dense - rho_c).abs()
     bucket = "rho_c < 1 (mean attracts)" if bool((rho_c < 1).all()) else "rho_c >= 1 (mean repels)"
-    event(bucket if bool(torch.isfinite(tol_J).all()) else bucket + ", defective: vacuous")
+    event(bucket + (", first-order tolerance" if bool((tol_J < 1e-6).all()) else ", Elsner's tolerance"))
     note(f"rho dense {rho_dense.tolist()}, rho_c {rho_c.tolist()}, tolerance {(tol_J + tol_c).tolist()}")
     assert bool((gap <= tol_J + tol_c).all()), (
         f"rho at the consensus point {rho_dense.tolist()} != rho_c {rho_c.tolist()}"
@@ -432,3 +470,47 @@ def consensus_tolerance(layer: FixedPointLayer, x: Tensor) -> Tensor:
     rho_c = moduli.amax(dim=-1, keepdim=True).clamp_min(1 - a)
     relevant = moduli >= rho_c / 2
     return (a * torch.where(relevant, errors, torch.zeros_like(errors)).amax(dim=-1)).cpu()
+
+
+@given(case=cases(tokens=(2, 5), dim=(1, 4), scales=ANY_SCALE))
+def test_spectral_radius_is_the_largest_eigenvalue_modulus(variant: Variant, case: Case, device) -> None:
+    """At the point the layer's own solve reaches, spectral_radius(f, y) is max |eigvals(J)|, J = df/dy there
+    (iqa.analysis.jacobian, whose entries test_analytic_jacobian_matches_autograd checks against THEORY.md), its
+    eigenvalues by numpy's geev here on the same block scaled by its largest entry (as eig_blocks does, in J's
+    dtype), so both eigensolvers see the same float64 matrix: this checks the eigen-pipeline (the scaling back, the
+    choice of the dominant value, its modulus), not J, to the rounding of the result in the layer's dtype. A
+    modulus taken as |Re lambda|, or a non-dominant eigenvalue, is off by far more wherever the dominant eigenvalue
+    is complex or separated. (With a J by reverse mode, the two differ by ~1e3 eps on saturated rows, more than
+    jacobian_rounding models: seen on the thorough profile.)"""
+    import numpy as np
+
+    layer = case.layer(variant, device)
+    x = case.inputs(device)
+    solution, _ = solve_and_observe(layer, x)
+    f = layer.fixed_point_map(x)
+    rho = analysis.spectral_radius(f, solution.y, "dense").to(torch.float64).cpu()
+    J_all = analysis.jacobian(f, solution.y).cpu()
+    fin, eps64 = torch.finfo(x.dtype), torch.finfo(torch.float64).eps
+    for b in range(case.batch):
+        J = J_all[b]
+        size = J.abs().max()
+        size = size if float(size) > 0 else torch.ones_like(size)
+        values = np.linalg.eigvals((J / size).to(torch.float64).numpy()) * float(size)
+        reference = float(np.abs(values).max())
+        dominant = complex(values[np.abs(values).argmax()])
+        event(f"dominant eigenvalue {eigenvalue_kind(dominant)}")
+        # both eigensolvers see the same float64 matrix (bit for bit in every example seen): what is left is the
+        # rounding of spectral_radius's value, ~4 roundings in the layer's dtype (the cast of lambda, the product
+        # with the scale, |.|, the output), each eps relative or one subnormal spacing; |.| here rounds in float64
+        tolerance = 8 * (fin.eps * reference + fin.tiny * fin.eps) + 4 * eps64 * reference
+        # and spectral.TIE: among moduli within TIE rho of the largest, the dominant value is the one with the largest
+        # imaginary part (a +-lambda pair split by rounding may give the smaller modulus)
+        tolerance += TIE * reference
+        gap = abs(float(rho[b]) - reference)
+        note(
+            f"element {b}: spectral_radius {float(rho[b])}, max |eigvals| {reference} ({dominant}), tol {tolerance:.3e}"
+        )
+        assert gap <= tolerance, (
+            f"spectral_radius {float(rho[b])} vs max |eigvals(J)| {reference} (dominant {dominant}): "
+            f"off by {gap:.3e} > {tolerance:.3e}"
+        )

@@ -45,12 +45,21 @@ MAX_ITER = 500
 report_cases = cases(batch=(1, 3), tokens=(2, 5), dim=(1, 5), dtypes=(F64,), scales=CONTRACTIVE_SCALES)
 
 
-def backward_of(layer: FixedPointLayer, x: Tensor, v: Tensor) -> list[Tensor]:
-    """Run L = <v, layer(x)> backward; return the parameter gradients."""
+def backward_of(layer: FixedPointLayer, x: Tensor, v: Tensor, with_x: bool = False) -> list[Tensor]:
+    """Run L = <v, layer(x)> backward; return the parameter gradients (and dL/dx last, ``with_x``)."""
     params = list(layer.parameters())
-    y = layer(x)
+    x_leaf = x.detach().clone().requires_grad_(True)
+    y = layer(x_leaf)
     assert isinstance(y, Tensor)
-    return list(torch.autograd.grad((v * y).sum(), params, materialize_grads=True))
+    return list(torch.autograd.grad((v * y).sum(), params + [x_leaf] * with_x, materialize_grads=True))
+
+
+def pullback(layer: FixedPointLayer, x: Tensor, y: Tensor, g: Tensor) -> list[Tensor]:
+    """g^T df/d(theta, x) at y: one plain vector-Jacobian product through f(y; x), y held fixed (no iqa.grad)."""
+    params = list(layer.parameters())
+    x_leaf = x.detach().clone().requires_grad_(True)
+    fy = layer.fixed_point_map(x_leaf)(y.detach())
+    return list(torch.autograd.grad(fy, [*params, x_leaf], g, materialize_grads=True))
 
 
 def converged_layer(case: Case, variant: Variant, device: torch.device, **options: object) -> FixedPointLayer:
@@ -67,7 +76,7 @@ def test_adjoint_solution_is_kept_and_its_residual_holds(variant: Variant, case:
     ||g - v - J^T g|| <= tol ||v + J^T g|| per batch element, recomputed here with an independent vjp."""
     layer = converged_layer(case, variant, device, solver=solver)
     x, v = case.inputs(device), cotangent(case, device)
-    backward_of(layer, x, v)
+    returned = torch.cat([t.flatten() for t in backward_of(layer, x, v, with_x=True)])
     adjoint, forward = layer.last_backward_solution, layer.last_solution
     assert adjoint is not None and forward is not None
     assert adjoint.converged and adjoint.stop == "rel" and adjoint.method == solver
@@ -84,7 +93,20 @@ def test_adjoint_solution_is_kept_and_its_residual_holds(variant: Variant, case:
     note(f"relative residuals {(residual / image).tolist()}, reported {adjoint.residual.tolist()}")
     assert bool((residual <= adjoint.tol * image + rounding).all())
     # The reported residual is the one of the returned g (same quantity, same point).
-    assert torch.allclose(adjoint.residual, (residual / image).cpu(), rtol=0, atol=float((rounding / image).max()))
+    assert torch.allclose(adjoint.residual, (residual / image).cpu(), rtol=0, atol=float((rounding / image).max())), (
+        f"reported adjoint residual {adjoint.residual.tolist()} is not that of the recorded g"
+    )
+    # The gradient the hook returned is the recorded g pulled back through f at y*: both are the same vector-Jacobian
+    # product g^T df/dtheta at the same y*, over the same operations, so they agree to its rounding, (n + 2) eps
+    # relative (measured: bit for bit); a hook that returned v, or any vector but the recorded g, is O(1) off.
+    rebuilt = torch.cat([t.flatten() for t in pullback(layer, x, forward.y, g)])
+    gap = float((returned - rebuilt).norm())
+    allowed = (n + 2) * EPS * float(rebuilt.norm())
+    note(f"||returned - pullback(adjoint.y)|| = {gap:.3e}, allowed {allowed:.3e}")
+    event("returned gradient == pullback of adjoint.y bit for bit" if gap == 0 else "returned within rounding")
+    assert gap <= allowed, (
+        f"the gradient the hook returned is not the pullback of the recorded adjoint: off by {gap:.3e} > {allowed:.3e}"
+    )
 
 
 @given(case=report_cases)

@@ -17,10 +17,11 @@ Consequences of kappa < 1 (Banach): one fixed point, reached from any start;
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
-from hypothesis import assume, given, note, target
+from hypothesis import assume, event, given, note, target
 from hypothesis import strategies as st
 from torch import Tensor
 
@@ -28,6 +29,7 @@ from iqa import analysis, solve
 from iqa.analysis.certified_solution import CERTIFICATE_NORMS, in_norm, steps_needed, token_norm
 from iqa.analysis.rounding import jacobian_rounding, map_rounding
 from iqa.variants import Tag, Variant
+from properties.fixed_points import element_jacobian
 from properties.regimes import solve_and_observe
 from properties.strategies import ANY_SCALE, Case, cases
 from properties.tags import requires
@@ -60,14 +62,22 @@ def certificate_rounding(case: Case) -> float:
 @requires(Tag.SCORE_MATRIX)
 @given(case=cases(scales=ANY_SCALE), data=st.data())
 def test_lipschitz_certificates_are_sound(variant: Variant, case: Case, data: st.DataObject, device) -> None:
+    """Soundness at drawn pairs of the hull; a quarter of the examples on the extremal configuration (two antipodal
+    one-dimensional tokens, y1 at uniform attention, a step along J's top singular vector: see
+    test_certificates_are_tight_on_extremal_configurations), where the ratio is ~1 and a certificate that
+    is too small by any factor fails."""
+    extremal = data.draw(st.integers(0, 3), label="extremal configuration") == 0
+    event(f"extremal configuration: {extremal}")
+    if extremal:
+        case = dataclasses.replace(case, batch=1, tokens=2, dim=1)
     layer = case.layer(variant, device)
-    x = case.inputs(device)
+    x = extremal_tokens(1.0, case.dtype, device) if extremal else case.inputs(device)
     solve_and_observe(layer, x)
     logits1, logits2 = data.draw(hull_points(case, 2), label="mixing logits")
     shrink = data.draw(st.sampled_from([1.0, 1e-1, 1e-2]), label="y2 - y1 shrink")
-    along_top = data.draw(st.booleans(), label="step along J's top singular vector")
+    along_top = extremal or data.draw(st.booleans(), label="step along J's top singular vector")
     f = layer.fixed_point_map(x)
-    y1 = mix(logits1, x)
+    y1 = torch.zeros_like(x) if extremal else mix(logits1, x)
     if along_top:
         # the direction that J(y1) stretches most: there ||f(y2) - f(y1)|| ~ ||J(y1)||_2 ||y2 - y1||
         _, _, Vh = torch.linalg.svd(analysis.jacobian(f, y1))
@@ -102,6 +112,21 @@ def test_jacobian_norm_within_kappa_F(variant: Variant, case: Case, data: st.Dat
     (logits,) = data.draw(hull_points(case, 1), label="mixing logits")
     y = mix(logits, x)
     J_norm = analysis.jacobian_norm(layer.fixed_point_map(x), y, method="dense").to(torch.float64).cpu()
+    # jacobian_norm itself is the largest singular value of J, here from a Jacobian built by reverse mode
+    # (independent of iqa.analysis): singular values are perfectly conditioned (Weyl: |sigma(J + E) - sigma(J)|
+    # <= ||E||_2), so the two differ by at most both Jacobians' rounding and the SVDs' (n + 2) eps ||J||.
+    f = layer.fixed_point_map(x)
+    n = case.tokens * case.dim
+    eps = torch.finfo(case.dtype).eps
+    for b in range(case.batch):
+        J_b = element_jacobian(f, y, b).cpu()
+        sigma = float(torch.linalg.svdvals(J_b)[0])
+        tolerance = 2 * float(jacobian_rounding(layer, x, y).cpu()[b]) + 2 * (n + 2) * eps * sigma
+        assert abs(float(J_norm[b]) - sigma) <= tolerance, (
+            f"jacobian_norm {float(J_norm[b])} vs the largest singular value {sigma} of J: "
+            f"off by {abs(float(J_norm[b]) - sigma):.3e} > {tolerance:.3e}"
+        )
+
     kappa_F = analysis.certificates(layer, x).kappa_F.to(torch.float64).cpu()
     # the computed J is off by jacobian_rounding in the 2-norm; kappa_F by its own relative rounding
     slack = jacobian_rounding(layer, x, y).cpu() + kappa_F * certificate_rounding(case)
@@ -180,3 +205,58 @@ def check_a_priori_bounds(
             assert bool((step <= power * first_step + step_rounding).all()), (
                 f"{name}: step {t} {step.tolist()} exceeds kappa^t ||y_1 - y_0|| {(power * first_step).tolist()}"
             )
+
+
+#: A certificate whose observed Lipschitz ratio stays below this on its extremal configuration is not tight: it
+#: may be sound and still useless (every certificate doubled passes the soundness properties).
+TIGHTNESS = 0.5
+#: Grid points per axis of the hull [-c, c]^2 of the two-token, one-dimensional configuration (odd: 0 is on it).
+TIGHT_GRID = 41
+
+
+def extremal_tokens(c: float, dtype: torch.dtype, device: torch.device | str) -> Tensor:
+    """x = (c, -c): two antipodal one-dimensional tokens, [1, 2, 1]."""
+    return torch.tensor([[[c], [-c]]], dtype=torch.float64).to(dtype=dtype, device=device)
+
+
+def local_lipschitz_rows(layer, x: Tensor, grid: int, a: float = 1.0) -> Tensor:  # type: ignore[no-untyped-def]
+    """max over y in a grid of the hull [-c, c]^2 of ||J_g(y)||_(2,inf -> 2,inf), J_g = (J - (1 - a) I) / a the
+    Jacobian of the unrelaxed map g of f = (1 - a) Y + a g(Y): for D = 1 the row norm is |.|,
+    so the induced norm is the largest absolute row sum of the 2 x 2 Jacobian. Each is a limit of ratios
+    ||f(y + h) - f(y)|| / ||h||, so a lower bound on the Lipschitz constant that kappa_inf bounds above.
+    The Jacobian rows come from reverse mode, one per output token, for all grid points at once."""
+    c = float(x.abs().max())
+    axis = torch.linspace(-c, c, grid, dtype=torch.float64)
+    Y = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), dim=-1).reshape(-1, 2, 1).to(x)
+    X = x.expand(Y.shape[0], -1, -1)
+    y = Y.clone().requires_grad_(True)
+    with torch.enable_grad():
+        fy = layer.fixed_point_map(X)(y)
+        rows = [torch.autograd.grad(fy[:, i, 0].sum(), y, retain_graph=True)[0][:, :, 0] for i in range(2)]
+    J = torch.stack(rows, dim=1).to(torch.float64)  # [G, 2, 2]
+    J_g = (J - (1 - a) * torch.eye(2, dtype=J.dtype, device=J.device)) / a
+    return J_g.abs().sum(dim=-1).amax(dim=-1).max().cpu()
+
+
+@requires(Tag.SCORE_MATRIX)
+@given(case=cases(batch=(1, 1), tokens=(2, 2), dim=(1, 1), scales=st.floats(0.25, 2.0)), c=st.floats(0.5, 2.0))
+def test_certificates_are_tight_on_extremal_configurations(variant: Variant, case: Case, c: float, device) -> None:
+    """kappa_inf is attained: on two antipodal one-dimensional tokens x = (c, -c) (N = 2, D = 1), at the point where
+    attention is uniform (scores equal: y_1 = y_2 for scores A Y^T, y_i = 0 for Y A^T), the Jacobian's largest
+    absolute row sum is exactly 0.5 diam(V) max|a_i| (or 0.25 diam(V) diam(A)), the bound's value: every
+    inequality in its derivation (|p_ij (v_j - f_i)| summed over j <= diam(V) / 2 at p = (1/2, 1/2), the
+    Cauchy-Schwarz on a_i . dy) is an equality there. A relaxation a gives kappa = 1 - a + a kappa_g, attained
+    only where J_g's diagonal is >= 0, so the unrelaxed part is compared: (kappa - (1 - a)) / a against J_g's.
+    So the observed local Lipschitz constant over a grid of the hull is at least TIGHTNESS times the certificate."""
+    layer = case.layer(variant, device)
+    x = extremal_tokens(c, case.dtype, device)
+    a = analysis.relaxation(layer)
+    kappa = (float(analysis.certificates(layer, x).kappa_inf.to(torch.float64).cpu()[0]) - (1 - a)) / a
+    observed = float(local_lipschitz_rows(layer, x, TIGHT_GRID, a))
+    ratio = observed / kappa if kappa > 0 else math.inf
+    event(f"observed / kappa_inf in [{math.floor(ratio * 10) / 10:.1f}, {math.floor(ratio * 10) / 10 + 0.1:.1f})")
+    note(f"kappa_inf {kappa:.6g}, observed max ||J(y)||_inf {observed:.6g}, ratio {ratio:.4f}")
+    assert ratio >= TIGHTNESS, (
+        f"kappa_inf = {kappa:.4g} is not tight: the largest observed Lipschitz ratio on its extremal configuration "
+        f"is {observed:.4g}, ratio {ratio:.3f} < {TIGHTNESS}"
+    )

@@ -81,13 +81,28 @@ def test_same_input_same_output(variant: Variant, case: Case, mode: str, device:
     twin = case.layer(variant, device, **MODES[mode])
     y3, dx3, dw3 = _run(twin, x)
     note(f"max |y1 - y2| = {float((y1 - y2).abs().max()):.3e}, max |y1 - y3| = {float((y1 - y3).abs().max()):.3e}")
-    assert torch.equal(y1, y2), "the same layer gave two different outputs for the same input"
-    assert torch.equal(y1, y3), "two layers built from the same seed gave different outputs for the same input"
-    assert torch.equal(dx1, dx2) and torch.equal(dx1, dx3), "the input gradient is not reproducible"
-    assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(dw1, dw2, dw3)), (
+    assert same_bits(y1, y2), "the same layer gave two different outputs for the same input"
+    assert same_bits(y1, y3), "two layers built from the same seed gave different outputs for the same input"
+    assert same_bits(dx1, dx2) and same_bits(dx1, dx3), "the input gradient is not reproducible"
+    assert all(same_bits(a, b) and same_bits(a, c) for a, b, c in zip(dw1, dw2, dw3)), (
         "the weight gradients are not reproducible"
     )
+    finite = bool(torch.isfinite(dx1).all()) and all(bool(torch.isfinite(g).all()) for g in dw1)
+    event(f"gradient finite: {finite}")
     if report1 is not None or report2 is not None:
         assert report1 is not None and report2 is not None
-        assert report1.statuses == report2.statuses and report1.steps == report2.steps
+        assert report1.statuses == report2.statuses and report1.steps == report2.steps, (
+            "the solver's statuses or step counts are not reproducible"
+        )
         assert torch.equal(report1.residuals, report2.residuals), "the solver's residual history is not reproducible"
+        # A non-finite gradient is reported, not silent: it occurs only where the forward says it failed (measured:
+        # the unrolled chain of 40 Jacobians of norm ~s^2 at scale 20 overflows float32 where Picard cycles or
+        # runs out of steps; the exact gradient of those steps is then beyond float32).
+        assert finite or not report1.converged, (
+            f"a non-finite gradient after a CONVERGED forward ({mode}): nothing reports it"
+        )
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit equal values, NaN equal to NaN (torch.equal calls NaN unequal to itself)."""
+    return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())

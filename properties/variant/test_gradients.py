@@ -18,6 +18,7 @@ comparison whose reference norm is below :data:`FLOOR_REL` (relative to
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,8 +34,8 @@ from iqa.grad import AdjointOptions
 from iqa.layer import FixedPointLayer
 from iqa.solvers import Solution
 from iqa.variants import Tag, Variant
-from properties.fixed_points import cotangent, fixed_map, stable_fixed_point
-from properties.regimes import SATURATION_GAP
+from properties.fixed_points import BAND_LABEL, cotangent, fixed_map, hard_case, stable_fixed_point
+from properties.regimes import SATURATION_GAP, requires_share
 from properties.strategies import CONTRACTIVE_SCALES, Case, cases
 from properties.tags import requires
 
@@ -43,17 +44,29 @@ F32 = torch.float32
 
 #: Forward (absolute) and adjoint (relative) tolerances of the float64 solves: ~500 eps, reachable for ||y*|| <= 10.
 TOL64 = 1e-13
-MAX_ITER = 1000
+#: Enough Picard steps for TOL64 at rho(J*) = 0.97 (the hard band): log(1e-13) / log(0.97) ~ 1000, plus a transient.
+MAX_ITER = 3000
 #: A reference gradient below sqrt(eps) ||v|| max|x| is indistinguishable from a weight-independent fixed point
 #: solved to TOL64 (THEORY.md: the consensus layer's weight gradients are ~1e-14 of that scale), so it fails.
 FLOOR_REL = math.sqrt(torch.finfo(F64).eps)
-#: Issue 3's target for float32 gradients against the float64 reference. What float32 itself costs is smaller: the
-#: forward and adjoint stop at n eps32 relative and round at n eps32, ~2 cond n eps32 (1 + ||J||) <= ~1e-4 for n <= 16
-#: and cond <= ~10 (contractive scales); the target must hold on top of that, so it is asserted as stated.
+#: Issue 3's target for float32 gradients against the float64 reference, asserted as stated on top of the derived
+#: bound (F32_SOURCES cond n eps32 (1 + ||J||), ~1e-5 at contractive scales, larger in the hard band).
 F32_REL_TOL = 1e-3
 
 #: Small shapes: the dense Jacobian is at most 16 x 16 per batch element.
 small_cases = cases(batch=(1, 2), tokens=(2, 4), dim=(1, 4), dtypes=(F64,), scales=CONTRACTIVE_SCALES)
+#: Whether an example of a gradient comparison is moved into rho(J*) in [0.7, 0.97] (properties.fixed_points.
+#: hard_case), where the adjoint is ill-conditioned; the contractive scales alone give a median rho of 0.01-0.05.
+hard_draws = st.booleans()
+#: A comparison that moves half its examples into the hard band needs this share of those moves to succeed
+#: (a search fails where rho jumps over the band as the scale grows; with BAND_ATTEMPTS seeds, ~70-100% succeed
+#: per built-in): below it, the property has not tested the hard regime it exists for.
+HARD_SHARE = 0.3
+
+
+def drawn(case: Case, variant: Variant, hard: bool) -> Case:
+    """The case itself, or (hard) the case moved into the hard band."""
+    return hard_case(case, variant) if hard else case
 
 
 def eps(dtype: torch.dtype) -> float:
@@ -235,9 +248,12 @@ def adjoint_budget(an: Analysis, tol: float, dtype: torch.dtype = F64) -> float:
 
 
 @requires(Tag.WEIGHT_DEPENDENT)
-@given(case=small_cases)
-def test_implicit_matches_dense_reference(variant: Variant, case: Case, device) -> None:
-    """The implicit gradient equals g^T df/dtheta with g from a dense solve of (I - J*^T) g = v."""
+@requires_share(BAND_LABEL, HARD_SHARE)
+@given(case=small_cases, hard=hard_draws)
+def test_implicit_matches_dense_reference(variant: Variant, case: Case, hard: bool, device) -> None:
+    """The implicit gradient equals g^T df/dtheta with g from a dense solve of (I - J*^T) g = v; half the
+    examples in the hard band rho(J*) in [0.7, 0.97]."""
+    case = drawn(case, variant, hard)
     layer, x = solved(case, variant, device)
     v = cotangent(case, device)
     grads = layer_grads(layer, x, v)
@@ -301,12 +317,15 @@ def converged_depth(layer: FixedPointLayer, x: Tensor, tol: float = TOL64) -> in
 
 
 @requires(Tag.WEIGHT_DEPENDENT)
-@given(case=small_cases)
-def test_implicit_matches_unrolled(variant: Variant, case: Case, device) -> None:
+@requires_share(BAND_LABEL, HARD_SHARE)
+@given(case=small_cases, hard=hard_draws)
+def test_implicit_matches_unrolled(variant: Variant, case: Case, hard: bool, device) -> None:
     """Implicit vs the seed loop unrolled for T steps (T: converged to TOL64): equal within
     cond T rho^T (truncation) + what moving from one y* to the other changes + the adjoint budget + what each
     unrolled step's own df/d(theta, x) at y_t adds (:func:`path_terms`). The implicit
-    layer solves by Picard from the same start, so both follow the same iterates to the same branch."""
+    layer solves by Picard from the same start, so both follow the same iterates to the same branch. Half the
+    examples in the hard band rho(J*) in [0.7, 0.97], where T is hundreds of steps (the rho^T budget)."""
+    case = drawn(case, variant, hard)
     layer, x = solved(case, variant, device, solver="picard")
     v = cotangent(case, device)
     implicit = layer_grads(layer, x, v)
@@ -503,11 +522,14 @@ def check_central_difference(
 
 
 @requires(Tag.WEIGHT_DEPENDENT)
-@given(case=small_cases)
-def test_implicit_matches_finite_differences(variant: Variant, case: Case, device) -> None:
+@requires_share(BAND_LABEL, HARD_SHARE)
+@given(case=small_cases, hard=hard_draws)
+def test_implicit_matches_finite_differences(variant: Variant, case: Case, hard: bool, device) -> None:
     """The weight part and the x part of the implicit gradient, each on its own, against central differences
     along a unit direction of that part alone (:func:`probe_direction`: leaning on the dense reference, whose
-    norm must clear the floor, so that each difference carries at least a third of that part's gradient)."""
+    norm must clear the floor, so that each difference carries at least a third of that part's gradient).
+    Half the examples in the hard band rho(J*) in [0.7, 0.97]."""
+    case = drawn(case, variant, hard)
     layer, x = solved(case, variant, device)
     v = cotangent(case, device)
     grads = layer_grads(layer, x, v)
@@ -561,32 +583,69 @@ def test_phantom_error_within_bound(variant: Variant, case: Case, k: int, dampin
     # k steps round like k more terms of the adjoint, the two pullbacks like 2 more).
     slack = float(an.scale_weights) * (2 * adjoint_budget(an, TOL64) + an.worst_cond * (k + 2) * an.n * eps(F64))
     note(f"{an.describe()}; ||error|| {float(error.norm()):.3e}, bound {bound:.3e}, slack {slack:.1e}")
-    assert float(error.norm()) <= bound + slack
+    assert float(error.norm()) <= bound + slack, (
+        f"phantom error {float(error.norm()):.3e} exceeds ||df/dtheta|| ||(B^T)^k g|| {bound:.3e} + {slack:.1e}"
+    )
     # The identity is checked against the dense reference gradient (independent of iqa.grad's hook), so no error
     # of the implicit gradient can widen or narrow it: what is left is rounding and the forward's residual.
     mismatch = float((phantom - an.reference.weights + predicted).norm())
     assert mismatch <= slack, f"the phantom error is not -(B^T)^k g df/dtheta: off by {mismatch:.2e} > {slack:.2e}"
 
 
+def round_to_float32(layer: FixedPointLayer) -> None:
+    """Round every floating parameter and buffer to float32 and back, in place: the float32 copy of the layer
+    is then exactly the float64 one, so the float64 reference sees the very problem float32 solves."""
+    with torch.no_grad():
+        for t in [*layer.parameters(), *layer.buffers()]:
+            if t.is_floating_point():
+                t.copy_(t.to(F32).to(t.dtype))
+
+
+#: The float32 error's sources, each bounded by cond n eps32 (1 + ||J||) relative: the forward's stop (relative
+#: n eps32: y* moves by cond n eps32 ||y*||, which moves J* and df/dtheta), the adjoint's stop (relative n eps32,
+#: amplified by cond (1 + ||J||), adjoint_budget), the rounding of its products J^T g (n eps32 each, amplified alike)
+#: and of the final pullback g^T df/dtheta (n eps32).
+F32_SOURCES = 4
+
+
 @requires(Tag.WEIGHT_DEPENDENT)
 @given(case=small_cases)
 def test_float32_gradients_match_float64(variant: Variant, case: Case, device) -> None:
-    """The implicit gradient computed in float32 is within 1e-3 (relative) of the float64 reference."""
-    layer, x = solved(case, variant, device)
-    v = cotangent(case, device)
-    reference = layer_grads(layer, x, v)
-    n = case.tokens * case.dim
-    # Relative stop at n eps32: the rounding level of f(y) (sums of n terms), reachable in float32.
-    layer32 = case.layer(
-        variant, device, backward="implicit", solver="anderson", stop="rel", tol=n * eps(F32), max_iter=MAX_ITER
-    ).to(F32)
-    grads32 = layer_grads(layer32, x.to(F32), v.to(F32))
-    solution = layer32.last_solution
+    """The implicit gradient computed in float32 equals the independent dense float64 reference g^T df/dtheta
+    (g from a dense solve of (I - J*^T) g = v, no iqa.grad) of the same problem (weights and x rounded to
+    float32, so the two solve the same equation), within F32_SOURCES cond n eps32 (1 + ||J||) relative to
+    ||df/dtheta|| ||g||; and within issue 3's target F32_REL_TOL relative."""
+    layer = case.layer(variant, device, backward="implicit", **solve_options())
+    round_to_float32(layer)
+    x = case.inputs(device).to(F32).to(F64)
+    with torch.no_grad():
+        layer(x)
+    solution = layer.last_solution
     assert solution is not None
-    note(f"float32 forward {solution.status.name}, residual {float(solution.residual.max()):.2e}")
+    event(f"forward {solution.status.name}")
+    assume(solution.converged)
+    rho = float(spectral_radius(fixed_map(layer, x), solution.y).max())
+    assume(rho < 1)  # the implicit gradient is defined at a locally stable fixed point (properties.fixed_points)
+    assume(not float(saturation_gap(fixed_map(layer, x), solution.y).max()) <= SATURATION_GAP)
+    v = cotangent(case, device).to(F32).to(F64)
+    an = analyse_solved(layer, x, v)
+    n = an.n
+    layer32 = copy.deepcopy(layer).to(F32)
+    # Relative stop at n eps32: the rounding level of f(y) (sums of n terms), reachable in float32.
+    layer32.stop, layer32.tol = "rel", n * eps(F32)
+    grads32 = layer_grads(layer32, x.to(F32), v.to(F32))
+    solution32 = layer32.last_solution
+    assert solution32 is not None
+    note(f"{an.describe()}; float32 forward {solution32.status.name}, residual {float(solution32.residual.max()):.2e}")
+    assume(solution32.converged)  # a float32 forward that stalls above n eps32 has no fixed point to compare at
+    relative = F32_SOURCES * float((an.cond * n * eps(F32) * (1 + torch.linalg.matrix_norm(an.J, ord=2))).max())
     floor = floor_of(x, v)
-    assert rel_err(grads32.weights, reference.weights, floor, "dL/dW float32 vs float64") <= F32_REL_TOL
-    assert rel_err(grads32.x, reference.x, floor, "dL/dx float32 vs float64") <= F32_REL_TOL
+    assert_close(
+        grads32.weights, an.reference.weights, an.scale_weights * relative, floor, "dL/dW float32 vs dense float64"
+    )
+    assert_close(grads32.x, an.reference.x, an.scale_x * relative, floor, "dL/dx float32 vs dense float64")
+    assert rel_err(grads32.weights, an.reference.weights, floor, "dL/dW float32") <= F32_REL_TOL, "issue 3 target"
+    assert rel_err(grads32.x, an.reference.x, floor, "dL/dx float32") <= F32_REL_TOL, "issue 3 target"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -594,18 +653,20 @@ def test_float32_gradients_match_float64(variant: Variant, case: Case, device) -
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@given(case=small_cases, alpha=st.one_of(st.just(1e-12), st.floats(1e-3, 1e3)))
+@given(case=small_cases, alpha=st.one_of(st.just(1e-12), st.floats(1e-3, 1e3), st.just(1e12)))
 def test_gradient_is_linear_in_the_loss(variant: Variant, case: Case, alpha: float, device) -> None:
-    """grad(alpha L) = alpha grad(L) for the implicit mode, down to alpha = 1e-12 (relative adjoint stop)."""
+    """grad(alpha L) / alpha equals the dense reference gradient of L (not the hook's own grad L: the hook
+    compared with itself would pass any wrong but linear adjoint), down to alpha = 1e-12 and up to 1e12, where
+    the relative adjoint stop meets the solver's absolute floors unless the hook rescales v."""
     layer, x = solved(case, variant, device)
     v = cotangent(case, device)
-    base = layer_grads(layer, x, v).all
     scaled = layer_grads(layer, x, alpha * v).all
     an = analyse_solved(layer, x, v)
-    assert bool(torch.isfinite(scaled).all())
-    # Each adjoint solve is within the adjoint budget of the exact (linear) answer.
-    budget = 2 * float(an.scale_all) * adjoint_budget(an, TOL64)
-    assert_close(scaled / alpha, base, budget, floor_of(x, v), f"grad({alpha:g} L) / {alpha:g} vs grad L")
+    assert bool(torch.isfinite(scaled).all()), f"grad({alpha:g} L) is not finite"
+    reference = torch.cat([an.reference.weights, an.reference.x.flatten()])
+    # The adjoint solve is within the adjoint budget of the exact (linear) answer; dividing by alpha is one rounding.
+    budget = float(an.scale_all) * (adjoint_budget(an, TOL64) + eps(F64))
+    assert_close(scaled / alpha, reference, budget, floor_of(x, v), f"grad({alpha:g} L) / {alpha:g} vs dense grad L")
 
 
 @given(case=small_cases, backward=st.sampled_from(["implicit", "phantom", "unrolled"]))
@@ -623,19 +684,35 @@ def test_zero_cotangent_gives_zero_gradient(variant: Variant, case: Case, backwa
         assert adjoint is not None and adjoint.converged
 
 
-@given(case=small_cases, backward=st.sampled_from(["implicit", "phantom"]))
-def test_gradient_wrt_y0_is_zero(variant: Variant, case: Case, backward: str, device) -> None:
-    """y0 only picks the branch: implicit and phantom gradients never reach it, while the weights get theirs."""
+@requires(Tag.WEIGHT_DEPENDENT)
+@given(case=small_cases, spread=st.sampled_from([1e-3, 1e-1]))
+def test_gradient_does_not_depend_on_y0(variant: Variant, case: Case, spread: float, device) -> None:
+    """y0 only picks the branch: started from x and from a perturbation of y* (the same branch), the implicit
+    gradient is the dense reference at that branch both times, and none of it reaches y0 (zero, not absent:
+    y0 requires grad). A hook that used y0 (or the start's own f(y0)) in place of y* fails the first part."""
     from iqa import fixed_point
 
     layer, x = solved(case, variant, device)
     v = cotangent(case, device)
-    y0 = x.detach().clone().requires_grad_(True)
+    an = analyse_solved(layer, x, v)
+    noise = torch.randn(x.shape, dtype=F64, generator=case.generator(5)).to(x)
+    floor = floor_of(x, v)
     params = list(layer.parameters())
-    y = fixed_point(layer.fixed_point_map(x), y0, backward, method="anderson", tol=TOL64, max_iter=MAX_ITER)
-    grads = torch.autograd.grad((v * y).sum(), [y0, *params], allow_unused=True)
-    assert grads[0] is None or bool((grads[0] == 0).all()), "the gradient reaches y0"
-    assert all(g is not None for g in grads[1:]), "a weight got no gradient at all"
+    for label, start in (("from x", x), ("near y*", an.y + spread * noise)):
+        y0 = start.detach().clone().requires_grad_(True)
+        y = fixed_point(layer.fixed_point_map(x), y0, "implicit", method="anderson", tol=TOL64, max_iter=MAX_ITER)
+        distance = float((y.detach() - an.y).norm())
+        same_branch = float((an.cond * (an.residual + TOL64)).norm()) * 2
+        note(f"{label}: ||y* - y*_layer|| = {distance:.2e}")
+        assume(distance <= same_branch)  # this start reached the layer's branch (a perturbation may leave it)
+        grads = torch.autograd.grad((v * y).sum(), [y0, *params], materialize_grads=True)
+        assert bool((grads[0] == 0).all()), f"{label}: the gradient reaches y0"
+        weights = torch.cat([g.flatten() for g in grads[1:]])
+        # the dense reference at this solve's own y* (within TOL64 of the layer's: the same fixed point, but a
+        # gradient taken 1e-13 away differs by more than the adjoint budget)
+        own = analyse(layer, x, y.detach(), v)
+        budget = adjoint_budget(own, TOL64)
+        assert_close(weights, own.reference.weights, own.scale_weights * budget, floor, f"dL/dW {label} vs dense")
 
 
 @requires(Tag.MEAN_FIXED_POINT, Tag.SCORE_MATRIX)
