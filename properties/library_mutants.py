@@ -11,9 +11,8 @@ caller sees the bug, including modules that imported the function by name
 under the mutant, and requires the property's OWN assertion: an AssertionError
 whose message matches ``message``.
 
-Two groups: :data:`SOLVER_MUTANTS` target ``iqa/solvers.py`` as it is today
-(status logic, stopping rule, cycle detection, Anderson's safeguards); the lead
-ports their ``module``/``function`` targets when solvers.py becomes a package.
+Two groups: :data:`SOLVER_MUTANTS` target the solvers in ``iqa/solvers/``
+(status logic, stopping rule, cycle detection, Anderson's safeguards);
 :data:`OTHER_MUTANTS` target the adjoint and its hook, phantom damping, the
 spectral radius, the certificates, the Jacobian norm, the consensus radius and
 the memory count.
@@ -95,7 +94,7 @@ def applied(mutant: LibraryMutant) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# SOLVER_MUTANTS: written against iqa/solvers.py before its split into a package (port module/function there)
+# SOLVER_MUTANTS: the status logic and stopping rule, cycle detection and Anderson's safeguards (iqa/solvers/)
 # ---------------------------------------------------------------------------------------------------------------
 
 _STATUS = "tool.test_solver_status"
@@ -104,8 +103,8 @@ SOLVER_MUTANTS: tuple[LibraryMutant, ...] = (
     LibraryMutant(
         "solver-converged-above-tol",
         "an element counts as CONVERGED at a residual up to 1.5 tol",
-        "iqa.solvers",
-        "_Tracker.__init__",
+        "iqa.solvers.tracker",
+        "Tracker.__init__",
         "self.tol = tol",
         "self.tol = 1.5 * tol",
         f"{_STATUS}:test_status_flips_exactly_at_tol",
@@ -114,8 +113,8 @@ SOLVER_MUTANTS: tuple[LibraryMutant, ...] = (
     LibraryMutant(
         "solver-stop-mode-ignored",
         "stop='rel' is ignored: the absolute residual is compared with tol",
-        "iqa.solvers",
-        "_Tracker.observe",
+        "iqa.solvers.tracker",
+        "Tracker.observe",
         'metric = r if self.stop == "abs" else [a / max(b, NORM_FLOOR) for a, b in zip(r, ref)]',
         "metric = r",
         f"{_STATUS}:test_status_flips_exactly_at_tol",
@@ -124,8 +123,8 @@ SOLVER_MUTANTS: tuple[LibraryMutant, ...] = (
     LibraryMutant(
         "solver-max-iter-off-by-one",
         "Picard makes at most max_iter - 1 evaluations of f (the stopping rule's range is one short)",
-        "iqa.solvers",
-        "_picard",
+        "iqa.solvers.picard",
+        "Picard.run",
         "for step in range(1, max_iter + 1):",
         "for step in range(1, max(2, max_iter)):",
         f"{_STATUS}:test_status_flips_exactly_at_tol",
@@ -134,8 +133,8 @@ SOLVER_MUTANTS: tuple[LibraryMutant, ...] = (
     LibraryMutant(
         "solver-cycle-detection-off",
         "cycle detection never runs: a Picard cycle is reported as MAX_ITER",
-        "iqa.solvers",
-        "_Tracker.check_cycles",
+        "iqa.solvers.tracker",
+        "Tracker.check_cycles",
         "recent = self.recent\n",
         "recent = self.recent\n    return\n",
         "variant.test_layer_solve:test_picard_cycles_at_scale_three",
@@ -145,20 +144,20 @@ SOLVER_MUTANTS: tuple[LibraryMutant, ...] = (
     LibraryMutant(
         "anderson-alpha-limit-off",
         "Anderson's ill-conditioning safeguard (sum |alpha| <= ALPHA_LIMIT) is dropped",
-        "iqa.solvers",
-        "_anderson_step",
-        "& (alpha.abs().sum(-1) <= ALPHA_LIMIT)",
-        "",
+        "iqa.solvers.anderson",
+        "_Pairs.step",
+        "return new, (info_h == 0) & (alpha_h <= ALPHA_LIMIT) & np.isfinite(peak)",
+        "return new, (info_h == 0) & np.isfinite(peak)",
         f"{_STATUS}:test_anderson_falls_back_on_ill_conditioned_system",
         r"Anderson took an ill-conditioned step",
     ),
     LibraryMutant(
         "anderson-never-gives-up",
         "Anderson never gives up on acceleration (the STALL_STEPS rule is dropped)",
-        "iqa.solvers",
-        "_anderson",
-        "giving_up = [d and not g and n >= STALL_STEPS for d, g, n in zip(deviated, gave_up, stalled)]",
-        "giving_up = [False for d in deviated]",
+        "iqa.solvers.anderson",
+        "_AndersonRun.solve",
+        "giving_up = self.deviated & ~self.gave_up & (self.stalled >= STALL_STEPS)",
+        "giving_up = self.deviated & False",
         f"{_STATUS}:test_anderson_gives_up_and_follows_picard_from_the_start",
         r"Anderson did not fall back to Picard",
     ),
@@ -219,7 +218,7 @@ OTHER_MUTANTS: tuple[LibraryMutant, ...] = (
         "the phantom steps ignore phantom_damping (always lam = 1)",
         "iqa.grad",
         "fixed_point",
-        "z = z + phantom_damping * (f(z) - z)",
+        "z = z + mode.damping * (f(z) - z)",
         "z = f(z)",
         "variant.test_gradients:test_phantom_error_within_bound",
         r"phantom error",
@@ -251,9 +250,9 @@ OTHER_MUTANTS: tuple[LibraryMutant, ...] = (
         "jacobian-norm-frobenius",
         "jacobian_norm returns the Frobenius norm instead of the spectral norm",
         "iqa.analysis.jacobian",
-        "jacobian_norm",
-        "return torch.linalg.matrix_norm(jacobian(f, y), ord=2)",
-        'return torch.linalg.matrix_norm(jacobian(f, y), ord="fro")',
+        "norm_estimate",
+        "norm = torch.linalg.matrix_norm(jacobian(f, y), ord=2)",
+        'norm = torch.linalg.matrix_norm(jacobian(f, y), ord="fro")',
         "variant.test_certificates:test_jacobian_norm_within_kappa_F",
         r"jacobian_norm .* vs the largest singular value",
         "hopfield",
