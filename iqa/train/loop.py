@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from iqa.grad import IQAWarning
+from iqa.grad import IQAWarning, Phantom
 from iqa.layer import FixedPointLayer
 from iqa.solvers import Solution, Status
 from iqa.train.config import Run, TrainConfig
@@ -43,9 +43,7 @@ def build_layer(variant: Variant, run: Run, config: TrainConfig, seed: int) -> F
         solver=config.solver,
         tol=config.tol,
         max_iter=config.unrolled_steps if run.mode == "unrolled" else config.max_iter,
-        backward=run.mode,
-        phantom_steps=k,
-        phantom_damping=lam,
+        backward=Phantom(steps=k, damping=lam) if run.mode == "phantom" else run.mode,
     )
 
 

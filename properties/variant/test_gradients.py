@@ -455,6 +455,9 @@ def test_unrolled_error_falls_at_rate_rho(variant: Variant, case: Case, device) 
 
 #: The perturbed solves' absolute stop, 10x below TOL64 so that their error stays below the forward's.
 FD_TOL = TOL64 / 10
+#: A perturbed solve may stall at its residual's rounding floor a little above FD_TOL (seen: 1.9e-14 and 1.6e-13 at
+#: rho(J*) 0.77-0.83, ||y|| 2-10); the budget then uses the residual it reached, which must stay below this.
+FD_RESIDUAL_LIMIT = 1e-10
 
 
 def perturbed_loss(
@@ -469,7 +472,9 @@ def perturbed_loss(
             p.add_(d, alpha=h)
         try:
             f = layer.fixed_point_map(x + h * dx)
-            solution = solve(f, y_start, "anderson", tol=FD_TOL, max_iter=MAX_ITER)
+            # Picard, warm from y*: a contraction at rate rho < 1 reaches FD_TOL in log(FD_TOL / r0) / log(rho)
+            # steps, while Anderson's least-squares step can stall at this tol's rounding floor (|y| ~ 4, n = 2).
+            solution = solve(f, y_start, "picard", tol=FD_TOL, max_iter=MAX_ITER)
         finally:
             for p, d in zip(params, directions):
                 p.sub_(d, alpha=h)
@@ -504,16 +509,24 @@ def check_central_difference(
     bounds ||gradient - exact|| (so |analytic - exact| too)."""
     h = eps(F64) ** (1 / 3)  # balances the O(h^2) truncation against the O(eps / h) rounding of a central difference
 
+    reached = [FD_TOL]  # the largest residual a perturbed solve stopped at
+
     def central(step: float) -> float:
         plus, s_plus = perturbed_loss(layer, x, v, an.y, directions, dx, step)
         minus, s_minus = perturbed_loss(layer, x, v, an.y, directions, dx, -step)
-        assert s_plus.converged and s_minus.converged, f"{what}: a perturbed solve did not converge"
+        for s in (s_plus, s_minus):
+            residual = float(s.residual.max())
+            assert s.converged or residual <= FD_RESIDUAL_LIMIT, (
+                f"{what}: a perturbed solve did not converge ({s.status.name}, residual {residual:.2e})"
+            )
+            reached.append(residual)
         return (plus - minus) / (2 * step)
 
     d_h, d_2h = central(h), central(2 * h)
     loss_scale = float((v.abs() * an.y.abs()).sum())
-    # L sums v.numel() products (v.numel() eps sum|v y|); each solve's y is within cond sqrt(B) FD_TOL of its y*.
-    error_L = v.numel() * eps(F64) * loss_scale + an.worst_cond * math.sqrt(v.shape[0]) * FD_TOL * float(v.norm())
+    # L sums v.numel() products (v.numel() eps sum|v y|); each solve's y is within cond sqrt(B) r of its y*, r the
+    # residual it stopped at (FD_TOL, or the rounding floor it stalled at just above it).
+    error_L = v.numel() * eps(F64) * loss_scale + an.worst_cond * math.sqrt(v.shape[0]) * max(reached) * float(v.norm())
     rounding = error_L / h  # two losses, each off by error_L, over 2h
     truncation = abs(d_2h - d_h) / 3 + 2 * rounding  # Richardson: D(2h) - D(h) = 3 c h^2 + rounding of both
     tolerance = truncation + rounding + gradient_error
