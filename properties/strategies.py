@@ -89,9 +89,9 @@ def size_bounds(
 
 #: ``max_elements`` caps (N * D per batch element) for properties that cannot run at N = 256, D = 128: a
 #: dense n x n Jacobian that is also factored (eig, svd: ~25 n^3 flops; measured, a rate property with its eig
-#: took 74 s for 3 examples at n <= 512 on a loaded machine), and dense Jacobians against every weight too
-#: (n x 2 D^2 entries, one backward per row).
-FACTORED_ELEMENTS, WEIGHT_JACOBIAN_ELEMENTS = 256, 256
+#: took 74 s for 3 examples at n <= 512 and 58-132 s at n <= 256 on a loaded machine), and dense Jacobians
+#: against every weight too (n x 2 D^2 entries, one backward per row).
+FACTORED_ELEMENTS, WEIGHT_JACOBIAN_ELEMENTS = 128, 128
 
 #: The profile whose size policy :func:`cases` applies, read once when the suite imports this module.
 SIZE_PROFILE = active_profile()
@@ -107,11 +107,18 @@ def cases(
     dtypes: tuple[torch.dtype, ...] = DTYPES,
     scales: st.SearchStrategy[float] = ANY_SCALE,
     max_elements: int | None = None,
+    max_tokens: int | None = None,
 ) -> Case:
     """A :class:`Case`; ``tokens`` and ``dim`` are widened under the large profile (:func:`size_bounds`),
-    and N * D stays <= ``max_elements`` when given (dense-Jacobian properties)."""
+    N * D stays <= ``max_elements`` when given (dense-Jacobian properties) and N <= ``max_tokens`` (properties
+    that draw N x N data through Hypothesis, whose choice buffer holds a few thousand values)."""
     b = draw(st.integers(*batch))  # the draw order (batch, tokens, dim, ...) fixes the ci profile's examples
-    n = draw(st.integers(*size_bounds(tokens, "tokens", max_elements=max_elements, other=dim[0])))
+    low, high = size_bounds(tokens, "tokens", max_elements=max_elements, other=dim[0])
+    if max_tokens is not None:
+        if low > max_tokens:
+            raise ValueError(f"tokens >= {low} exceeds max_tokens={max_tokens}")
+        high = min(high, max_tokens)
+    n = draw(st.integers(low, high))
     return Case(
         batch=b,
         tokens=n,

@@ -64,8 +64,10 @@ def test_cases_under_large_draw_realistic_sizes_within_the_cap(data: st.DataObje
     with large_sizes():
         case: Case = data.draw(strategies.cases(tokens=(2, 6), dim=(1, 4), max_elements=256))
         one_token: Case = data.draw(strategies.cases(tokens=(1, 1)))
+        few_tokens: Case = data.draw(strategies.cases(max_tokens=16))
     assert case.tokens >= 2 and case.dim >= 1 and case.tokens * case.dim <= 256
     assert one_token.tokens == 1 and 1 <= one_token.dim <= LARGE_SIZES["dim"]
+    assert 1 <= few_tokens.tokens <= 16
 
 
 def test_cases_under_large_reach_realistic_sizes() -> None:
