@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from iqa.layer import FixedPointLayer
 from iqa.measure import Sweep
-from iqa.suite import LARGE, profile_from_environment
+from iqa.suite import LARGE, PROFILES, profile_from_environment
 from iqa.variants import Variant
 
 DTYPES = (torch.float64, torch.float32)
@@ -62,9 +62,11 @@ LARGE_SIZES = {"tokens": 256, "dim": 128}
 
 
 def active_profile() -> str:
-    """The Hypothesis profile loaded now (conftest.py loads $HYPOTHESIS_PROFILE; --hypothesis-profile overrides)."""
+    """The suite's Hypothesis profile loaded now (conftest.py loads $HYPOTHESIS_PROFILE, --hypothesis-profile
+    overrides); $HYPOTHESIS_PROFILE's when none of the suite's is loaded (this module imported outside pytest)."""
     current = getattr(settings, "get_current_profile_name", None)  # hypothesis >= 6.127
-    return current() if current is not None else profile_from_environment()
+    name = current() if current is not None else None
+    return name if name in PROFILES else profile_from_environment()
 
 
 def size_bounds(
