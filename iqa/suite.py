@@ -31,8 +31,9 @@ import iqa
 from iqa.pytest_plugin import read_results
 
 #: Hypothesis profiles of the suite (their settings are registered by the suite's conftest.py).
-DEV, CI, THOROUGH = "dev", "ci", "thorough"
-PROFILES = (DEV, CI, THOROUGH)
+DEV, CI, THOROUGH, LARGE = "dev", "ci", "thorough", "large"
+#: ``large``: few derandomized examples at realistic sizes (properties/strategies.py widens the shapes under it).
+PROFILES = (DEV, CI, THOROUGH, LARGE)
 #: The profile of the report's and the baselines' property runs: derandomized, so verdicts are reproducible.
 RECORDED_PROFILE = CI
 #: The folder of the suite that holds the properties a variant is checked against.

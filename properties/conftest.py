@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, Phase, settings
 
 from iqa import configure_threads
 from iqa.pytest_plugin import EXPECTED_FAILURE_MARK, NOT_APPLICABLE_MARK
-from iqa.suite import CI, DEV, THOROUGH, VARIANT_FOLDER, SuiteError, profile_from_environment
+from iqa.suite import CI, DEV, LARGE, THOROUGH, VARIANT_FOLDER, SuiteError, profile_from_environment
 from iqa.variants import ENV_VARIABLE, Variant, VariantError, resolve_all
 from properties.tags import required_tags
 
@@ -35,6 +35,8 @@ configure_threads()
 #: $IQA_MUTATION_SCORE writes) the mutation score of properties/meta/test_mutants.py.
 pytest_plugins = ("iqa.pytest_plugin", "properties.meta.score")
 
+#: Examples per property on the large profile: each one solves at up to N = 256, D = 128.
+LARGE_EXAMPLES = 3
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors])
 settings.register_profile(DEV, max_examples=10, **_COMMON)
 settings.register_profile(CI, max_examples=30, derandomize=True, print_blob=True, **_COMMON)
@@ -42,6 +44,17 @@ settings.register_profile(
     THOROUGH,
     max_examples=400,
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+    print_blob=True,
+    **_COMMON,
+)
+#: Realistic sizes (N up to 256, D up to 128: properties/strategies.py's size_bounds), so few examples and no
+#: shrinking (measured: the expected failure test_fixed_point_depends_on_weights took 40 s for reference with
+#: shrinking, 1.1 s without); a failure prints its example and blob, to be replayed and shrunk on dev.
+settings.register_profile(
+    LARGE,
+    max_examples=LARGE_EXAMPLES,
+    derandomize=True,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target],
     print_blob=True,
     **_COMMON,
 )

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from hypothesis import settings
 from hypothesis import strategies as st
 
 from iqa.layer import FixedPointLayer
 from iqa.measure import Sweep
+from iqa.suite import LARGE, PROFILES, profile_from_environment
 from iqa.variants import Variant
 
 DTYPES = (torch.float64, torch.float32)
@@ -55,6 +57,48 @@ class Case:
         return variant.make(self.dim, scale=self.scale, seed=self.seed, dtype=self.dtype, device=device, **options)
 
 
+#: The largest N and D the ``large`` profile draws (issue 14: realistic sizes), and the profile's name.
+LARGE_SIZES = {"tokens": 256, "dim": 128}
+
+
+def active_profile() -> str:
+    """The suite's Hypothesis profile loaded now (conftest.py loads $HYPOTHESIS_PROFILE, --hypothesis-profile
+    overrides); $HYPOTHESIS_PROFILE's when none of the suite's is loaded (this module imported outside pytest)."""
+    current = getattr(settings, "get_current_profile_name", None)  # hypothesis >= 6.127
+    name = current() if current is not None else None
+    return name if name in PROFILES else profile_from_environment()
+
+
+def size_bounds(
+    bounds: tuple[int, int], axis: str, *, max_elements: int | None = None, other: int = 1, profile: str | None = None
+) -> tuple[int, int]:
+    """The (low, high) a test's ``bounds`` for ``axis`` ("tokens" or "dim") draw from under ``profile``.
+
+    Under ``large`` a range (low < high) has its upper end widened to :data:`LARGE_SIZES`; its lower end
+    and a fixed size (low == high: a constraint of the test, e.g. one token) are kept. ``max_elements``
+    caps N * D for properties that build dense n x n matrices (``other`` is the size of the other axis):
+    the upper end shrinks to ``max_elements // other``, never below the lower end.
+    """
+    low, high = bounds
+    if (profile or SIZE_PROFILE) == LARGE and low < high:
+        high = max(high, LARGE_SIZES[axis])
+    if max_elements is not None:
+        if low * other > max_elements:
+            raise ValueError(f"{axis} >= {low} with the other axis at {other} exceeds max_elements={max_elements}")
+        high = max(low, min(high, max_elements // other))
+    return low, high
+
+
+#: ``max_elements`` caps (N * D per batch element) for properties that cannot run at N = 256, D = 128: a
+#: dense n x n Jacobian that is also factored (eig, svd: ~25 n^3 flops; measured, a rate property with its eig
+#: took 74 s for 3 examples at n <= 512 and 58-132 s at n <= 256 on a loaded machine), and dense Jacobians
+#: against every weight too (n x 2 D^2 entries, one backward per row).
+FACTORED_ELEMENTS, WEIGHT_JACOBIAN_ELEMENTS = 128, 128
+
+#: The profile whose size policy :func:`cases` applies, read once when the suite imports this module.
+SIZE_PROFILE = active_profile()
+
+
 @st.composite
 def cases(
     draw: st.DrawFn,
@@ -64,11 +108,23 @@ def cases(
     dim: tuple[int, int] = (1, 6),
     dtypes: tuple[torch.dtype, ...] = DTYPES,
     scales: st.SearchStrategy[float] = ANY_SCALE,
+    max_elements: int | None = None,
+    max_tokens: int | None = None,
 ) -> Case:
+    """A :class:`Case`; ``tokens`` and ``dim`` are widened under the large profile (:func:`size_bounds`),
+    N * D stays <= ``max_elements`` when given (dense-Jacobian properties) and N <= ``max_tokens`` (properties
+    that draw N x N data through Hypothesis, whose choice buffer holds a few thousand values)."""
+    b = draw(st.integers(*batch))  # the draw order (batch, tokens, dim, ...) fixes the ci profile's examples
+    low, high = size_bounds(tokens, "tokens", max_elements=max_elements, other=dim[0])
+    if max_tokens is not None:
+        if low > max_tokens:
+            raise ValueError(f"tokens >= {low} exceeds max_tokens={max_tokens}")
+        high = min(high, max_tokens)
+    n = draw(st.integers(low, high))
     return Case(
-        batch=draw(st.integers(*batch)),
-        tokens=draw(st.integers(*tokens)),
-        dim=draw(st.integers(*dim)),
+        batch=b,
+        tokens=n,
+        dim=draw(st.integers(*size_bounds(dim, "dim", max_elements=max_elements, other=n))),
         dtype=draw(st.sampled_from(dtypes)),
         scale=draw(scales),
         seed=draw(st.integers(0, 2**31 - 1)),

@@ -54,7 +54,7 @@ from iqa.measure.cell import measure_cell
 from iqa.measure.executors import SchedulerError, dask_pool, executor, worker_pool
 from iqa.measure.saved import measure_saved_bytes
 from iqa.measure.summary import metric_info, summarize
-from iqa.measure.sweep import DEFAULT, PRESETS, QUICK, Cell, Sweep
+from iqa.measure.sweep import DEFAULT, LARGE, PRESETS, QUICK, Cell, Sweep
 from iqa.runtime import configure_threads
 from iqa.variants import Variant, VariantError, resolve
 from iqa.versions import package_versions
@@ -62,6 +62,7 @@ from iqa.versions import package_versions
 __all__ = [
     "DEFAULT",
     "FORMAT",
+    "LARGE",
     "PRESETS",
     "QUICK",
     "Cell",

@@ -53,9 +53,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", default="reports", metavar="DIR", help="output directory (default: reports)")
     parser.add_argument(
+        "--sweep",
+        choices=tuple(PRESETS),
+        default=None,
+        help="the sweep preset: default (the committed reports'), quick (= --quick), large (realistic sizes: "
+        "N 64 and 256, D 32 and 64, float32)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke run (< 30 s): a small sweep, 3 examples per property, failing examples not shrunk",
+        help="a smoke run (< 30 s), short for --sweep quick: a small sweep, 3 examples per property, "
+        "failing examples not shrunk",
     )
     parser.add_argument(
         "--seed",
@@ -92,6 +100,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 #: The Hypothesis profile of the report's property run (derandomized: the same examples every time).
 PROFILE = RECORDED_PROFILE
+#: The sweep preset without --sweep, and --quick's (keys of iqa.measure.PRESETS).
+DEFAULT_SWEEP, QUICK = "default", "quick"
 #: Examples per property with --quick (the 30-second budget).
 QUICK_MAX_EXAMPLES = 3
 #: Examples per property otherwise: the full ci profile (30) takes most of the 3-minute budget by itself.
@@ -104,7 +114,7 @@ class Options:
 
     variants: tuple[str, ...] = ()
     out: Path = Path("reports")
-    quick: bool = False
+    sweep: str = "default"
     seed: int = 0
     jobs: int = 1
     suite: str | None = None
@@ -113,12 +123,20 @@ class Options:
     progress: bool = True
     scheduler: str | None = None
 
+    @property
+    def quick(self) -> bool:
+        """The smoke run (``--quick`` = ``--sweep quick``): its sweep, 3 examples per property, no shrinking."""
+        return self.sweep == QUICK
+
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
+        """The options of parsed arguments; ``--quick`` with another ``--sweep`` is a ValueError."""
+        if args.quick and args.sweep not in (None, QUICK):
+            raise ValueError(f"--quick is short for --sweep {QUICK}; it cannot be combined with --sweep {args.sweep}")
         return cls(
             variants=tuple(args.variant),
             out=Path(args.out),
-            quick=args.quick,
+            sweep=QUICK if args.quick else (args.sweep or DEFAULT_SWEEP),
             seed=args.seed,
             jobs=args.jobs,
             suite=args.suite,
@@ -130,6 +148,8 @@ class Options:
 
     def check(self) -> None:
         """Bad values are a ValueError naming the option."""
+        if self.sweep not in PRESETS:
+            raise ValueError(f"--sweep must be one of {', '.join(PRESETS)}, got {self.sweep!r}")
         if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
             raise ValueError(f"--jobs must be >= 1, got {self.jobs}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -152,6 +172,8 @@ def _command(options: Options) -> str:
         parts += ["--variant", spec]
     if options.quick:
         parts.append("--quick")
+    elif options.sweep != DEFAULT_SWEEP:
+        parts += ["--sweep", options.sweep]
     parts += ["--seed", str(options.seed)]
     if options.suite is not None:
         parts += ["--suite", options.suite]
@@ -186,13 +208,14 @@ def build(options: Options, sweep: Sweep | None = None) -> tuple[list[Path], str
     """Measure, test and write the reports as a set (:mod:`iqa.report.output`); return the files written
     and why the property run gave no verdicts (None when it gave them or did not run).
 
-    ``sweep`` replaces the preset (``--quick`` or the default) with a sweep of the caller's, seeded by --seed.
+    ``sweep`` replaces the preset (``--sweep``, ``--quick`` or the default) with a sweep of the caller's,
+    seeded by --seed.
     Raises ValueError or VariantError for bad options, SuiteError for a missing suite and OutputError for an
     unwritable ``--out`` (all before anything is measured), and MeasurementError when a variant fails.
     """
     options.check()
     variants = resolve_all(list(options.variants))
-    preset = "custom" if sweep is not None else ("quick" if options.quick else "default")
+    preset = "custom" if sweep is not None else options.sweep
     sweep = (sweep or PRESETS[preset]).with_seed(options.seed)
     specs = _distinct_specs(list(options.variants) or [v.name for v in variants])
     directories = {v.name: _directory_name(v.name) for v in variants}
@@ -336,8 +359,8 @@ def main(args: argparse.Namespace) -> int:
     scheduler that cannot be used."""
     configure_threads()
     started = time.perf_counter()
-    options = Options.from_args(args)
     try:
+        options = Options.from_args(args)
         written, error = build(options)
     except MeasurementError as failure:
         print(f"iqa report: {failure}; no report was written", file=sys.stderr)

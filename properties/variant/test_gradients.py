@@ -36,7 +36,7 @@ from iqa.solvers import Solution
 from iqa.variants import Tag, Variant
 from properties.fixed_points import BAND_LABEL, cotangent, fixed_map, hard_case, stable_fixed_point
 from properties.regimes import SATURATION_GAP, requires_share
-from properties.strategies import CONTRACTIVE_SCALES, Case, cases
+from properties.strategies import CONTRACTIVE_SCALES, WEIGHT_JACOBIAN_ELEMENTS, Case, cases
 from properties.tags import requires
 
 F64 = torch.float64
@@ -54,7 +54,14 @@ FLOOR_REL = math.sqrt(torch.finfo(F64).eps)
 F32_REL_TOL = 1e-3
 
 #: Small shapes: the dense Jacobian is at most 16 x 16 per batch element.
-small_cases = cases(batch=(1, 2), tokens=(2, 4), dim=(1, 4), dtypes=(F64,), scales=CONTRACTIVE_SCALES)
+small_cases = cases(
+    batch=(1, 2),
+    tokens=(2, 4),
+    dim=(1, 4),
+    dtypes=(F64,),
+    scales=CONTRACTIVE_SCALES,
+    max_elements=WEIGHT_JACOBIAN_ELEMENTS,
+)
 #: Whether an example of a gradient comparison is moved into rho(J*) in [0.7, 0.97] (properties.fixed_points.
 #: hard_case), where the adjoint is ill-conditioned; the contractive scales alone give a median rho of 0.01-0.05.
 hard_draws = st.booleans()
@@ -368,7 +375,14 @@ def test_implicit_matches_unrolled(variant: Variant, case: Case, hard: bool, dev
 
 #: Weight scales where rho(J*) is moderate, so that the unrolled error decays over several steps.
 #: One batch element: with several, each decays at its own rho and the slowest shows only at the end.
-rate_cases = cases(batch=(1, 1), tokens=(2, 4), dim=(1, 4), dtypes=(F64,), scales=st.floats(1.0, 2.0))
+rate_cases = cases(
+    batch=(1, 1),
+    tokens=(2, 4),
+    dim=(1, 4),
+    dtypes=(F64,),
+    scales=st.floats(1.0, 2.0),
+    max_elements=WEIGHT_JACOBIAN_ELEMENTS,
+)
 #: The rate check uses T where the error is this far above the noise (the reference's own error budget).
 SIGNAL_OVER_NOISE = 100.0
 #: A complex dominant pair makes e_T oscillate within its envelope; allow the envelope this factor of wobble.
@@ -379,7 +393,14 @@ RATE_RHO_MIN = 0.1
 #: terms cancel, and the slack (rounding relative to ||df/dtheta|| ||g||) no longer bounds that cancellation.
 PHANTOM_RHO_MIN = 0.05
 #: Weight scales up to 2, where rho(J*) mostly clears PHANTOM_RHO_MIN (injection contracts hard below 1).
-phantom_cases = cases(batch=(1, 2), tokens=(2, 4), dim=(1, 4), dtypes=(F64,), scales=st.floats(0.5, 2.0))
+phantom_cases = cases(
+    batch=(1, 2),
+    tokens=(2, 4),
+    dim=(1, 4),
+    dtypes=(F64,),
+    scales=st.floats(0.5, 2.0),
+    max_elements=WEIGHT_JACOBIAN_ELEMENTS,
+)
 #: The phantom check's forward tolerance: near float64's rounding floor for these small shapes (N, D <= 4, |x| ~ 1).
 PHANTOM_TOL = 1e-15
 
