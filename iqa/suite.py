@@ -32,7 +32,9 @@ from iqa.pytest_plugin import read_results
 
 #: Hypothesis profiles of the suite (their settings are registered by the suite's conftest.py).
 DEV, CI, THOROUGH = "dev", "ci", "thorough"
-PROFILES = (DEV, CI, THOROUGH)
+#: the profile of ``tox -e mutate`` (properties/meta/mutation_run.py): few, fixed examples, no shrinking
+MUTATION = "mutation"
+PROFILES = (DEV, CI, THOROUGH, MUTATION)
 #: The profile of the report's and the baselines' property runs: derandomized, so verdicts are reproducible.
 RECORDED_PROFILE = CI
 #: The folder of the suite that holds the properties a variant is checked against.
