@@ -373,7 +373,8 @@ def render_readme(report: Report, meta: Mapping[str, Any]) -> str:
         ]
     out += [
         f"Written by `tox -e mutate` ({meta.get('tool', 'mutmut')}, Hypothesis profile "
-        f"`{meta.get('hypothesis_profile', '?')}`) from mutmut's results; the equivalent list is "
+        f"`{meta.get('hypothesis_profile', '?')}`, variants: {meta.get('variants', 'all')}) from mutmut's results; "
+        "the equivalent list is "
         "`reports/mutation/equivalent.toml`. Score = killed / (total − equivalent); timed-out mutants are "
         "counted apart (not as killed) and shown below.",
         "",
@@ -525,7 +526,11 @@ def tool_meta() -> dict[str, Any]:
         tool = f"mutmut {version('mutmut')}"
     except PackageNotFoundError:
         tool = "mutmut (version unknown)"
-    return {"tool": tool, "hypothesis_profile": os.environ.get("HYPOTHESIS_PROFILE", "")}
+    return {
+        "tool": tool,
+        "hypothesis_profile": os.environ.get("HYPOTHESIS_PROFILE", ""),
+        "variants": os.environ.get("IQA_VARIANTS") or "all",
+    }
 
 
 if __name__ == "__main__":
