@@ -10,8 +10,9 @@ What is mutated and which properties run is configured in ``[tool.mutmut]`` of
 pyproject.toml; each mutant runs only the properties that reached its function
 in mutmut's stats run, with ``-x``, on the Hypothesis profile ``mutation``
 (properties/conftest.py) and the variants :data:`DEFAULT_VARIANTS` (or
-``$IQA_VARIANTS``). Every run starts from an empty ``mutants/`` (``--keep`` reuses it): mutmut caches results by the library's functions, not
-by the properties, and the properties are what changes between runs.
+``$IQA_VARIANTS``). Every run starts from an empty ``mutants/`` (``--keep``
+reuses it): mutmut caches results by the library's functions, not by the
+properties, and the properties are what changes between runs.
 
 A module argument is a file or folder among the mutated ones (``only_mutate``);
 a run over some modules reports the others as not run, and its report is
