@@ -33,7 +33,9 @@ from iqa.pytest_plugin import read_results
 #: Hypothesis profiles of the suite (their settings are registered by the suite's conftest.py).
 DEV, CI, THOROUGH, LARGE = "dev", "ci", "thorough", "large"
 #: ``large``: few derandomized examples at realistic sizes (properties/strategies.py widens the shapes under it).
-PROFILES = (DEV, CI, THOROUGH, LARGE)
+#: ``mutation``: the profile of ``tox -e mutate`` (properties/meta/mutation_run.py): few, fixed examples, no shrinking.
+MUTATION = "mutation"
+PROFILES = (DEV, CI, THOROUGH, LARGE, MUTATION)
 #: The profile of the report's and the baselines' property runs: derandomized, so verdicts are reproducible.
 RECORDED_PROFILE = CI
 #: The folder of the suite that holds the properties a variant is checked against.

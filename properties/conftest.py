@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, Phase, settings
 
 from iqa import configure_threads
 from iqa.pytest_plugin import EXPECTED_FAILURE_MARK, NOT_APPLICABLE_MARK
-from iqa.suite import CI, DEV, LARGE, THOROUGH, VARIANT_FOLDER, SuiteError, profile_from_environment
+from iqa.suite import CI, DEV, LARGE, MUTATION, THOROUGH, VARIANT_FOLDER, SuiteError, profile_from_environment
 from iqa.variants import ENV_VARIABLE, Variant, VariantError, resolve_all
 from properties.tags import required_tags
 
@@ -56,6 +56,17 @@ settings.register_profile(
     derandomize=True,
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target],
     print_blob=True,
+    **_COMMON,
+)
+# For `tox -e mutate` (mutmut): every mutant reruns the properties that reach it, so few,
+# fixed examples (the clean run and each mutant see the same ones) and no shrinking (a
+# failure is all a kill needs).
+settings.register_profile(
+    MUTATION,
+    max_examples=5,
+    derandomize=True,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
     **_COMMON,
 )
 try:
