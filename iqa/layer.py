@@ -174,7 +174,7 @@ def _iterate(f: Map, y0: Tensor, n_iters: int, track: bool) -> Tensor | Tracked:
 
 def linear_init_(linear: nn.Linear, scale: float = 1.0, generator: torch.Generator | None = None) -> nn.Linear:
     """nn.Linear's default weight init (Kaiming-uniform, a = sqrt(5)), drawn from
-    ``generator`` and multiplied by ``scale``: the "weight scale" of THEORY.md."""
+    ``generator`` and multiplied by ``scale``: the "weight scale" of docs/theory.md#the-layer."""
     with torch.no_grad():
         nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5), generator=generator)
         linear.weight.mul_(scale)
@@ -215,7 +215,7 @@ class ImplicitQueryAttention(FixedPointLayer):
         return f
 
     def score_matrix(self, x: Tensor) -> Tensor:
-        """A with scores = A y^T: row a_i = Omega^T W_K x_i (THEORY.md's A = X W_K^T Omega)."""
+        """A with scores = A y^T: row a_i = Omega^T W_K x_i (A = X W_K^T Omega, docs/theory.md#the-layer)."""
         return self.keys(x) @ self.Omega_Q.weight
 
     def score_weight_norm(self) -> Tensor:

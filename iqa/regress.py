@@ -50,7 +50,7 @@ from iqa.suite import RECORDED_PROFILE, SuiteError, locate, start
 from iqa.variants import Variant, VariantError, builtin_variants, resolve
 from iqa.verdicts import BAD_VERDICTS, property_verdicts
 
-#: The sweep of a new built-in baseline: both sides of the contraction boundary (s = 0.5 .. 3, THEORY.md),
+#: The sweep of a new built-in baseline: both sides of the contraction boundary (s = 0.5 .. 3, docs/theory.md#regimes),
 #: token counts where the consensus and the weight-dependent fixed points differ, and unrolled depths up to
 #: where rho^T reaches the solver tolerance; about 10 s per variant on one core.
 REGRESS = Sweep(

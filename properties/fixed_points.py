@@ -1,8 +1,8 @@
 """Shared set-up of the gradient properties: a layer at a stable fixed point, and a loss's cotangent.
 
 The implicit gradient is defined at a converged fixed point y* where the adjoint
-iteration converges, i.e. where y* is locally stable (rho(J*) < 1, THEORY.md
-"Implicit differentiation"). :func:`stable_fixed_point` solves a drawn case and
+iteration converges, i.e. where y* is locally stable (rho(J*) < 1, docs/theory.md#implicit-differentiation).
+:func:`stable_fixed_point` solves a drawn case and
 rejects (``assume``) the cases that do not reach such a point, so that the
 properties that use it (test_gradients, test_backward_reports) never compare
 gradients at a point where they are undefined, and never pass by skipping.

@@ -1,6 +1,6 @@
 """Which regime a drawn case is in, for ``event()`` buckets and ``note()`` reports.
 
-THEORY.md's regimes, decided in this order:
+The regimes of docs/theory.md#regimes, decided in this order:
 
 - ``contractive``: some certificate (kappa_inf, kappa_F or the weights-only
   bound) is < 1 for every batch element: the fixed point is unique;

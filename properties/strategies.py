@@ -2,7 +2,7 @@
 
 Tensors stay small (a few tokens of a few dimensions) so that hundreds of
 examples run in seconds; the weight scale s multiplies nn.Linear's default
-init and picks the regime (THEORY.md: s <= 1 mostly contracts, s ~ 3 cycles,
+init and picks the regime (docs/theory.md#regimes: s <= 1 mostly contracts, s ~ 3 cycles,
 s >= 10 saturates).
 """
 
@@ -22,7 +22,7 @@ from iqa.variants import Variant
 
 DTYPES = (torch.float64, torch.float32)
 
-#: Weight scales by regime (THEORY.md "The consensus fixed point").
+#: Weight scales by regime (docs/theory.md#consensus).
 CONTRACTIVE_SCALES = st.floats(0.05, 1.0)
 ANY_SCALE = st.one_of(
     st.floats(0.05, 1.0),

@@ -18,7 +18,7 @@ map in the "2,inf" norm, in the Frobenius norm and ||J(y)||_2, so
 
     kappa_inf = kappa_F = 1/4 diam(V) diam(A),  kappa_w = 1/4 diam(V) ||M||_2 diam(X).
 
-Any of them < 1 makes f a contraction on the invariant set (THEORY.md), so the
+Any of them < 1 makes f a contraction on the invariant set (docs/theory.md#certificates), so the
 fixed point is unique and ||y_t - y*|| <= kappa^t ||y_0 - y*||.
 
 A relaxed map (1 - a) Y + a f(Y) (a layer with a ``relaxation`` attribute a,

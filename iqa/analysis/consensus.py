@@ -15,7 +15,7 @@ mu_i, mu_j, so
 (0 always: L(1 w^T) = 0, as 1^T V_c = 0). Hence rho_c = rho(P). For the seed
 A = X M with M = W_K^T Omega and V = X, so P = M^T Sigma_x with
 Sigma_x = X_c^T X_c / N, whose eigenvalues are those of its transpose
-Sigma_x M: THEORY.md's rho_c = rho(Sigma_x W_K^T Omega). A relaxed map
+Sigma_x M: rho_c = rho(Sigma_x W_K^T Omega) of docs/theory.md#consensus. A relaxed map
 (1 - a) Y + a f(Y) (``layer.relaxation`` = a) has eigenvalues 1 - a + a lambda.
 """
 
@@ -86,7 +86,7 @@ def consensus_eigenvalues(layer: FixedPointLayer, x: Tensor, check: bool = True)
 def consensus_radius(layer: FixedPointLayer, x: Tensor, check: bool = True) -> Tensor:
     """rho_c: the spectral radius of df/dY at Y_c = 1 mean(x)^T per batch element, [B].
 
-    rho_c = rho(Sigma_x W_K^T Omega) for the seed (THEORY.md), rho(A^T V_c / N)
+    rho_c = rho(Sigma_x W_K^T Omega) for the seed (docs/theory.md#consensus), rho(A^T V_c / N)
     for any map softmax(A Y^T) V, and max |1 - a + a lambda| for a relaxed one.
     rho_c < 1: the mean attracts; rho_c > 1: it repels.
     """

@@ -1,7 +1,7 @@
 """The spectral radius rho(J) of the Jacobian of a batched map, with its accuracy.
 
 rho(J(y*)) is the local rate of the iteration at a fixed point (a norm bound >= 1
-proves nothing; THEORY.md). The reference layer's dominant eigenvalue is often
+proves nothing; docs/theory.md#local-rate). The reference layer's dominant eigenvalue is often
 negative (2-cycles) or a complex pair, so power iteration on J would not
 converge; instead:
 

@@ -34,7 +34,7 @@ class Sweep:
     Attributes:
         tokens: the token counts N.
         dims: the embedding widths D.
-        scales: weight scales s (nn.Linear's default init times s; THEORY.md:
+        scales: weight scales s (nn.Linear's default init times s; docs/theory.md#regimes:
             s <= 1 mostly contracts, s ~ 3 cycles, s >= 10 saturates).
         seeds: one layer and one input batch per seed and (N, D, s).
         batch: input sequences per cell (each is one "run").

@@ -267,8 +267,8 @@ def variant_page(
         "",
         f"![{FIGURES['status.png']}](status.png)",
         "",
-        "Each cell pools every D, seed and input at that (N, s). THEORY.md's regimes for the seed: small weight "
-        "scales contract to the token mean, s ≈ 3 cycles, large s saturates.",
+        "Each cell pools every D, seed and input at that (N, s). The regimes of docs/theory.md#regimes for the seed: "
+        "small weight scales contract to the token mean, s ≈ 3 cycles, large s saturates.",
         "",
         "## Certificates, spectral radius and the fixed point",
         "",
@@ -381,8 +381,8 @@ def index_page(
     lines += ["## Comparison", "", _table(rows, headers), ""]
     lines += [
         "Distance to mean: ‖y* − 1·mean(x)ᵀ‖ / ‖x − 1·mean(x)ᵀ‖ (0 means the layer outputs the token mean, "
-        "THEORY.md's degenerate fixed point); weight grad: ‖∂⟨G, y*⟩/∂θ‖ / √(BND) at converged cells (≈ 0: "
-        "the weights do not move the fixed point). Properties: how many got each verdict, "
+        "the degenerate fixed point of docs/theory.md#consensus); weight grad: ‖∂⟨G, y*⟩/∂θ‖ / √(BND) at converged "
+        "cells (≈ 0: the weights do not move the fixed point). Properties: how many got each verdict, "
         + " / ".join(VERDICTS)
         + ", from the pytest run described on each page.",
         "",

@@ -354,7 +354,7 @@ def unrolled_plot(variant: str, gradients: list[dict[str, Any]], max_lines: int 
         measured.extend(es)
         color = cmap(norm(g["rho"]))
         ax.plot(ts, es, marker="o", markersize=3, color=color, linewidth=1.2)
-        # rho^T through the first point: the rate THEORY.md predicts
+        # rho^T through the first point: the rate of docs/theory.md#unrolled-gradient
         ref = es[0] * np.power(max(g["rho"], floor), ts - ts[0])
         ax.plot(ts, np.maximum(ref, 1e-300), linestyle="--", color=color, linewidth=0.9, alpha=0.8)
     # the rho^T lines of cells with rho > 1 explode: the y range follows the measured errors

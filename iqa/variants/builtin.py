@@ -3,7 +3,7 @@
 ``reference`` is the seed; ``scaled`` and ``damped`` keep its consensus fixed
 point (so their weight gradients vanish where they contract, declared as an
 expected failure); ``hopfield``, ``positional`` and ``injection`` break the
-symmetry in the three ways THEORY.md names, so their fixed points move with
+symmetry in the three ways of docs/theory.md#breaking-the-symmetry, so their fixed points move with
 their weights and the gradient properties have something to check.
 """
 
@@ -24,7 +24,7 @@ from iqa.variants.protocol import Tag, Variant
 WEIGHTS_MOVE_FIXED_POINT = "test_fixed_point_depends_on_weights"
 CONSENSUS_REASON = (
     "the fixed point is the token mean 1 mean(x)^T wherever the layer contracts, "
-    "so it does not depend on the weights and their gradients vanish (THEORY.md)"
+    "so it does not depend on the weights and their gradients vanish (docs/theory.md#consensus)"
 )
 CONSENSUS_FAILURES = {WEIGHTS_MOVE_FIXED_POINT: CONSENSUS_REASON}
 

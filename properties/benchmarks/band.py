@@ -5,7 +5,7 @@ solved by Picard and by Anderson to the same tolerance, and a case is in the
 band when Picard converges and the spectral radius of the Jacobian at its
 fixed point (dense eigenvalues, :func:`iqa.analysis.spectral_radius`) lies in
 [0.8, 0.95]. The grid's scales run from 1 (contractive at nn.Linear's default
-init, THEORY.md) to 3 (where the layers start to cycle), the regime where rho
+init, docs/theory.md#regimes) to 3 (where the layers start to cycle), the regime where rho
 approaches 1.
 
 :func:`sample` is broader: shapes, scales and seeds drawn at random (seeded
@@ -29,7 +29,7 @@ from properties.strategies import Case
 
 BAND = (0.8, 0.95)  # the band of rho(J*) named by the target (issue 7)
 TOKENS, DIM = 8, 8
-SCALES = tuple(1.0 + 0.125 * i for i in range(17))  # 1.0 .. 3.0: contractive to cycling (THEORY.md)
+SCALES = tuple(1.0 + 0.125 * i for i in range(17))  # 1.0 .. 3.0: contractive to cycling (docs/theory.md#regimes)
 SEEDS = tuple(range(6))
 # float64, tol 1e-8: far above rounding (~1e-14 here) and far below the transient, so the counts measure the rate.
 TOL = 1e-8

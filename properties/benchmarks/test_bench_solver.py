@@ -34,7 +34,8 @@ from properties.strategies import Case
 #: The issue's bound on (one Picard step) / (one evaluation of f).
 TARGET_RATIO = 1.15
 BATCH, TOKENS, DIM = 4, 64, 64
-#: Weight scale 1 contracts at this size: from x the residual falls steadily for the first ~30 steps (THEORY.md).
+#: Weight scale 1 contracts at this size: from x the residual falls steadily for the first ~30 steps
+#: (docs/theory.md#regimes).
 SCALE = 1.0
 #: Below any residual float32 can hold: the solve never converges, it runs its max_iter.
 TOL = torch.finfo(torch.float32).tiny

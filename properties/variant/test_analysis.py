@@ -1,6 +1,6 @@
 """The analysis agrees with the layer: its Jacobian, its rate, its consensus fixed point.
 
-- The Jacobian of THEORY.md, built from the attention weights the layer really
+- The Jacobian of docs/theory.md#jacobian, built from the attention weights the layer really
   computes (block p_ij (v_j - g_i) a_i^T; block-diagonal sum_j p_ij (v_j - g_i) a_j^T
   for scores Y A^T; (1 - a) I + a J for a relaxation a), equals autograd's.
 - Where Picard converges, the rate fitted to the solver's own residual history
@@ -10,7 +10,7 @@
   :mod:`iqa.analysis.linearization`, whose interval contains the rate. Arnoldi's
   rho equals the dense one at the layer's own fixed points.
 - Consensus: f(1 mean(x)^T) = 1 mean(x)^T for any weights, and rho of the
-  Jacobian there equals rho_c = rho(Sigma_x W_K^T Omega) (THEORY.md; derivation
+  Jacobian there equals rho_c = rho(Sigma_x W_K^T Omega) (docs/theory.md#consensus; derivation
   in :mod:`iqa.analysis.consensus`).
 """
 
@@ -38,7 +38,8 @@ from properties.tags import requires
 
 
 def analytic_jacobian(layer: FixedPointLayer, x: Tensor, y: Tensor) -> Tensor:
-    """THEORY.md's Jacobian at y, [B, N D, N D], from the softmax weights f actually computes at y."""
+    """The Jacobian of docs/theory.md#jacobian at y, [B, N D, N D], from the softmax weights f actually computes at
+    y."""
     weights = analysis.attention_weights(layer.fixed_point_map(x), y)
     assert len(weights) == 1, f"expected one softmax in f, found {len(weights)}"
     p = weights[0].to(torch.float64)
@@ -77,7 +78,7 @@ def test_analytic_jacobian_matches_autograd(variant: Variant, case: Case, temper
     size = torch.linalg.matrix_norm(expected, ord=2).cpu()
     event("||J||_2 < 1e-6 (saturated)" if bool((size < 1e-6).all()) else "||J||_2 >= 1e-6")
     note(f"||J_autograd - J_analytic||_2 {error.tolist()}, tolerance {tolerance.tolist()}, ||J||_2 {size.tolist()}")
-    assert bool((error <= tolerance).all()), f"autograd and THEORY.md's Jacobian differ by {error.tolist()}"
+    assert bool((error <= tolerance).all()), f"autograd and the analytic Jacobian differ by {error.tolist()}"
 
 
 #: Float64 only: the fitted windows need many decades of residual above rounding.
@@ -475,7 +476,8 @@ def consensus_tolerance(layer: FixedPointLayer, x: Tensor) -> Tensor:
 @given(case=cases(tokens=(2, 5), dim=(1, 4), scales=ANY_SCALE))
 def test_spectral_radius_is_the_largest_eigenvalue_modulus(variant: Variant, case: Case, device) -> None:
     """At the point the layer's own solve reaches, spectral_radius(f, y) is max |eigvals(J)|, J = df/dy there
-    (iqa.analysis.jacobian, whose entries test_analytic_jacobian_matches_autograd checks against THEORY.md), its
+    (iqa.analysis.jacobian, whose entries test_analytic_jacobian_matches_autograd checks against
+    docs/theory.md#jacobian), its
     eigenvalues by numpy's geev here on the same block scaled by its largest entry (as eig_blocks does, in J's
     dtype), so both eigensolvers see the same float64 matrix: this checks the eigen-pipeline (the scaling back, the
     choice of the dominant value, its modulus), not J, to the rounding of the result in the layer's dtype. A

@@ -119,7 +119,7 @@ def test_adjoint_solution_is_kept_and_its_residual_holds(variant: Variant, case:
 def test_adjoint_cut_short_warns_and_keeps_its_solution(variant: Variant, case: Case, device) -> None:
     """An adjoint allowed one step fails where J^T v is not negligible: it warns, keeps its MAX_ITER Solution,
     and the gradient is the finite, nonzero one-step iterate, not silently zero. Nonzero over (weights, x): at a
-    consensus fixed point (reference, scaled) the weight part is exactly 0 whatever g is (THEORY.md)."""
+    consensus fixed point (reference, scaled) the weight part is exactly 0 whatever g is (docs/theory.md#consensus)."""
     layer = converged_layer(case, variant, device, adjoint=AdjointOptions(max_iter=1))
     x, v = case.inputs(device), cotangent(case, device)
     forward = layer.last_solution

@@ -8,7 +8,7 @@ the iterates live, by attention-like mixing weights that Hypothesis controls),
 
 up to a rounding slack derived in :mod:`iqa.analysis.rounding`. ``target()``
 pushes the ratio observed / (certified + slack) up, so the ``thorough`` profile
-searches for the worst case (THEORY.md: the bounds are attained, so ratios near
+searches for the worst case (docs/theory.md#certificates: the bounds are attained, so ratios near
 1 are expected; above 1 the property fails).
 
 Consequences of kappa < 1 (Banach): one fixed point, reached from any start;

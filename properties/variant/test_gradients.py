@@ -1,6 +1,6 @@
 """Gradients through the fixed point: the backward modes agree with each other and with independent references.
 
-At y* = f(y*, theta) with J = df/dy (THEORY.md, "Implicit differentiation"):
+At y* = f(y*, theta) with J = df/dy (docs/theory.md#implicit-differentiation):
 
     g = v + J^T g,   dL/dtheta = g^T df/dtheta,   v = dL/dy*.
 
@@ -47,7 +47,8 @@ TOL64 = 1e-13
 #: Enough Picard steps for TOL64 at rho(J*) = 0.97 (the hard band): log(1e-13) / log(0.97) ~ 1000, plus a transient.
 MAX_ITER = 3000
 #: A reference gradient below sqrt(eps) ||v|| max|x| is indistinguishable from a weight-independent fixed point
-#: solved to TOL64 (THEORY.md: the consensus layer's weight gradients are ~1e-14 of that scale), so it fails.
+#: solved to TOL64 (docs/theory.md#consensus: the consensus layer's weight gradients are ~1e-14 of that scale), so it
+#: fails.
 FLOOR_REL = math.sqrt(torch.finfo(F64).eps)
 #: Issue 3's target for float32 gradients against the float64 reference, asserted as stated on top of the derived
 #: bound (F32_SOURCES cond n eps32 (1 + ||J||), ~1e-5 at contractive scales, larger in the hard band).

@@ -1,4 +1,4 @@
-"""The invariances of THEORY.md, each in the regime where it holds, gated by the variant's tags.
+"""The invariances of docs/theory.md#invariances, each in the regime where it holds, gated by the variant's tags.
 
 Bitwise in every regime (seed mode, exact operations only): duplicate tokens
 give equal rows, (2^k x, W / 2^k) gives 2^k y.

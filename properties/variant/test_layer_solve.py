@@ -3,7 +3,7 @@
 - convex hull: every output row is a convex combination of the rows of x
   (variants tagged ``convex_hull``), up to a rounding bound derived below;
 - N = 1 gives y == x and n_iters = 0 gives x, bit for bit (seed mode);
-- where a certificate kappa < 1 (THEORY.md) proves contraction, Picard converges
+- where a certificate kappa < 1 (docs/theory.md#certificates) proves contraction, Picard converges
   within the a-priori step count and Picard and Anderson reach the same fixed
   point within 2 (tol + delta) / (1 - kappa);
 - Picard on the seed's map at weight scale 3 cycles or runs out of steps, never
@@ -36,8 +36,8 @@ from properties.tags import requires
 
 
 def scale_regime(scale: float) -> str:
-    """THEORY.md's regimes by weight scale s (for event buckets): s <= 1 mostly contracts, s ~ 3 cycles,
-    s >= 10 saturates."""
+    """The regimes of docs/theory.md#regimes by weight scale s (for event buckets): s <= 1 mostly contracts, s ~ 3
+    cycles, s >= 10 saturates."""
     if scale <= 1:
         return "s <= 1 (mostly contractive)"
     return "1 < s <= 4 (multistable, cycling)" if scale <= 4 else "s >= 10 (saturated)"
@@ -267,8 +267,8 @@ def test_solvers_agree_under_certificate(variant: Variant, case: Case, target: f
 
 # --- the cycling regime -------------------------------------------------------------------------------------------
 
-#: Shapes where THEORY.md's "s ~ 3 never converges" holds: measured, Picard at s = 3 converged 0 times in 600
-#: draws of N, D in 10..14 (float32 and float64, 200 steps); at N = D = 8 it converged 4 times in 150, to
+#: Shapes where "s ~ 3 never converges" (docs/theory.md#regimes) holds: measured, Picard at s = 3 converged 0 times in
+#: 600 draws of N, D in 10..14 (float32 and float64, 200 steps); at N = D = 8 it converged 4 times in 150, to
 #: attracting fixed points (rho 0.5-0.7) that are not the repelling consensus.
 CYCLING_SHAPES = (10, 14)
 
@@ -280,7 +280,7 @@ CYCLE_LABEL = "independent check: a periodic orbit found"
 #: Cycling draws search this many seeds (the drawn one, then offsets) for an orbit periodic from t0 <= CYCLE_START:
 #: measured at N, D in 10..14, scale 3, ~15% of seeds have one within 400 steps, so ~85% of searches succeed.
 CYCLE_ATTEMPTS, CYCLE_START = 12, 200
-#: The most Picard steps drawn for the other draws (THEORY.md's claim is about any budget).
+#: The most Picard steps drawn for the other draws (the claim in docs/theory.md#regimes is about any budget).
 CYCLE_MAX_ITER = 200
 
 

@@ -17,7 +17,7 @@ from iqa.variants import Tag, Variant
 from properties.tags import requires
 
 #: A short, gentle run on associative recall: weight scale 0.5 keeps the layer contractive (rho(J*) well below
-#: 1, THEORY.md) so that both modes solve to tol at every step, and lr 0.02 over 8 updates of batches of 16
+#: 1, docs/theory.md#regimes) so that both modes solve to tol at every step, and lr 0.02 over 8 updates of batches of 16
 #: stays where the held-out loss decreases (it fell by 0.018 to 0.18 for hopfield, positional, injection).
 GENTLE = TrainConfig(
     tasks=("recall",),
