@@ -3,7 +3,7 @@
 Tensors stay small (a few tokens of a few dimensions) so that hundreds of
 examples run in seconds; the weight scale s multiplies nn.Linear's default
 init and picks the regime (docs/theory.md#regimes: s <= 1 mostly contracts, s ~ 3 cycles,
-s >= 10 saturates).
+s >= 10 saturates the attention and rarely converges from x).
 """
 
 from __future__ import annotations

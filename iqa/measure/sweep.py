@@ -35,7 +35,7 @@ class Sweep:
         tokens: the token counts N.
         dims: the embedding widths D.
         scales: weight scales s (nn.Linear's default init times s; docs/theory.md#regimes:
-            s <= 1 mostly contracts, s ~ 3 cycles, s >= 10 saturates).
+            s <= 1 mostly contracts, s ~ 3 cycles, s >= 10 saturates the attention and rarely converges from x).
         seeds: one layer and one input batch per seed and (N, D, s).
         batch: input sequences per cell (each is one "run").
         dtype: "float64" or "float32".

@@ -268,7 +268,8 @@ def variant_page(
         f"![{FIGURES['status.png']}](status.png)",
         "",
         "Each cell pools every D, seed and input at that (N, s). The regimes of docs/theory.md#regimes for the seed: "
-        "small weight scales contract to the token mean, s ≈ 3 cycles, large s saturates.",
+        "small weight scales contract to the token mean, s ≈ 3 cycles, and at large s (nearly one-hot attention) "
+        "Picard from x rarely converges.",
         "",
         "## Certificates, spectral radius and the fixed point",
         "",

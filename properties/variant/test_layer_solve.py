@@ -37,7 +37,7 @@ from properties.tags import requires
 
 def scale_regime(scale: float) -> str:
     """The regimes of docs/theory.md#regimes by weight scale s (for event buckets): s <= 1 mostly contracts, s ~ 3
-    cycles, s >= 10 saturates."""
+    cycles, s >= 10 saturates the attention (and rarely converges from x)."""
     if scale <= 1:
         return "s <= 1 (mostly contractive)"
     return "1 < s <= 4 (multistable, cycling)" if scale <= 4 else "s >= 10 (saturated)"
