@@ -4,52 +4,59 @@ At y* = f(y*, theta) with J = df/dy (docs/theory.md#implicit-differentiation):
 
     g = v + J^T g,   dL/dtheta = g^T df/dtheta,   v = dL/dy*.
 
-The float64 reference here never goes through :func:`iqa.fixed_point`'s hook:
-J is the dense Jacobian from :func:`iqa.analysis.jacobian` (forward-mode
+The float64 reference (:mod:`properties.gradient_reference`, with its own meta tests) never goes through
+:func:`iqa.fixed_point`'s hook: J is the dense Jacobian from :func:`iqa.analysis.jacobian` (forward-mode
 products), g comes from a dense linear solve, and g^T df/dtheta from one plain
 vector-Jacobian product at the layer's own y*. Tolerances come from
 cond = ||(I - J*)^-1||_2, rho = rho(J*), the solvers' residuals and eps.
 
 Non-vacuity: comparisons of weight gradients run on variants tagged
 ``weight_dependent`` (their fixed point moves with the weights), and a
-comparison whose reference norm is below :data:`FLOOR_REL` (relative to
-||v|| max|x|) fails instead of passing.
+comparison whose reference norm is below :data:`~properties.gradient_reference.FLOOR_REL`
+(relative to ||v|| max|x|) fails instead of passing.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from hypothesis import assume, event, given, note
 from hypothesis import strategies as st
 from torch import Tensor
 
-from iqa.analysis import certificates, jacobian, saturation_gap, spectral_radius
+from iqa.analysis import certificates, saturation_gap, spectral_radius
 from iqa.analysis.linearization import matrix_power_norms
 from iqa.grad import AdjointOptions
 from iqa.layer import FixedPointLayer
 from iqa.solvers import Solution
 from iqa.variants import Tag, Variant
 from properties.fixed_points import BAND_LABEL, cotangent, fixed_map, hard_case, stable_fixed_point
+from properties.gradient_reference import (
+    F64,
+    MAX_ITER,
+    TOL64,
+    Analysis,
+    adjoint_budget,
+    analyse,
+    analyse_solved,
+    assert_close,
+    dense_jacobians,
+    eps,
+    floor_of,
+    layer_grads,
+    map_jacobians,
+    pullback,
+    rel_err,
+    solve_options,
+)
 from properties.regimes import SATURATION_GAP, requires_share
 from properties.strategies import CONTRACTIVE_SCALES, WEIGHT_JACOBIAN_ELEMENTS, Case, cases
 from properties.tags import requires
 
-F64 = torch.float64
 F32 = torch.float32
 
-#: Forward (absolute) and adjoint (relative) tolerances of the float64 solves: ~500 eps, reachable for ||y*|| <= 10.
-TOL64 = 1e-13
-#: Enough Picard steps for TOL64 at rho(J*) = 0.97 (the hard band): log(1e-13) / log(0.97) ~ 1000, plus a transient.
-MAX_ITER = 3000
-#: A reference gradient below sqrt(eps) ||v|| max|x| is indistinguishable from a weight-independent fixed point
-#: solved to TOL64 (docs/theory.md#consensus: the consensus layer's weight gradients are ~1e-14 of that scale), so it
-#: fails.
-FLOOR_REL = math.sqrt(torch.finfo(F64).eps)
 #: Issue 3's target for float32 gradients against the float64 reference, asserted as stated on top of the derived
 #: bound (F32_SOURCES cond n eps32 (1 + ||J||), ~1e-5 at contractive scales, larger in the hard band).
 F32_REL_TOL = 1e-3
@@ -77,132 +84,6 @@ def drawn(case: Case, variant: Variant, hard: bool) -> Case:
     return hard_case(case, variant) if hard else case
 
 
-def eps(dtype: torch.dtype) -> float:
-    return float(torch.finfo(dtype).eps)
-
-
-def solve_options(solver: str = "anderson", tol: float = TOL64, **extra: object) -> dict[str, object]:
-    return dict(solver=solver, tol=tol, max_iter=MAX_ITER, **extra)
-
-
-@dataclass
-class Grads:
-    """dL/dtheta (all parameters, flattened in module order) and dL/dx for L = <v, layer(x)>."""
-
-    weights: Tensor
-    x: Tensor
-
-    @property
-    def all(self) -> Tensor:
-        return torch.cat([self.weights, self.x.flatten()])
-
-
-def layer_grads(layer: FixedPointLayer, x: Tensor, v: Tensor) -> Grads:
-    x_leaf = x.detach().clone().requires_grad_(True)
-    params = list(layer.parameters())
-    y = layer(x_leaf)
-    assert isinstance(y, Tensor)
-    grads = torch.autograd.grad((v * y).sum(), [*params, x_leaf], materialize_grads=True)
-    return Grads(torch.cat([g.flatten() for g in grads[:-1]]), grads[-1])
-
-
-@dataclass
-class Analysis:
-    """The float64 facts at the layer's fixed point y*: dense J, rho, cond, residual, reference gradient."""
-
-    y: Tensor
-    J: Tensor  # [B, n, n]
-    rho: Tensor  # [B]
-    cond: Tensor  # [B], ||(I - J)^-1||_2
-    residual: Tensor  # [B], ||f(y*) - y*|| (absolute)
-    g: Tensor  # the exact adjoint (I - J^T)^-1 v, by a dense solve
-    reference: Grads  # g^T df/d(theta, x) at y*
-    dtheta: Tensor  # df/dtheta at y*, dense [B n, p]
-    dx: Tensor  # df/dx at y*, dense [B n, x.numel()] (x through the keys and values, y held fixed)
-
-    @property
-    def dx_norm(self) -> float:
-        return float(torch.linalg.matrix_norm(self.dx, ord=2))
-
-    @property
-    def n(self) -> int:
-        return self.J.shape[-1]
-
-    @property
-    def worst_cond(self) -> float:
-        return float(self.cond.max())
-
-    @property
-    def scale_weights(self) -> float:
-        """||df/dtheta||_2 ||g||: what a relative error of g costs dL/dtheta (g^T df/dtheta can cancel far below)."""
-        return float(torch.linalg.matrix_norm(self.dtheta, ord=2)) * float(self.g.norm())
-
-    @property
-    def scale_x(self) -> float:
-        """||df/dx||_2 ||g||: the same for dL/dx."""
-        return self.dx_norm * float(self.g.norm())
-
-    @property
-    def scale_all(self) -> float:
-        return math.hypot(self.scale_weights, self.scale_x)
-
-    def describe(self) -> str:
-        return (
-            f"rho {[round(float(r), 4) for r in self.rho]}, cond {[round(float(c), 3) for c in self.cond]}, "
-            f"forward residual {[f'{float(r):.1e}' for r in self.residual]}"
-        )
-
-
-def pullback(layer: FixedPointLayer, x: Tensor, y: Tensor, g: Tensor) -> Grads:
-    """g^T df/d(theta, x) at y: one plain vector-Jacobian product through f(y; x), y held fixed."""
-    x_leaf = x.detach().clone().requires_grad_(True)
-    params = list(layer.parameters())
-    fy = layer.fixed_point_map(x_leaf)(y.detach())
-    grads = torch.autograd.grad(fy, [*params, x_leaf], g, materialize_grads=True)
-    return Grads(torch.cat([t.flatten() for t in grads[:-1]]), grads[-1])
-
-
-def analyse(layer: FixedPointLayer, x: Tensor, y: Tensor, v: Tensor) -> Analysis:
-    """Dense float64 analysis at y (the layer's own fixed point), independent of iqa.grad."""
-    f = fixed_map(layer, x)
-    y = y.detach()
-    J = jacobian(f, y)
-    eye = torch.eye(J.shape[-1], dtype=J.dtype, device=J.device)
-    rho = spectral_radius(f, y)
-    cond = 1 / torch.linalg.svdvals(eye - J)[..., -1]
-    with torch.no_grad():
-        residual = torch.linalg.vector_norm((f(y) - y).flatten(1), dim=1)
-    g = torch.linalg.solve(eye - J.transpose(1, 2), v.flatten(1).unsqueeze(-1)).reshape(v.shape)
-    dtheta, dx = map_jacobians(layer, x, y)
-    return Analysis(y, J, rho, cond, residual, g, pullback(layer, x, y, g), dtheta, dx)
-
-
-def dense_jacobians(layer: FixedPointLayer, x: Tensor, output: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
-    """d output(x)/dtheta [m, p] and d output(x)/dx [m, x.numel()] (m = output's size, theta = the layer's parameters
-    flattened in module order), dense: one vector-Jacobian product per entry, independent of iqa.analysis."""
-    x_leaf = x.detach().clone().requires_grad_(True)
-    params = list(layer.parameters())
-    out = output(x_leaf).flatten()
-    rows_theta, rows_x = [], []
-    for i in range(out.numel()):
-        grads = torch.autograd.grad(out[i], [*params, x_leaf], retain_graph=True, materialize_grads=True)
-        rows_theta.append(torch.cat([t.flatten() for t in grads[:-1]]))
-        rows_x.append(grads[-1].flatten())
-    return torch.stack(rows_theta), torch.stack(rows_x)
-
-
-def map_jacobians(layer: FixedPointLayer, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """df(y; x)/dtheta [B n, p] and df(y; x)/dx [B n, B n] at fixed y."""
-    return dense_jacobians(layer, x, lambda x_leaf: layer.fixed_point_map(x_leaf)(y.detach()))
-
-
-def analyse_solved(layer: FixedPointLayer, x: Tensor, v: Tensor) -> Analysis:
-    """:func:`analyse` at the layer's last solution (the fixed point its latest forward reached)."""
-    solution = layer.last_solution
-    assert solution is not None
-    return analyse(layer, x, solution.y, v)
-
-
 def solved(case: Case, variant: Variant, device: torch.device, **options: object) -> tuple[FixedPointLayer, Tensor]:
     """The case's layer in implicit mode (float64, Anderson to TOL64) and its input, at a converged and locally
     stable fixed point (:func:`properties.fixed_points.stable_fixed_point`), not saturated."""
@@ -215,39 +96,6 @@ def solved(case: Case, variant: Variant, device: torch.device, **options: object
     # no gradient comparison has a signal there, so those cases are rejected, not compared.
     assume(not gap <= SATURATION_GAP)
     return layer, x
-
-
-def rel_err(actual: Tensor, reference: Tensor, floor: float, what: str) -> float:
-    """||actual - reference|| / ||reference||; a reference below ``floor`` fails the comparison (non-vacuity)."""
-    ref_norm = float(torch.linalg.vector_norm(reference))
-    assert ref_norm >= floor, (
-        f"{what}: reference norm {ref_norm:.3e} is below the floor {floor:.3e}; nothing to compare"
-    )
-    err = float(torch.linalg.vector_norm(actual.to(reference.dtype) - reference)) / ref_norm
-    note(f"{what}: relative error {err:.3e} (reference norm {ref_norm:.3e})")
-    return err
-
-
-def assert_close(actual: Tensor, reference: Tensor, budget: float, floor: float, what: str) -> None:
-    """||actual - reference|| <= budget (absolute); a reference below ``floor`` fails (non-vacuity)."""
-    ref_norm = float(torch.linalg.vector_norm(reference))
-    assert ref_norm >= floor, (
-        f"{what}: reference norm {ref_norm:.3e} is below the floor {floor:.3e}; nothing to compare"
-    )
-    err = float(torch.linalg.vector_norm(actual.to(reference.dtype) - reference))
-    note(f"{what}: error {err:.3e}, budget {budget:.3e}, reference norm {ref_norm:.3e}")
-    assert err <= budget, f"{what}: error {err:.3e} exceeds {budget:.3e} (reference norm {ref_norm:.3e})"
-
-
-def floor_of(x: Tensor, v: Tensor) -> float:
-    return FLOOR_REL * float(torch.linalg.vector_norm(v)) * float(x.abs().max())
-
-
-def adjoint_budget(an: Analysis, tol: float, dtype: torch.dtype = F64) -> float:
-    """Relative error of a gradient whose adjoint has relative residual <= tol, at the same y*:
-    ||g - g_exact|| <= cond tol ||v + J^T g|| <= cond tol (1 + ||J||) ||g||, plus n eps cond rounding."""
-    norm_J = torch.linalg.matrix_norm(an.J, ord=2)
-    return float((an.cond * (tol * (1 + norm_J) + an.n * eps(dtype))).max())
 
 
 # ---------------------------------------------------------------------------------------------------------------
