@@ -1,15 +1,10 @@
-"""The implicit backward reports like the forward: status over silence.
+"""The backward modes on maps built here, not on a variant: double backward (implicit refuses it, unrolled and
+phantom are plain graphs), a non-finite cotangent, a map that ignores y, the adjoint's options (inherited from
+the forward, checked when given) and an adjoint that must diverge where rho(J*) > 1.
 
-Its adjoint solve g = v + J^T g is checked (||(I - J^T) g - v|| against an
-independent vector-Jacobian product), kept (``layer.last_backward_solution``),
-warns when it fails (``BackwardConvergenceWarning``) and raises under
-``raise_on_failure``; a gradient taken after a forward that did not converge
-warns (``NonConvergedForwardWarning``); double backward through the implicit
-mode is a clear error. Failures are provoked: an adjoint cut to one step, and a
-map with rho(J*) > 1 where the Picard adjoint iteration must diverge.
-
-pyproject turns iqa's warnings into errors, so a test without ``pytest.warns``
-also proves that no warning was raised.
+The per-variant reports of the implicit backward (its kept Solution, warnings, raise_on_failure) are in
+properties/variant/test_backward_reports.py. pyproject turns iqa's warnings into errors, so a test without
+``pytest.warns`` also proves that no warning was raised.
 """
 
 from __future__ import annotations

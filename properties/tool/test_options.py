@@ -1,14 +1,9 @@
-"""Bad input gets a clear error that names the problem; nothing is coerced, clipped or cast silently.
+"""Bad options get a clear error that names the problem; nothing is coerced, clipped or ignored silently.
 
-Each property draws a valid configuration, breaks one thing, and checks both the
-exception type and that its message names what is wrong. The boundary values
-that are valid (damping = 1, max_iter = 1, a tiny tol) must be accepted, so the
-checks are not simply stricter than the contract.
-
-Decision on low precision: float16 and bfloat16 are floating dtypes and are
-accepted as they are, when the layer's parameters have the same dtype; x whose
-dtype differs from the parameters' (float16 into a float32 layer, float64 into a
-float32 one) is a TypeError naming both dtypes: the layer never casts.
+The layer's and solve's options (tol, max_iter, damping, solver, stop mode, backward mode, embed_dim, n_iters,
+phantom steps, the start y0) are drawn bad one at a time, and each error's type and message are checked. The
+boundary values that are valid (damping = 1, max_iter = 1, a tiny tol) must be accepted, so the checks are not
+simply stricter than the contract. Bad *inputs* x, per variant, are in properties/variant/test_inputs.py.
 """
 
 from __future__ import annotations
