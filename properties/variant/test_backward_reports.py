@@ -4,9 +4,9 @@ Its adjoint solve g = v + J^T g is checked (||(I - J^T) g - v|| against an
 independent vector-Jacobian product), kept (``layer.last_backward_solution``),
 warns when it fails (``BackwardConvergenceWarning``) and raises under
 ``raise_on_failure``; a gradient taken after a forward that did not converge
-warns (``NonConvergedForwardWarning``); double backward through the implicit
-mode is a clear error. Failures are provoked: an adjoint cut to one step, and a
-map with rho(J*) > 1 where the Picard adjoint iteration must diverge.
+warns (``NonConvergedForwardWarning``). Failures are provoked by cutting the
+adjoint to one step. Double backward and maps built without a variant are in
+properties/tool/test_backward_modes.py.
 
 pyproject turns iqa's warnings into errors, so a test without ``pytest.warns``
 also proves that no warning was raised.

@@ -1,9 +1,8 @@
 """Bad input gets a clear error that names the problem; nothing is coerced, clipped or cast silently.
 
-Each property draws a valid configuration, breaks one thing, and checks both the
-exception type and that its message names what is wrong. The boundary values
-that are valid (damping = 1, max_iter = 1, a tiny tol) must be accepted, so the
-checks are not simply stricter than the contract.
+Each property draws a valid configuration of the variant's layer, breaks one thing
+in x, and checks both the exception type and that its message names what is wrong.
+Bad options (tol, max_iter, solver, ...) are in properties/tool/test_options.py.
 
 Decision on low precision: float16 and bfloat16 are floating dtypes and are
 accepted as they are, when the layer's parameters have the same dtype; x whose
