@@ -1,117 +1,31 @@
-"""TEST-ONLY: iqa's solvers as they were before the ring-buffer Anderson (the reference its iterates are
-compared with in test_anderson_reference.py). A verbatim copy of the former ``iqa/solvers.py`` (only its
-import of the argument checks renamed); do not change it, except to follow a deliberate change of Anderson's
-algorithm, and say so in the commit.
+"""TEST-ONLY: Anderson as it was before the ring-buffer rewrite (the reference its iterates are compared with
+in test_anderson_reference.py): the former ``iqa/solvers.py`` reduced to its Anderson path (its tracker, step
+and stale-pair rule, verbatim), with the result types and shared constants taken from ``iqa.solvers.result``
+instead of a copy. Do not change the algorithm, except to follow a deliberate change of Anderson's, and say so
+in the commit.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import Tensor
 
+from iqa.solvers.result import NORM_FLOOR, STOP_MODES, ConvergenceError, Solution, Status, StopMode
 from iqa.validation import check_finite_tensor, check_positive, check_positive_int, check_unit_interval
 
 Map = Callable[[Tensor], Tensor]
-StopMode = Literal["abs", "rel"]
-METHODS = ("picard", "anderson")
-STOP_MODES = ("abs", "rel")
-
-#: Below this, a norm counts as zero (relative residuals divide by max(||f(y)||, this)).
-NORM_FLOOR = 1e-30
-#: A residual that grows by this factor over the first one is DIVERGED.
-DIVERGENCE_FACTOR = 1e8
 #: Cycles of period 2..MAX_PERIOD are detected.
 MAX_PERIOD = 8
 #: A residual above this fraction of the one MAX_PERIOD steps earlier has stalled (less than 10% progress,
 #: a contraction rate above 0.9^(1/8) ~ 0.987), a precondition for declaring CYCLE.
 STALL_RATIO = 0.9
-
-
-class Status(enum.Enum):
-    """Outcome of a solve, per batch element; ordered from best to worst."""
-
-    CONVERGED = "converged"
-    MAX_ITER = "max_iter"
-    CYCLE = "cycle"
-    DIVERGED = "diverged"
-    NONFINITE = "nonfinite"
-
-    @property
-    def severity(self) -> int:
-        return _SEVERITY[self]
-
-
-_SEVERITY = {status: rank for rank, status in enumerate(Status)}
-
-
-class ConvergenceError(RuntimeError):
-    """Raised by a solve with ``raise_on_failure=True`` that did not converge."""
-
-    def __init__(self, solution: Solution, what: str = "fixed-point solve") -> None:
-        self.solution = solution
-        worst = max(range(len(solution.statuses)), key=lambda b: solution.statuses[b].severity)
-        super().__init__(
-            f"{what} ({solution.method}) ended with status {solution.status.name}: "
-            f"batch element {worst} has residual {float(solution.residual[worst]):.3e} "
-            f"({solution.stop}) after {solution.steps[worst]} steps, tol={solution.tol:.3e}"
-        )
-
-
-@dataclass(frozen=True, eq=False)
-class Solution:
-    """What a solve found and how it got there.
-
-    ``residuals[t, b]`` is the absolute residual of iterate t of element b and
-    ``relative_residuals`` the relative one; rows past ``steps[b]`` repeat the
-    frozen final value of element b. ``residual[b]`` is the residual (in the
-    ``stop`` mode) of the returned ``y[b]``. ``fallbacks`` counts Anderson's
-    element-steps that were damped Picard steps in place of accelerated ones:
-    its least-squares system was singular or ill-conditioned, or the element
-    had given up on acceleration (see ``solve``).
-    """
-
-    y: Tensor
-    statuses: tuple[Status, ...]
-    steps: tuple[int, ...]
-    residuals: Tensor
-    relative_residuals: Tensor
-    residual: Tensor
-    method: str
-    stop: StopMode
-    tol: float
-    fallbacks: int = 0
-    iterates: list[Tensor] | None = field(default=None, repr=False)
-
-    @property
-    def status(self) -> Status:
-        """The worst element status: CONVERGED only when every element converged."""
-        return max(self.statuses, key=lambda s: s.severity)
-
-    @property
-    def converged(self) -> bool:
-        return self.status is Status.CONVERGED
-
-    @property
-    def n_steps(self) -> int:
-        """Evaluations of f made by the solve (the longest element's count)."""
-        return int(self.residuals.shape[0])
-
-    @property
-    def stop_residuals(self) -> Tensor:
-        """The residual history in the ``stop`` mode, [n_steps, B]."""
-        return self.residuals if self.stop == "abs" else self.relative_residuals
-
-    def history(self, b: int) -> Tensor:
-        """Residual history (``stop`` mode) of batch element b, up to its decision."""
-        return self.stop_residuals[: self.steps[b], b]
+#: A residual that grows by this factor over the first one is DIVERGED.
+DIVERGENCE_FACTOR = 1e8
 
 
 class _Tracker:
@@ -267,22 +181,6 @@ def _freeze(decided: Tensor, old: Tensor, new: Tensor) -> Tensor:
 def _relaxed(y: Tensor, fy: Tensor, damping: float) -> Tensor:
     """The damped Picard step (1 - a) y + a f(y), computed as y + a (f(y) - y); exactly f(y) when a = 1."""
     return fy if damping == 1.0 else y + damping * (fy - y)
-
-
-def _picard(f: Map, y0: Tensor, tol: float, max_iter: int, stop: StopMode, damping: float, keep: bool) -> Solution:
-    track = _Tracker(y0, tol, stop, keep)
-    batch = y0.shape[0]
-    y = y0
-    step = 0
-    for step in range(1, max_iter + 1):
-        fy = f(y)
-        track.observe(y, fy, step)
-        if track.n_decided == batch or step == max_iter:
-            break
-        y_next = _relaxed(y, fy, damping)
-        y = _freeze(track.decided, y, y_next) if track.any_decided else y_next
-    track.finish(step)
-    return track.solution(y, "picard")
 
 
 def _anderson(
@@ -481,7 +379,7 @@ def _anderson_step(
 def solve(
     f: Map,
     y0: Tensor,
-    method: str = "picard",
+    method: str = "anderson",
     *,
     tol: float = 1e-6,
     max_iter: int = 200,
@@ -514,8 +412,6 @@ def solve(
     Runs with autograd as the caller has it: under ``torch.no_grad()`` no graph
     is built; otherwise gradients flow through every step (the unrolled mode).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown solver method {method!r}; choose one of {', '.join(METHODS)}")
     if stop not in STOP_MODES:
         raise ValueError(f"unknown stop mode {stop!r}; choose 'abs' or 'rel'")
     check_positive("tol", tol)
@@ -549,10 +445,9 @@ def solve(
         )
         iterates = None if solution.iterates is None else [t.squeeze(1) for t in solution.iterates]
         return dataclasses.replace(solution, y=solution.y.squeeze(1), iterates=iterates)
-    if method == "picard":
-        solution = _picard(f, y0, tol, max_iter, stop_mode, damping, keep_iterates)
-    else:
-        solution = _anderson(f, y0, tol, max_iter, stop_mode, memory, mixing, ridge, keep_iterates)
+    if method != "anderson":
+        raise ValueError(f"the reference keeps only the former Anderson, not {method!r}")
+    solution = _anderson(f, y0, tol, max_iter, stop_mode, memory, mixing, ridge, keep_iterates)
     if raise_on_failure and not solution.converged:
         raise ConvergenceError(solution)
     return solution
