@@ -29,9 +29,33 @@ from properties.strategies import Case
 F64 = torch.float64
 
 
-def cotangent(case: Case, device: torch.device | str, dtype: torch.dtype = F64) -> Tensor:
-    """A random dL/dy*, drawn from the case's seed (independent of x and of the weights)."""
-    return torch.randn(case.shape, dtype=F64, generator=case.generator(2)).to(dtype=dtype, device=device)
+def output_shape(layer: FixedPointLayer, x: Tensor) -> torch.Size:
+    """The shape of the layer's output for x: its readout g(y0, x) at its own start (x's shape by default)."""
+    with torch.no_grad():
+        return layer.readout(layer.initial_point(x), x).shape
+
+
+def cotangent(
+    case: Case,
+    device: torch.device | str,
+    dtype: torch.dtype = F64,
+    *,
+    layer: FixedPointLayer | None = None,
+    of: str = "output",
+) -> Tensor:
+    """A random dL/d(output), drawn from the case's seed (independent of x and of the weights), of the shape of
+    ``layer``'s output (x's shape without a layer, or for a layer without a readout of its own); with
+    ``of="state"``, of the shape of its fixed-point state y* (``layer.solve_state``)."""
+    if layer is None:
+        shape = case.shape
+    elif of == "output":
+        shape = output_shape(layer, case.inputs(device))
+    elif of == "state":
+        with torch.no_grad():
+            shape = layer.initial_point(case.inputs(device)).shape
+    else:
+        raise ValueError(f"of must be 'output' or 'state', got {of!r}")
+    return torch.randn(shape, dtype=F64, generator=case.generator(2)).to(dtype=dtype, device=device)
 
 
 def fixed_map(layer: FixedPointLayer, x: Tensor) -> Map:

@@ -25,6 +25,14 @@ A relaxed map (1 - a) Y + a f(Y) (a layer with a ``relaxation`` attribute a,
 the ``damped`` variant) is Lipschitz with 1 - a + a kappa in each of these
 norms (triangle inequality), and its Jacobian (1 - a) I + a J has 2-norm at
 most 1 - a + a kappa_F; the certificates below include that step.
+
+The certificates bound the map f of the fixed-point state, whatever the layer's
+readout g(y*, x) does with it. The state may be [B, K, D_y] (K slots or latents):
+with scores Y A^T, K query rows attend over the N rows of A and V, so any K
+works; with scores A Y^T the rows of Y are averaged by the rows of V = values(x),
+so the state must have one row per token (K = N). Either way A and V must have the
+state's width. A layer whose state does not fit its declared form gets a
+ValueError that says so, not a number.
 """
 
 from __future__ import annotations
@@ -95,6 +103,29 @@ def max_row_norm(t: Tensor) -> Tensor:
     return torch.linalg.vector_norm(t, dim=-1).amax(dim=-1)
 
 
+def check_state_fits(layer: FixedPointLayer, x: Tensor, A: Tensor, V: Tensor, form: str) -> None:
+    """Raise ValueError unless the layer's state (the shape of its start y0) fits softmax(scores) V with A and V.
+
+    Scores Y A^T: A and V have N rows and the state's width. Scores A Y^T: the state has one row per token
+    (K = N) as well. Anything else is not the form the certificates are derived for.
+    """
+    state = tuple(layer.initial_point(x).shape)
+    name = type(layer).__name__
+    rows, width = state[-2], state[-1]
+    problems = []
+    if A.shape[:-1] != V.shape[:-1] or A.shape[-2] != x.shape[-2]:
+        problems.append(f"score_matrix(x) {tuple(A.shape)} and values(x) {tuple(V.shape)} need one row per token")
+    if A.shape[-1] != width or V.shape[-1] != width:
+        problems.append(f"A {tuple(A.shape)} and V {tuple(V.shape)} must have the state's width {width}")
+    if form == SCORES_A_YT and rows != x.shape[-2]:
+        problems.append(f"scores A Y^T average the rows of V, so the state needs one row per token, not {rows}")
+    if problems:
+        raise ValueError(
+            f"{name}'s state has shape {state} for x of shape {tuple(x.shape)}, which does not fit its declared "
+            f"form softmax({form}) V: " + "; ".join(problems) + ". The certificates do not apply to it"
+        )
+
+
 def certificates(layer: FixedPointLayer, x: Tensor) -> Certificates:
     """kappa_inf, kappa_F and the weights-only bound for each batch element of x.
 
@@ -111,6 +142,7 @@ def certificates(layer: FixedPointLayer, x: Tensor) -> Certificates:
     with torch.no_grad():
         A = layer.score_matrix(x)  # type: ignore[operator]
         V = layer.values(x)  # type: ignore[operator]
+        check_state_fits(layer, x, A, V, form)
         diam = diameter(V)
         weight_norm = getattr(layer, "score_weight_norm", None)
         if form == SCORES_A_YT:

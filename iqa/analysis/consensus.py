@@ -26,7 +26,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from iqa.analysis.certificates import SCORES_A_YT, max_row_norm, relaxation, score_form, supports_certificates
+from iqa.analysis.certificates import (
+    SCORES_A_YT,
+    check_state_fits,
+    max_row_norm,
+    relaxation,
+    score_form,
+    supports_certificates,
+)
 from iqa.analysis.rounding import map_rounding
 from iqa.analysis.spectral import eig_blocks
 from iqa.layer import FixedPointLayer
@@ -38,9 +45,16 @@ def consensus_point(x: Tensor) -> Tensor:
 
 
 def consensus_distance(y: Tensor, x: Tensor) -> Tensor:
-    """||y - 1 mean(x)^T||_F per batch element, [B]."""
+    """||y - 1 mean(x)^T||_F per batch element, [B].
+
+    Defined only for a state with x's shape: a slot state [B, K, D_y] has no token mean to be compared with
+    (ValueError).
+    """
     if y.shape != x.shape:
-        raise ValueError(f"y and x must have the same shape [B, N, D], got {tuple(y.shape)} and {tuple(x.shape)}")
+        raise ValueError(
+            f"the consensus distance compares a state with x's shape [B, N, D] to the token mean; got a state of "
+            f"shape {tuple(y.shape)} for x of shape {tuple(x.shape)}"
+        )
     return torch.linalg.vector_norm(y - consensus_point(x), dim=(-2, -1))
 
 
@@ -59,6 +73,7 @@ def consensus_matrix(layer: Any, x: Tensor) -> Tensor:
     with torch.no_grad():
         A = layer.score_matrix(x)
         V = layer.values(x)
+        check_state_fits(layer, x, A, V, SCORES_A_YT)
         Vc = V - V.mean(dim=-2, keepdim=True)
         return A.transpose(-2, -1) @ Vc / x.shape[-2]
 

@@ -84,7 +84,7 @@ def rate_intervals(layer: FixedPointLayer, x: Tensor, iterates: list[Tensor]) ->
     J_all = jacobian(f, y_end).to(torch.float64)
     H_all = second_order_constant(layer, x)
     eps = torch.finfo(x.dtype).eps
-    N = x.shape[-2]
+    N = y_end.shape[-2]  # the state's rows: the Frobenius norm of a per-row bound is sqrt(rows) times it
     eps_f_all = torch.stack([map_rounding(layer, x, y) for y in (iterates[0], y_end)]).amax(dim=0).cpu()
     out: list[RateInterval | None] = []
     for b in range(x.shape[0]):

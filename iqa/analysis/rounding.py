@@ -12,6 +12,11 @@ normalization), and the length-N average and the additions add
 Euclidean norm (the "2,inf" norm); multiply by sqrt(N) for the Frobenius norm.
 These are first-order (gamma_n ~ n eps) bounds, not estimates: comparisons that
 use them can only fail on a real discrepancy.
+
+The state y may have its own shape [B, K, D_y] (slots, latents: K rows that attend
+over the N tokens): the sums then run over up to max(N, K) terms and the products
+over up to max(D, D_y), and J has K D_y columns. With K = N and D_y = D (every
+built-in) the bounds are the ones above, unchanged.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ def weight_norm_product(layer: FixedPointLayer, x: Tensor | None = None) -> floa
 def score_rounding(layer: FixedPointLayer, x: Tensor, y: Tensor) -> Tensor:
     """s_err per batch element, [B] (float64): a bound on the rounding of any one score."""
     eps = torch.finfo(x.dtype).eps
-    D = x.shape[-1]
+    D = max(x.shape[-1], y.shape[-1])  # a score is a product over x's width or the state's
     X = max_row_norm(x.to(torch.float64))
     Y = max_row_norm(y.to(torch.float64)) + X + math.sqrt(D)
     return (D + 2) * eps * weight_norm_product(layer, x) * X * Y
@@ -64,7 +69,7 @@ def score_rounding(layer: FixedPointLayer, x: Tensor, y: Tensor) -> Tensor:
 def map_rounding(layer: FixedPointLayer, x: Tensor, y: Tensor) -> Tensor:
     """A per-row bound on ||f~_i(y) - f_i(y)|| for one evaluation, per batch element, [B] (float64)."""
     eps = torch.finfo(x.dtype).eps
-    N = x.shape[-2]
+    N = max(x.shape[-2], y.shape[-2])  # the longest sum: over the tokens, or over a slot state's rows
     with torch.no_grad():
         V = layer.values(x) if supports_certificates(layer) else x  # type: ignore[operator]
     diam = diameter(V.to(torch.float64))
@@ -84,14 +89,16 @@ def jacobian_rounding(layer: FixedPointLayer, x: Tensor, y: Tensor) -> Tensor:
 
         W ||x||max (diam(V) + 2 ||v||max) (s_err + (2 N + 2 D + 8) eps),
 
-    and the 2-norm by sqrt(N D) times that. A relaxation a (J = (1 - a) I + a J_g)
+    and the 2-norm by sqrt(N D) times that. For a state [B, K, D_y] the sums run over max(N, K) and
+    max(D, D_y) terms and J has K D_y columns. A relaxation a (J = (1 - a) I + a J_g)
     scales it by a and adds 3 eps (1 - a) on the diagonal (the scaling and the sum).
     """
     eps = torch.finfo(x.dtype).eps
-    N, D = x.shape[-2], x.shape[-1]
+    N, D = max(x.shape[-2], y.shape[-2]), max(x.shape[-1], y.shape[-1])
+    columns = y.shape[-2] * y.shape[-1]
     with torch.no_grad():
         V = (layer.values(x) if supports_certificates(layer) else x).to(torch.float64)  # type: ignore[operator]
     scale = weight_norm_product(layer, x) * max_row_norm(x.to(torch.float64)) * (diameter(V) + 2 * max_row_norm(V))
     a = relaxation(layer)
-    inner = math.sqrt(N * D) * scale * (score_rounding(layer, x, y) + (2 * N + 2 * D + 8) * eps)
-    return a * inner + 3 * eps * (1 - a) * math.sqrt(N * D)
+    inner = math.sqrt(columns) * scale * (score_rounding(layer, x, y) + (2 * N + 2 * D + 8) * eps)
+    return a * inner + 3 * eps * (1 - a) * math.sqrt(columns)

@@ -90,6 +90,24 @@ def _provenance(context: Context, result: dict[str, Any] | None = None) -> list[
             f"{sweep['batch']} inputs x ~ N(0, 1) per cell, {sweep['dtype']}; solvers {', '.join(sweep['methods'])} "
             f"from the layer's y₀, tol = {sweep['tol']:g} on ‖f(y) − y‖, max_iter = {sweep['max_iter']}.",
         ]
+        lines += _state_lines(result)
+    return lines
+
+
+def _state_lines(result: dict[str, Any]) -> list[str]:
+    """What a slot variant's state is and which grid shapes its domain left out (nothing for other variants)."""
+    lines = []
+    slots = sorted({run["slots"] for run in result["runs"] if "slots" in run})
+    if slots:
+        lines += [
+            "",
+            f"State: K ∈ {_set(slots)} slots per input (the fixed-point state y is [B, K, D], not x's shape): "
+            "ρ and the observed rates are about y; the gradients about the layer's output, its readout of y*.",
+        ]
+    outside = result.get("outside_domain")
+    if outside:
+        shapes = ", ".join(f"(N = {n}, D = {d})" for n, d in outside)
+        lines += ["", f"Not measured, outside the variant's domain ({result['domain']}): {shapes}."]
     return lines
 
 

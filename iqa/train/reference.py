@@ -1,7 +1,8 @@
 """The converged reference gradient, by a dense solve independent of iqa's backward modes.
 
 At a fixed point y* = f(y*; theta), tightly solved, the exact gradient of
-L(y*) is dL/dtheta = g^T df/dtheta with (I - J)^T g = dL/dy* per batch element,
+L(g(y*, x; theta)) (g the layer's readout, the identity by default) is
+dL/dtheta = u^T df/dtheta + dL/dg dg/dtheta with (I - J)^T u = (dg/dy*)^T dL/dg per batch element,
 J = df/dy at y* built densely (n = N * D is small here) and the linear system
 solved by LAPACK. Where the tight solve does not converge there is no
 reference (None): there is no fixed point to differentiate. J is built for
@@ -51,7 +52,9 @@ def reference(layer: FixedPointLayer, x: Tensor, target: Tensor, *, tol: float, 
     if not solution.converged:
         return Reference(solution, J, rho, None)
     y_req = y.clone().requires_grad_(True)
-    (v,) = torch.autograd.grad(task_loss(y_req, target), y_req)
+    with torch.enable_grad():
+        readout_loss = task_loss(layer.readout(y_req, x), target)
+        v, *direct = torch.autograd.grad(readout_loss, [y_req, *params], allow_unused=True)
     batch, n = y.shape[0], math.prod(y.shape[1:])
     eye = torch.eye(n, dtype=J.dtype).expand(batch, n, n)
     try:
@@ -61,5 +64,8 @@ def reference(layer: FixedPointLayer, x: Tensor, target: Tensor, *, tol: float, 
     with torch.enable_grad():
         fy = layer.fixed_point_map(x)(y)
     grads = torch.autograd.grad(fy, params, g, allow_unused=True)
-    gradient = [torch.zeros_like(p) if gr is None else gr.detach() for p, gr in zip(params, grads)]
+    gradient = [
+        sum(t.detach() for t in (gr, d) if t is not None) if (gr is not None or d is not None) else torch.zeros_like(p)
+        for p, gr, d in zip(params, grads, direct)
+    ]
     return Reference(solution, J, rho, gradient)

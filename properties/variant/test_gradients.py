@@ -32,7 +32,7 @@ from iqa.grad import AdjointOptions
 from iqa.layer import FixedPointLayer
 from iqa.solvers import Solution
 from iqa.variants import Tag, Variant
-from properties.fixed_points import BAND_LABEL, cotangent, fixed_map, hard_case, stable_fixed_point
+from properties.fixed_points import BAND_LABEL, cotangent, fixed_map, hard_case, output_shape, stable_fixed_point
 from properties.gradient_reference import (
     F64,
     MAX_ITER,
@@ -111,7 +111,7 @@ def test_implicit_matches_dense_reference(variant: Variant, case: Case, hard: bo
     examples in the hard band rho(J*) in [0.7, 0.97]."""
     case = drawn(case, variant, hard)
     layer, x = solved(case, variant, device)
-    v = cotangent(case, device)
+    v = cotangent(case, device, layer=layer)
     grads = layer_grads(layer, x, v)
     an = analyse_solved(layer, x, v)
     note(an.describe())
@@ -183,7 +183,7 @@ def test_implicit_matches_unrolled(variant: Variant, case: Case, hard: bool, dev
     examples in the hard band rho(J*) in [0.7, 0.97], where T is hundreds of steps (the rho^T budget)."""
     case = drawn(case, variant, hard)
     layer, x = solved(case, variant, device, solver="picard")
-    v = cotangent(case, device)
+    v = cotangent(case, device, layer=layer)
     implicit = layer_grads(layer, x, v)
     history = seed_residuals(layer, x)
     T = len(history)
@@ -193,7 +193,7 @@ def test_implicit_matches_unrolled(variant: Variant, case: Case, hard: bool, dev
     solution = layer.last_solution
     assert solution is not None
     with torch.no_grad():
-        y_T = unrolled_layer(x)
+        y_T = unrolled_layer.solve_state(x)  # the state after T steps (the output is its readout)
     assert isinstance(y_T, Tensor)
     an = analyse(layer, x, solution.y, v)
     an_T = analyse(layer, x, y_T, v)
@@ -260,7 +260,7 @@ def test_unrolled_error_falls_at_rate_rho(variant: Variant, case: Case, device) 
     """e_T = ||grad unrolled-T - grad implicit|| falls like C(T) rho^T with C of low degree: the slope of
     log e_T over the asymptotic window matches log rho(J*). Picard from the seed's start: the same branch."""
     layer, x = solved(case, variant, device, solver="picard")
-    v = cotangent(case, device)
+    v = cotangent(case, device, layer=layer)
     an = analyse_solved(layer, x, v)
     rho = float(an.rho.max())
     event(f"rho in [{math.floor(rho * 5) / 5:.1f}, {math.floor(rho * 5) / 5 + 0.2:.1f})")
@@ -333,7 +333,8 @@ FD_RESIDUAL_LIMIT = 1e-10
 def perturbed_loss(
     layer: FixedPointLayer, x: Tensor, v: Tensor, y_start: Tensor, directions: list[Tensor], dx: Tensor, h: float
 ) -> tuple[float, Solution]:
-    """<v, y*(theta + h d, x + h dx)>, solved warm from y_start (the unperturbed y*: the same branch)."""
+    """<v, g(y*(theta + h d, x + h dx), x + h dx)> (g the readout, at the perturbed weights too), solved warm
+    from y_start (the unperturbed y*: the same branch)."""
     from iqa.solvers import solve
 
     params = list(layer.parameters())
@@ -345,10 +346,11 @@ def perturbed_loss(
             # Picard, warm from y*: a contraction at rate rho < 1 reaches FD_TOL in log(FD_TOL / r0) / log(rho)
             # steps, while Anderson's least-squares step can stall at this tol's rounding floor (|y| ~ 4, n = 2).
             solution = solve(f, y_start, "picard", tol=FD_TOL, max_iter=MAX_ITER)
+            loss = float((v * layer.readout(solution.y, x + h * dx)).sum())
         finally:
             for p, d in zip(params, directions):
                 p.sub_(d, alpha=h)
-    return float((v * solution.y).sum()), solution
+    return loss, solution
 
 
 def probe_direction(reference: Tensor, generator: torch.Generator, floor: float, what: str) -> Tensor:
@@ -393,7 +395,8 @@ def check_central_difference(
         return (plus - minus) / (2 * step)
 
     d_h, d_2h = central(h), central(2 * h)
-    loss_scale = float((v.abs() * an.y.abs()).sum())
+    with torch.no_grad():
+        loss_scale = float((v.abs() * layer.readout(an.y, x).abs()).sum())
     # L sums v.numel() products (v.numel() eps sum|v y|); each solve's y is within cond sqrt(B) r of its y*, r the
     # residual it stopped at (FD_TOL, or the rounding floor it stalled at just above it).
     error_L = v.numel() * eps(F64) * loss_scale + an.worst_cond * math.sqrt(v.shape[0]) * max(reached) * float(v.norm())
@@ -414,7 +417,7 @@ def test_implicit_matches_finite_differences(variant: Variant, case: Case, hard:
     Half the examples in the hard band rho(J*) in [0.7, 0.97]."""
     case = drawn(case, variant, hard)
     layer, x = solved(case, variant, device)
-    v = cotangent(case, device)
+    v = cotangent(case, device, layer=layer)
     grads = layer_grads(layer, x, v)
     an = analyse_solved(layer, x, v)
     note(an.describe())
@@ -442,7 +445,7 @@ def test_phantom_error_within_bound(variant: Variant, case: Case, k: int, dampin
     # ~0.6 r at r = 1e-13, ~1e-16 at r = 1e-16), so this property solves to PHANTOM_TOL, 100x below TOL64.
     # The adjoint keeps TOL64 (a relative 1e-15 is not always reachable; the slack below budgets TOL64).
     layer, x = solved(case, variant, device, tol=PHANTOM_TOL, adjoint=AdjointOptions(tol=TOL64))
-    v = cotangent(case, device)
+    v = cotangent(case, device, layer=layer)
     implicit = layer_grads(layer, x, v).weights
     phantom_layer = case.layer(
         variant,
@@ -457,7 +460,7 @@ def test_phantom_error_within_bound(variant: Variant, case: Case, k: int, dampin
     assume(float(an.rho.max()) >= PHANTOM_RHO_MIN)
     eye = torch.eye(an.n, dtype=F64, device=an.J.device)
     B_T = ((1 - damping) * eye + damping * an.J).transpose(1, 2)
-    e = (torch.linalg.matrix_power(B_T, k) @ an.g.flatten(1).unsqueeze(-1)).reshape(v.shape)
+    e = (torch.linalg.matrix_power(B_T, k) @ an.g.flatten(1).unsqueeze(-1)).reshape(an.y.shape)
     predicted = pullback(layer, x, an.y, e).weights
     bound = float(torch.linalg.matrix_norm(an.dtheta, ord=2)) * float(e.norm())
     error = phantom - implicit
@@ -510,7 +513,7 @@ def test_float32_gradients_match_float64(variant: Variant, case: Case, device) -
     rho = float(spectral_radius(fixed_map(layer, x), solution.y).max())
     assume(rho < 1)  # the implicit gradient is defined at a locally stable fixed point (properties.fixed_points)
     assume(not float(saturation_gap(fixed_map(layer, x), solution.y).max()) <= SATURATION_GAP)
-    v = cotangent(case, device).to(F32).to(F64)
+    v = cotangent(case, device, layer=layer).to(F32).to(F64)
     an = analyse_solved(layer, x, v)
     n = an.n
     layer32 = copy.deepcopy(layer).to(F32)
@@ -542,7 +545,7 @@ def test_gradient_is_linear_in_the_loss(variant: Variant, case: Case, alpha: flo
     compared with itself would pass any wrong but linear adjoint), down to alpha = 1e-12 and up to 1e12, where
     the relative adjoint stop meets the solver's absolute floors unless the hook rescales v."""
     layer, x = solved(case, variant, device)
-    v = cotangent(case, device)
+    v = cotangent(case, device, layer=layer)
     scaled = layer_grads(layer, x, alpha * v).all
     an = analyse_solved(layer, x, v)
     assert bool(torch.isfinite(scaled).all()), f"grad({alpha:g} L) is not finite"
@@ -560,7 +563,7 @@ def test_zero_cotangent_gives_zero_gradient(variant: Variant, case: Case, backwa
     with torch.no_grad():
         layer(x)
     assume(layer.last_solution is not None and layer.last_solution.converged)
-    grads = layer_grads(layer, x, torch.zeros(case.shape, dtype=case.dtype, device=device)).all
+    grads = layer_grads(layer, x, torch.zeros(output_shape(layer, x), dtype=case.dtype, device=device)).all
     assert bool((grads == 0).all())
     if backward == "implicit":
         adjoint = layer.last_backward_solution
@@ -570,25 +573,26 @@ def test_zero_cotangent_gives_zero_gradient(variant: Variant, case: Case, backwa
 @requires(Tag.WEIGHT_DEPENDENT)
 @given(case=small_cases, spread=st.sampled_from([1e-3, 1e-1]))
 def test_gradient_does_not_depend_on_y0(variant: Variant, case: Case, spread: float, device) -> None:
-    """y0 only picks the branch: started from x and from a perturbation of y* (the same branch), the implicit
-    gradient is the dense reference at that branch both times, and none of it reaches y0 (zero, not absent:
-    y0 requires grad). A hook that used y0 (or the start's own f(y0)) in place of y* fails the first part."""
+    """y0 only picks the branch: started from the layer's own y0 and from a perturbation of y* (the same
+    branch), the implicit gradient is the dense reference at that branch both times, and none of it reaches y0
+    (zero, not absent: y0 requires grad). A hook that used y0 (or the start's own f(y0)) in place of y* fails the
+    first part. The loss is on the layer's output, its readout g(y*, x)."""
     from iqa import fixed_point
 
     layer, x = solved(case, variant, device)
-    v = cotangent(case, device)
+    v = cotangent(case, device, layer=layer)
     an = analyse_solved(layer, x, v)
-    noise = torch.randn(x.shape, dtype=F64, generator=case.generator(5)).to(x)
+    noise = torch.randn(an.y.shape, dtype=F64, generator=case.generator(5)).to(an.y)
     floor = floor_of(x, v)
     params = list(layer.parameters())
-    for label, start in (("from x", x), ("near y*", an.y + spread * noise)):
+    for label, start in (("from y0", layer.initial_point(x)), ("near y*", an.y + spread * noise)):
         y0 = start.detach().clone().requires_grad_(True)
         y = fixed_point(layer.fixed_point_map(x), y0, "implicit", method="anderson", tol=TOL64, max_iter=MAX_ITER)
         distance = float((y.detach() - an.y).norm())
         same_branch = float((an.cond * (an.residual + TOL64)).norm()) * 2
         note(f"{label}: ||y* - y*_layer|| = {distance:.2e}")
         assume(distance <= same_branch)  # this start reached the layer's branch (a perturbation may leave it)
-        grads = torch.autograd.grad((v * y).sum(), [y0, *params], materialize_grads=True)
+        grads = torch.autograd.grad((v * layer.readout(y, x)).sum(), [y0, *params], materialize_grads=True)
         assert bool((grads[0] == 0).all()), f"{label}: the gradient reaches y0"
         weights = torch.cat([g.flatten() for g in grads[1:]])
         # the dense reference at this solve's own y* (within TOL64 of the layer's: the same fixed point, but a
@@ -607,7 +611,7 @@ def test_consensus_gradients_where_contractive(variant: Variant, case: Case, dev
     kappa = certificates(layer, x).best
     event(f"certificate < 1: {bool((kappa < 1).all())}")
     assume(bool((kappa < 1).all()))
-    v = cotangent(case, device)
+    v = cotangent(case, device, layer=layer)
     grads = layer_grads(layer, x, v)
     solution, adjoint = layer.last_solution, layer.last_backward_solution
     assert solution is not None and adjoint is not None and adjoint.converged
@@ -663,7 +667,7 @@ def test_fixed_point_depends_on_weights(variant: Variant, case: Case, device) ->
         rho = spectral_radius(fixed_map(layer, x), solution.y)
         note(f"rho {rho.tolist()}")
         assume(bool((rho < 1).all()))
-    v = cotangent(case, device)
+    v = cotangent(case, device, layer=layer)
     weights = layer_grads(layer, x, v).weights
     norm, floor = float(weights.norm()), floor_of(x, v)
     note(f"||dL/dW|| = {norm:.3e}, floor {floor:.3e}")

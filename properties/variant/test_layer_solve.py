@@ -118,14 +118,20 @@ def test_single_token_is_fixed(variant: Variant, case: Case, n_iters: int, devic
 
 
 @given(case=cases())
-def test_zero_iterations_return_x(variant: Variant, case: Case, device):
-    """n_iters = 0 returns the starting point, x itself (as a copy), bit for bit, in every variant."""
+def test_zero_iterations_return_the_start(variant: Variant, case: Case, device):
+    """n_iters = 0 returns the readout of the variant's own start, g(y0, x), bit for bit, and tracks y0 as the
+    only iterate; neither is x's own storage (a start of x is a copy). For the built-ins y0 = x and g is the
+    identity: the output is x."""
     layer = case.layer(variant, device, n_iters=0)
     x = case.inputs(device)
+    with torch.no_grad():
+        y0 = layer.initial_point(x)
+        expected = layer.readout(y0, x)
     y, history = layer(x, track=True)
-    assert torch.equal(y, x)
+    assert torch.equal(y, expected), "n_iters = 0 did not return the readout of the layer's own start"
     assert y.data_ptr() != x.data_ptr()
-    assert len(history) == 1 and torch.equal(history[0], x)
+    assert len(history) == 1 and torch.equal(history[0], y0), "the one tracked iterate is not the start y0"
+    assert history[0].data_ptr() != x.data_ptr()
 
 
 # --- solves under a certificate -----------------------------------------------------------------------------------
@@ -163,13 +169,14 @@ def rescale_to(layer: FixedPointLayer, x: Tensor, target: float) -> tuple[Tensor
     return xt, analysis.certificates(twin, xt.double())
 
 
-def rounding(layer: FixedPointLayer, x: Tensor) -> Tensor:
+def rounding(layer: FixedPointLayer, x: Tensor, rows: int | None = None) -> Tensor:
     """delta: a bound on ||fl(f(y)) - f(y)||_F for y in the region the iterates visit, per batch element.
 
     Entry (i, d) of softmax(A (Y + C)^T) V (+ B) sums N products of probabilities and values after D-term
     score sums: it rounds by <= eps (N + D) (1 + max|s|) (max|V| + max|x|), with |s_ij| <= ||a_i|| (max||v|| +
     max||x|| + sqrt(D)) bounding the scores (iterates stay within reach of the values and x; sqrt(D) covers a
-    bounded offset C such as sinusoidal positions); sqrt(N D) entries give the Frobenius norm.
+    bounded offset C such as sinusoidal positions); sqrt(N D) entries give the Frobenius norm (sqrt(K D) for a
+    state of ``rows`` = K rows, scores Y A^T; the sums still run over N).
     """
     twin = float64_twin(layer)
     xd = x.double()
@@ -181,7 +188,7 @@ def rounding(layer: FixedPointLayer, x: Tensor) -> Tensor:
     scores = rows_norm(A) * reach
     magnitude = V.abs().amax(dim=(-2, -1)) + xd.abs().amax(dim=(-2, -1))
     eps = torch.finfo(x.dtype).eps
-    return math.sqrt(n * d) * (n + d) * eps * (1 + scores) * magnitude
+    return math.sqrt((n if rows is None else rows) * d) * (n + d) * eps * (1 + scores) * magnitude
 
 
 @requires(Tag.SCORE_MATRIX)
@@ -205,8 +212,8 @@ def test_solvers_agree_under_certificate(variant: Variant, case: Case, target: f
     y0 = layer.initial_point(x)
     with torch.no_grad():
         r0 = f(y0) - y0
-    delta = rounding(layer, x).cpu()
-    tokens = case.tokens
+    tokens = y0.shape[-2]  # the state's rows: N, or a slot state's K
+    delta = rounding(layer, x, tokens).cpu()
     # each certificate below 1 bounds the Frobenius residual as kappa^k R0 + its floor 2 delta / (1 - kappa)
     chains = [
         (certs.kappa_F.double().cpu(), frobenius(r0).cpu() + delta),
@@ -229,9 +236,9 @@ def test_solvers_agree_under_certificate(variant: Variant, case: Case, target: f
     event(f"kappa {'< 0.5' if float(kappa.max()) < 0.5 else 'in [0.5, 1)'}, bound from {which[0]}, {case.dtype}")
     with torch.no_grad():
         picard_layer = case.layer(variant, device, solver="picard", tol=tol, max_iter=max_iter)
-        y_p = picard_layer(x)
+        y_p = picard_layer.solve_state(x)
         anderson_layer = case.layer(variant, device, solver="anderson", tol=tol, max_iter=max_iter)
-        y_a = anderson_layer(x)
+        y_a = anderson_layer.solve_state(x)
     picard, anderson = picard_layer.last_solution, anderson_layer.last_solution
     assert picard is not None and anderson is not None
     note(
