@@ -6,8 +6,8 @@ give equal rows, (2^k x, W / 2^k) gives 2^k y.
 To rounding, where the fixed point is unique: token permutation, batch
 independence, orthogonal change of basis, key -> G key with query -> G^-T query
 (the weights the layer names with ``weight_roles()``), zero weights give the mean.
-Both problems are solved the same way; each solution's defect (residual plus the rounding of f) bounds its distance to its
-map's fixed point, and the invariance says those fixed points correspond
+Both problems are solved the same way; each solution's defect (residual plus the
+rounding of f) bounds its distance to its map's fixed point, and the invariance says those fixed points correspond
 exactly, so the outputs may differ by (defect + defect') / divisor:
 
 - a variant claiming ``score_matrix`` is solved under its certificate
