@@ -19,7 +19,7 @@ updated by the same rule, and W_O acts row by row). It is not in the registry.
 The mutants each break one of those claims the way a real slot layer might:
 :class:`GlobalRngStart` and :class:`FixedSeedStart` (a start that ignores the seed),
 :class:`SlotIndexedQueries` (slots mixed up: slot k's query scaled by its index) and
-:class:`PositionLeak` (token order leaks into the keys through positions).
+:class:`PositionLeak` (token order leaks through positions added before a layer norm).
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from iqa.layer import FixedPointLayer
 from iqa.solvers import Map
 from iqa.variants import Domain, Tag, Variant
+from properties.mutants import Mutant
 
 #: What the honest toy claims.
 SLOT_TAGS = (
@@ -85,7 +87,10 @@ class ToySlots(FixedPointLayer):
         def f(y: Tensor) -> Tensor:
             logits = torch.matmul(k, self.queries(y).transpose(-2, -1)) * temperature  # [B, N, K]
             share = torch.softmax(logits, dim=-1)  # each token shared among the slots
-            weights = share / share.sum(dim=-2, keepdim=True)  # each slot: a weighted mean over the tokens
+            # each slot: a weighted mean over the tokens; a slot that no token shares itself with (every share
+            # underflowed to 0 in saturated attention) gets the zero update instead of 0 / 0
+            total = share.sum(dim=-2, keepdim=True).clamp_min(torch.finfo(share.dtype).tiny)
+            weights = share / total
             return torch.matmul(weights.transpose(-2, -1), v)
 
         return f
@@ -118,13 +123,15 @@ class SlotIndexedQueries(ToySlots):
 
 
 class PositionLeak(ToySlots):
-    """Mutant: sinusoidal positions join the keys, so the order of the tokens leaks into the slots."""
+    """Mutant: sinusoidal positions are added to the tokens before a (parameter-free) layer norm, as slot
+    attention's encoders add position embeddings to their features: the order of the tokens leaks into the keys
+    and the values."""
 
-    def keys(self, x: Tensor) -> Tensor:
+    def fixed_point_map(self, x: Tensor) -> Map:
         n, d = x.shape[-2], x.shape[-1]
         position = torch.arange(n, dtype=x.dtype, device=x.device)[:, None]
         frequency = torch.exp(-math.log(1e4) * torch.arange(d, dtype=x.dtype, device=x.device) / max(d, 1))
-        return self.W_K(x + torch.sin(position * frequency))
+        return super().fixed_point_map(F.layer_norm(x + torch.sin(position * frequency), (d,)))
 
 
 def slot_variant(layer_cls: type[ToySlots] = ToySlots, name: str | None = None) -> Variant:
@@ -133,13 +140,43 @@ def slot_variant(layer_cls: type[ToySlots] = ToySlots, name: str | None = None) 
 
 
 TOY_SLOTS = slot_variant()
-#: Each mutant, with the property meant to catch it (a test function name of properties/variant).
-SLOT_MUTANTS: dict[str, tuple[Variant, str]] = {
-    "global_rng_start": (slot_variant(GlobalRngStart, "global_rng_start"), "test_start_draws_from_its_generator"),
-    "fixed_seed_start": (slot_variant(FixedSeedStart, "fixed_seed_start"), "test_start_draws_from_its_generator"),
-    "slot_indexed_queries": (
-        slot_variant(SlotIndexedQueries, "slot_indexed_queries"),
-        "test_map_is_slot_permutation_equivariant",
+#: Where the honest toy lives, for the mutants' control runs and for worker processes.
+TOY_SLOTS_SPEC = "properties.toy_slots:TOY_SLOTS"
+#: Each mutant with the property meant to catch it and the message of that property's own assertion.
+SLOT_MUTANTS = (
+    Mutant(
+        slot_variant(GlobalRngStart, "slots-global-rng-start"),
+        "the noise start is drawn from torch's global RNG",
+        "variant.test_start:test_start_draws_from_its_generator",
+        TOY_SLOTS_SPEC,
+        r"from a generator that start_generator\(x\) did not return",
     ),
-    "position_leak": (slot_variant(PositionLeak, "position_leak"), "test_token_permutation_invariance"),
-}
+    Mutant(
+        slot_variant(FixedSeedStart, "slots-fixed-seed-start"),
+        "the noise start comes from a generator seeded 0, whatever the layer's seed",
+        "variant.test_start:test_start_draws_from_its_generator",
+        TOY_SLOTS_SPEC,
+        r"from a generator that start_generator\(x\) did not return",
+    ),
+    Mutant(
+        slot_variant(SlotIndexedQueries, "slots-indexed-queries"),
+        "slot k's query is scaled by k + 1: the slots are not interchangeable",
+        "variant.test_slots:test_map_is_slot_permutation_equivariant",
+        TOY_SLOTS_SPEC,
+        r"f\(P y; x\) != P f\(y; x\)",
+    ),
+    Mutant(
+        slot_variant(SlotIndexedQueries, "slots-indexed-queries-solve"),
+        "slot k's query is scaled by k + 1, seen through the solve from permuted slots",
+        "variant.test_slots:test_solve_from_permuted_slots",
+        TOY_SLOTS_SPEC,
+        r"did not end at the permuted fixed point",
+    ),
+    Mutant(
+        slot_variant(PositionLeak, "slots-position-leak"),
+        "sinusoidal positions join the keys: the order of the tokens leaks into the slots",
+        "variant.test_slots:test_token_permutation_invariance",
+        TOY_SLOTS_SPEC,
+        r"permuting the tokens (moved the fixed point state|changed the output)",
+    ),
+)

@@ -14,7 +14,6 @@ On the toy slot variant (properties/toy_slots.py: K slots, noise start, readout 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -88,11 +87,13 @@ def test_spectral_radius_on_a_slot_state_matches_dense_eigenvalues() -> None:
 
 def test_jacobian_norm_on_a_slot_state_matches_singular_values() -> None:
     """||J||_2 (dense and Lanczos) equals numpy's largest singular value of the independent Jacobian (Weyl:
-    within both Jacobians' rounding, plus Lanczos's residual)."""
+    within both Jacobians' rounding, plus Lanczos's residual). Lanczos is asked for rtol 1e-14: the top singular
+    value here is double (two slots alike), and at the default rtol (1e-10) its estimate stopped 1.55e-13 below
+    it with a reported residual of 1.3e-13."""
     layer, x = toy(scale=1.5), tokens()
     f, y = fixed_point(layer, x)
     dense = analysis.norm_estimate(f, y, "dense")
-    lanczos = analysis.norm_estimate(f, y, "lanczos", krylov_dim=6)
+    lanczos = analysis.norm_estimate(f, y, "lanczos", krylov_dim=6, rtol=1e-14)
     for b, J in enumerate(independent_jacobians(f, y)):
         sigma = float(np.linalg.svd(J, compute_uv=False)[0])
         rounding = 2 * 2 * (J.shape[0] + 2) * EPS * float(np.linalg.norm(J))
@@ -240,15 +241,17 @@ def test_measure_is_deterministic_on_a_slot_variant(measured: dict[str, object])
 
 
 def test_unrolled_gradient_reaches_the_implicit_one_on_a_slot_variant(measured: dict[str, object]) -> None:
-    """At s = 0.5 the toy contracts: the unrolled-T gradient of the output (the readout of the T-th state)
-    approaches the implicit one as T grows (a readout left out of either side would stall the error at O(1))."""
+    """At s = 0.5 the toy contracts (rho ~ 0.03): with K = 4 slots the unrolled-T gradient of the output (the
+    readout of the T-th state) approaches the implicit one like rho^T (a readout left out of either side would
+    stall the error at O(1)); with K = 1 the map is constant (a softmax over one slot is 1), so one step is exact."""
     gradients = [g for g in measured["gradients"] if g["key"][2] == 0.5]  # type: ignore[union-attr]
-    assert gradients
+    assert {g["key"][4] for g in gradients} == {1, 4}
     for g in gradients:
         errors = g["unrolled_error"]
-        if errors["1"] is None or errors["4"] is None:
-            continue
-        assert errors["4"] < errors["1"] and errors["4"] < 0.1, errors
+        if g["key"][4] == 1:
+            assert errors == {"1": 0.0, "4": 0.0}, errors
+        else:
+            assert errors["1"] > 0.01 and errors["4"] < 1e-3 * errors["1"], errors
 
 
 def test_report_writes_a_page_for_a_slot_variant(tmp_path: Path) -> None:
@@ -277,5 +280,4 @@ def test_regress_against_its_own_baseline(tmp_path: Path) -> None:
     report = regress.check(SPEC, path, verdicts=no_verdicts)
     assert report.rows and not report.regressions, report.regressions
     assert all(row.status in (regress.OK, regress.SHOWN) for row in report.rows), report.markdown()
-    runs = [row for row in report.rows if row.name == "runs"]
-    assert runs and math.isclose(float(runs[0].after), 2 * 2 * 2 * SLOT_SWEEP.batch)
+    assert report.baseline.metrics["runs"] == 2 * 2 * 2 * SLOT_SWEEP.batch  # N, K, s, elements
