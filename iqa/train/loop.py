@@ -37,7 +37,7 @@ def build_layer(variant: Variant, run: Run, config: TrainConfig, seed: int) -> F
     a slot variant gets the lowest K of its domain (``slots=K``)."""
     k, lam = config.phantom
     slots = variant.domain.slots
-    options = {} if slots is None else {"slots": slots[0]}
+    options: dict[str, Any] = {} if slots is None else {"slots": slots[0]}
     return variant.make(
         config.dim,
         scale=config.weight_scale,

@@ -64,8 +64,13 @@ def reference(layer: FixedPointLayer, x: Tensor, target: Tensor, *, tol: float, 
     with torch.enable_grad():
         fy = layer.fixed_point_map(x)(y)
     grads = torch.autograd.grad(fy, params, g, allow_unused=True)
-    gradient = [
-        sum(t.detach() for t in (gr, d) if t is not None) if (gr is not None or d is not None) else torch.zeros_like(p)
-        for p, gr, d in zip(params, grads, direct)
-    ]
+    gradient = [_total(p, through_f, readout) for p, through_f, readout in zip(params, grads, direct)]
     return Reference(solution, J, rho, gradient)
+
+
+def _total(p: Tensor, through_f: Tensor | None, readout: Tensor | None) -> Tensor:
+    """One parameter's gradient: its part through f plus its part through the readout (None: no such part)."""
+    parts = [t.detach() for t in (through_f, readout) if t is not None]
+    if not parts:
+        return torch.zeros_like(p)
+    return parts[0] if len(parts) == 1 else parts[0] + parts[1]
