@@ -257,7 +257,7 @@ def random_invertible(dim: int, condition: float, generator: torch.Generator) ->
     return U @ torch.diag(s) @ V.T
 
 
-def key_and_query(layer: FixedPointLayer) -> tuple[torch.nn.Parameter, torch.nn.Parameter, int]:
+def key_and_query(layer: FixedPointLayer) -> tuple[Tensor, Tensor, int]:
     """The layer's key and query weights (``weight_roles()``) and its number of heads; not applicable (skip, with
     the reason) for a layer that names no key and query, or names one parameter for both."""
     roles = layer.weight_roles()
