@@ -38,7 +38,6 @@ import pytest
 import torch
 from hypothesis import assume, given, note
 from hypothesis import strategies as st
-from iqa.variants.weights import scaled_parameters
 from torch import Tensor
 
 from iqa import analysis, solve
@@ -47,6 +46,7 @@ from iqa.analysis.rounding import map_rounding
 from iqa.layer import FixedPointLayer
 from iqa.solvers import Solution
 from iqa.variants import Tag, Variant
+from iqa.variants.weights import scaled_parameters
 from properties.regimes import observation_tol, observe
 from properties.strategies import ANY_SCALE, FACTORED_ELEMENTS, Case, cases
 from properties.tags import requires
