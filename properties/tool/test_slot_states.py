@@ -281,3 +281,31 @@ def test_regress_against_its_own_baseline(tmp_path: Path) -> None:
     assert report.rows and not report.regressions, report.regressions
     assert all(row.status in (regress.OK, regress.SHOWN) for row in report.rows), report.markdown()
     assert report.baseline.metrics["runs"] == 2 * 2 * 2 * SLOT_SWEEP.batch  # N, K, s, elements
+
+
+def test_measure_leaves_out_the_shapes_outside_the_domain() -> None:
+    """A domain of even D and K = 2 only: the D = 3 cells are not measured (and say so), the bytes-saved
+    measurement moves from D = 3 to the nearest allowed width, and every cell has K = 2."""
+    from properties.toy_slots import ToySlots
+
+    variant = Variant.from_layer(ToySlots, name="even-slots", domain=Domain(dim_multiple=2, slots=(2, 2)))
+    sweep = Sweep(
+        tokens=(2,),
+        dims=(2, 3),
+        scales=(0.5,),
+        seeds=(0,),
+        batch=1,
+        max_iter=30,
+        unrolled_T=(1,),
+        phantom=((1, 1.0),),
+        saved_bytes_shape=(2, 3),
+    )
+    result = measure_variant(variant, sweep, progress=False)
+    assert {(run["dim"], run["slots"]) for run in result["runs"]} == {(2, 2)}
+    assert result["outside_domain"] == [[2, 3]]
+    assert result["domain"] == variant.domain.describe()
+    assert (result["saved_bytes"]["dim"], result["saved_bytes"]["slots"]) == (4, 2)
+    from iqa.report.markdown import _state_lines
+
+    lines = "\n".join(_state_lines(result))
+    assert "K ∈ {2} slots" in lines and "(N = 2, D = 3)" in lines
