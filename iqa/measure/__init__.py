@@ -160,6 +160,12 @@ def measure_variants(
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     resolved = [resolve(v) if isinstance(v, str) else v for v in variants]
     cells = [list(sweep.cells(v.domain)) for v in resolved]  # each variant's cells inside its shape domain
+    for variant, own in zip(resolved, cells):
+        if not own:
+            raise ValueError(
+                f"variant {variant.name!r}: no cell of the sweep (N in {list(sweep.tokens)}, D in {list(sweep.dims)}) "
+                f"lies inside its domain ({variant.domain.describe()}); choose a sweep with shapes it supports"
+            )
     tasks: list[_Task] = [(i, c) for i in range(len(resolved)) for c in [*cells[i], None]]
     results: dict[_Task, Any] = {}
     bar = tqdm(total=len(tasks), desc="measure", unit="cell", disable=not progress, file=sys.stderr)

@@ -309,3 +309,11 @@ def test_measure_leaves_out_the_shapes_outside_the_domain() -> None:
 
     lines = "\n".join(_state_lines(result))
     assert "K ∈ {2} slots" in lines and "(N = 2, D = 3)" in lines
+
+
+def test_a_sweep_without_a_cell_in_the_domain_is_an_error() -> None:
+    from properties.toy_slots import ToySlots
+
+    variant = Variant.from_layer(ToySlots, name="wide-slots", domain=Domain(min_dim=16, slots=(2, 2)))
+    with pytest.raises(ValueError, match="no cell of the sweep"):
+        measure_variant(variant, SLOT_SWEEP, progress=False)
