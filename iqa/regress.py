@@ -44,7 +44,7 @@ from tabulate import tabulate
 import iqa
 from iqa import metrics
 from iqa.baseline import Baseline, BaselineError, Training, load, save
-from iqa.measure import QUICK, MeasurementError, SchedulerError, Sweep, dask_pool, measure_variant
+from iqa.measure import QUICK, DomainError, MeasurementError, SchedulerError, Sweep, dask_pool, measure_variant
 from iqa.metrics import LOWER, Metric
 from iqa.suite import RECORDED_PROFILE, SuiteError, locate, start
 from iqa.variants import Variant, VariantError, builtin_variants, resolve
@@ -491,7 +491,7 @@ def _run(
             print(f"iqa regress: {failure}", file=sys.stderr)
             status = 1 if status == 0 else status
             continue
-        except (BaselineError, VariantError) as error:
+        except (BaselineError, VariantError, DomainError) as error:
             print(f"iqa regress: error: {error}", file=sys.stderr)
             status = 2
             continue

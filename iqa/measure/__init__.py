@@ -70,6 +70,7 @@ __all__ = [
     "PRESETS",
     "QUICK",
     "Cell",
+    "DomainError",
     "MeasurementError",
     "SchedulerError",
     "Sweep",
@@ -82,6 +83,11 @@ __all__ = [
 ]
 
 FORMAT = "iqa-measure/1"
+
+
+class DomainError(ValueError):
+    """No cell of the sweep lies inside a variant's shape domain: the caller's choice of sweep, not the variant's
+    failure."""
 
 
 class MeasurementError(Exception):
@@ -162,7 +168,7 @@ def measure_variants(
     cells = [list(sweep.cells(v.domain)) for v in resolved]  # each variant's cells inside its shape domain
     for variant, own in zip(resolved, cells):
         if not own:
-            raise ValueError(
+            raise DomainError(
                 f"variant {variant.name!r}: no cell of the sweep (N in {list(sweep.tokens)}, D in {list(sweep.dims)}) "
                 f"lies inside its domain ({variant.domain.describe()}); choose a sweep with shapes it supports"
             )

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from iqa import analysis, regress
 from iqa.layer import FixedPointLayer
-from iqa.measure import Sweep, measure_variant
+from iqa.measure import DomainError, Sweep, measure_variant
 from iqa.memory import saved_tensor_bytes
 from iqa.report import Options, build, configure_parser
 from iqa.solvers import Map, solve
@@ -315,5 +315,5 @@ def test_a_sweep_without_a_cell_in_the_domain_is_an_error() -> None:
     from properties.toy_slots import ToySlots
 
     variant = Variant.from_layer(ToySlots, name="wide-slots", domain=Domain(min_dim=16, slots=(2, 2)))
-    with pytest.raises(ValueError, match="no cell of the sweep"):
+    with pytest.raises(DomainError, match="no cell of the sweep"):
         measure_variant(variant, SLOT_SWEEP, progress=False)
