@@ -237,9 +237,11 @@ class _Pairs:
                 raise ValueError("an Anderson step with mixing < 1 needs the stored iterates (store_x=True)")
             new = mixing * new + (1 - mixing) * torch.bmm(a, self.X[:, :k]).squeeze(1)
         # One transfer for the three checks. sum |alpha| <= ALPHA_LIMIT is False for NaN and Inf too (it checks
-        # that alpha is finite); amax propagates NaN, so isfinite(amax |new|) is isfinite(new).all(-1).
+        # that alpha is finite); max |new| = max(max new, -min new) in one pass over new without a |new| copy,
+        # and it propagates NaN, so isfinite(max |new|) is isfinite(new).all(-1).
         work = self.work
-        checks = torch.stack((info.to(work), alpha.abs().sum(-1).to(work), new.abs().amax(-1).to(work)))
+        low, high = torch.aminmax(new, dim=-1)
+        checks = torch.stack((info.to(work), alpha.abs().sum(-1).to(work), torch.maximum(high, -low).to(work)))
         info_h, alpha_h, peak = checks.detach().cpu().numpy()
         return new, (info_h == 0) & (alpha_h <= ALPHA_LIMIT) & np.isfinite(peak)
 
