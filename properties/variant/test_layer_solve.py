@@ -2,7 +2,7 @@
 
 - convex hull: every output row is a convex combination of the rows of x
   (variants tagged ``convex_hull``), up to a rounding bound derived below;
-- N = 1 gives y == x and n_iters = 0 gives x, bit for bit (seed mode);
+- N = 1 gives y == x, and n_iters = 0 gives the readout of the variant's own start y0, bit for bit (seed mode);
 - where a certificate kappa < 1 (docs/theory.md#certificates) proves contraction, Picard converges
   within the a-priori step count and Picard and Anderson reach the same fixed
   point within 2 (tol + delta) / (1 - kappa);
@@ -118,14 +118,23 @@ def test_single_token_is_fixed(variant: Variant, case: Case, n_iters: int, devic
 
 
 @given(case=cases())
-def test_zero_iterations_return_x(variant: Variant, case: Case, device):
-    """n_iters = 0 returns the starting point, x itself (as a copy), bit for bit, in every variant."""
+def test_zero_iterations_return_the_start(variant: Variant, case: Case, device):
+    """n_iters = 0 takes no step: the state is the variant's own start y0 = initial_point(x) (x itself for the seed,
+    a learned or seeded start for a slot layer), not x's storage, the history is [y0], and the output is the
+    readout g(y0, x), bit for bit, in every variant. The start is the same on every call (a noise start draws
+    from the layer's start_generator, never from torch's global RNG)."""
     layer = case.layer(variant, device, n_iters=0)
     x = case.inputs(device)
-    y, history = layer(x, track=True)
-    assert torch.equal(y, x)
-    assert y.data_ptr() != x.data_ptr()
-    assert len(history) == 1 and torch.equal(history[0], x)
+    with torch.no_grad():
+        y0 = layer.initial_point(x)
+        assert torch.equal(layer.initial_point(x), y0), "initial_point(x) differs between two calls"
+        state, history = layer.solve_state(x, track=True)
+        y = layer(x)
+        readout = layer.readout(y0, x)
+    assert torch.equal(state, y0), "n_iters = 0: the state is not the layer's own start initial_point(x)"
+    assert state.data_ptr() != x.data_ptr(), "n_iters = 0 returns x's own storage, not a copy"
+    assert len(history) == 1 and torch.equal(history[0], y0), "the tracked history is not [y0]"
+    assert torch.equal(y, readout), "n_iters = 0: the output is not the readout g(y0, x) of the start"
 
 
 # --- solves under a certificate -----------------------------------------------------------------------------------
