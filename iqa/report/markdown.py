@@ -406,6 +406,12 @@ def index_page(
             for row in property_verdicts(tests)
             if row["verdict"] in BAD_VERDICTS
         ]
+        unreached = [
+            (name, row)
+            for name, tests in sorted(properties.items(), key=lambda kv: str(kv[0]))
+            for row in property_verdicts(tests)
+            if row["verdict"] == NOT_REACHED
+        ]
         lines += ["## Property failures", ""]
         if bad:
             lines += [
@@ -420,14 +426,13 @@ def index_page(
                 "Each variant's page gives the minimal falsifying example and the command that reproduces it.",
                 "",
             ]
+        elif unreached:
+            lines += [
+                "None: every property that ran passed, failed as declared, did not apply, or was not reached.",
+                "",
+            ]
         else:
             lines += ["None: every property that ran passed, failed as declared, or did not apply.", ""]
-        unreached = [
-            (name, row)
-            for name, tests in sorted(properties.items(), key=lambda kv: str(kv[0]))
-            for row in property_verdicts(tests)
-            if row["verdict"] == NOT_REACHED
-        ]
         if unreached:
             lines += [
                 "## Properties not reached",

@@ -367,6 +367,22 @@ def test_plugin_turns_a_property_with_nothing_checked_into_not_reached(fake_run)
     assert re.search(r"\d+ rejected by an assumption that gave no reason", unlabelled["longrepr"])
 
 
+def test_index_lists_the_properties_not_reached() -> None:
+    """The index counts "not reached" in its properties column and lists each such property with its reason."""
+    context = markdown.Context("iqa report", {}, 0, "custom", "cmd", "ci")
+
+    def record(function: str, **fields: object) -> dict[str, object]:
+        return {"nodeid": f"p/variant/t.py::{function}[v]", "file": "p/variant/t.py", "function": function, **fields}
+
+    reason = "no converged fixed point in 51 draws; Picard: 51 out of steps; rho at the last iterate 1.00-1.00"
+    tests = [record("test_a", outcome="skipped", not_reached=reason), record("test_b", outcome="passed")]
+    text = markdown.index_page([], {"v": tests}, context, {})
+    assert "fail / unexpected pass / not reached / pass / expected failure / not applicable" in text
+    assert "## Properties not reached" in text and f"| `v`       | `test_a`   | {reason} |" in text
+    assert "did not apply, or was not reached." in text
+    assert "## Properties not reached" not in markdown.index_page([], {"v": tests[1:]}, context, {})
+
+
 def test_failure_has_minimal_example_and_a_command_that_reproduces_it(fake_run) -> None:
     root, run = fake_run
     (failure,) = [t for t in run.by_variant["bad"] if t["function"] == "test_small_numbers"]
