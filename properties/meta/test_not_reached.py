@@ -23,7 +23,7 @@ from iqa import cli
 from iqa.pytest_plugin import read_results
 from iqa.rejections import Rejection, Tally, not_reached_reason, refuted_claim, reject, tallying
 from iqa.solvers import solve
-from iqa.verdicts import NOT_REACHED, NOT_REACHED_PREFIX, property_verdicts
+from iqa.verdicts import NOT_APPLICABLE, NOT_REACHED, NOT_REACHED_PREFIX, PASS, property_verdicts
 from properties.claim_variants import DRIFTING
 from properties.fixed_points import fixed_map, require_converged
 from properties.regimes import COVERAGE_MIN_EXAMPLES, reached, require, requires_share
@@ -178,3 +178,19 @@ def test_check_says_not_reached_for_a_layer_without_fixed_points(
     assert status == 0, out
     assert f"  test_picard_follows_its_linearization: {row['detail']}" in out
     assert "drifting: 0 fail, 0 unexpected pass, 1 not reached, 0 pass" in out
+
+
+def test_an_honest_builtin_gets_no_new_verdict(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """hopfield, on the property that DRIFTING does not reach, the claim it does not make and the start: it
+    passes, the claim does not apply, and the start (x, read out as itself) passes: nothing "not reached"."""
+    results = tmp_path / "results.json"
+    selection = "test_picard_follows_its_linearization or test_contractive_claim_holds or return_the_start"
+    status = cli.main(["check", "--results", str(results), "hopfield", "-k", selection, "-p", "no:cacheprovider"])
+    out = capsys.readouterr().out
+    verdicts = {row["property"]: row["verdict"] for row in property_verdicts(read_results(results)["tests"])}
+    assert verdicts == {
+        "test_picard_follows_its_linearization": PASS,
+        "test_contractive_claim_holds": NOT_APPLICABLE,
+        "test_zero_iterations_return_the_start": PASS,
+    }, out
+    assert status == 0 and "hopfield: 0 fail, 0 unexpected pass, 0 not reached, 2 pass" in out

@@ -28,7 +28,7 @@ from iqa import Status, analysis
 from iqa.layer import FixedPointLayer
 from iqa.solvers import MAX_PERIOD, Map
 from iqa.variants import Tag, Variant
-from properties.regimes import reached, requires_share
+from properties.regimes import require, requires_share
 from properties.strategies import CONTRACTIVE_SCALES, Case, cases
 from properties.tags import requires
 
@@ -295,7 +295,8 @@ CYCLE_MAX_ITER = 200
 
 def cycling_case(case: Case, variant: Variant) -> Case:
     """A case (the drawn one, or a seed offset of it, batch 1) whose Picard orbit the independent check finds
-    periodic from t0 <= CYCLE_START; rejected (assume) when none of CYCLE_ATTEMPTS is, counted under CYCLE_LABEL."""
+    periodic from t0 <= CYCLE_START; rejected when none of CYCLE_ATTEMPTS is (counted under CYCLE_LABEL, named as
+    the reason: properties.regimes.require)."""
     for attempt in range(CYCLE_ATTEMPTS):
         candidate = dataclasses.replace(case, batch=1, seed=case.seed + 7919 * attempt)
         layer, x = candidate.layer(variant), candidate.inputs()
@@ -304,8 +305,7 @@ def cycling_case(case: Case, variant: Variant) -> Case:
             break
     else:
         found = None
-    reached(CYCLE_LABEL, found is not None)
-    assume(found is not None)
+    require(found is not None, CYCLE_LABEL)
     return candidate
 
 
