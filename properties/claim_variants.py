@@ -15,6 +15,9 @@ Picard "converges" in one step, rho(J*) = 2), so only the claim's second half, r
 ``DRIFTING_CONTRACTIVE`` is DRIFTING claiming to contract: a property that finds no converged fixed point at
 its claimed scales must fail, not end "not reached". ``HONEST_CONTRACTIVE`` is a claim that holds.
 
+``TINY`` is Hopfield attention always at weight scale 0.01: it converges, to fixed points with rho(J*) ~ 1e-4, so the
+properties that need rho(J*) >= 0.1 or 0.05 find no draw in their regime.
+
 ``OWN_START`` starts from seeded noise (drawn from the layer's start_generator) and reads its output out as
 g(y*, x) = y* + x: the properties must use its y0 and readout, never assume y0 = x (properties/meta/test_start.py).
 """
@@ -22,6 +25,7 @@ g(y*, x) = y* + x: the properties must use its y0 and readout, never assume y0 =
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -115,3 +119,16 @@ class OwnStartAttention(HopfieldAttention):
 OWN_START = Variant.from_layer(
     OwnStartAttention, name="own-start", tags={Tag.DETERMINISTIC}, description="noise start, readout y* + x"
 )
+
+
+def _tiny_weights(embed_dim: int, *, scale: float = 1.0, generator: Any = None, **options: Any) -> Any:
+    return _HOPFIELD.factory(embed_dim, scale=TINY_SCALE, generator=generator, **options)
+
+
+#: The weight scale every TINY layer is built at, whatever scale a property draws.
+TINY_SCALE = 0.01
+
+#: Hopfield attention whose weights are always at scale 0.01: it converges fast to a fixed point with rho(J*) far
+#: below the rho >= 0.1 that the rate properties need (like a strongly contracting retrieval layer), so their
+#: draws all fall outside the regime they need.
+TINY = Variant("tiny-weights", _tiny_weights, tags=_HOPFIELD.tags, description="hopfield at weight scale 0.01")

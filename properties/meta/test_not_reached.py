@@ -194,3 +194,22 @@ def test_an_honest_builtin_gets_no_new_verdict(capsys: pytest.CaptureFixture[str
         "test_zero_iterations_return_the_start": PASS,
     }, out
     assert status == 0 and "hopfield: 0 fail, 0 unexpected pass, 0 not reached, 2 pass" in out
+
+
+def test_check_names_the_regime_no_draw_reached(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """TINY converges to fixed points with rho(J*) ~ 1e-4: the rate and phantom properties, which need rho(J*) >= 0.1
+    and >= 0.05, are "not reached", each naming its regime and the rho(J*) its draws had (issue 13: a real Hopfield
+    association failed both with FailedHealthCheck)."""
+    results = tmp_path / "results.json"
+    spec = f"{Path(__file__).resolve().parents[1] / 'claim_variants.py'}:TINY"
+    selection = "test_unrolled_error_falls_at_rate_rho or test_phantom_error_within_bound"
+    status = cli.main(["check", "--results", str(results), spec, "-k", selection, "-p", "no:cacheprovider"])
+    out = capsys.readouterr().out
+    rows = {row["property"]: row for row in property_verdicts(read_results(results)["tests"])}
+    assert status == 0 and {name: row["verdict"] for name, row in rows.items()} == {
+        "test_unrolled_error_falls_at_rate_rho": NOT_REACHED,
+        "test_phantom_error_within_bound": NOT_REACHED,
+    }, out
+    for name, regime in (("test_unrolled_error_falls_at_rate_rho", "0.1"), ("test_phantom_error_within_bound", "0.05")):
+        pattern = rf"outside the regime rho\(J\*\) >= {regime} in \d+ draws; rho\(J\*\) [\d.e-]+ to [\d.e-]+$"
+        assert re.match(pattern, rows[name]["detail"]), rows[name]["detail"]
