@@ -6,7 +6,8 @@ Hopfield update softmax(Omega_Q(y) W_K(x)^T) x, so the residual DRIFT exp(g(y)) 
 it away from zero: g itself, a convex combination of the tokens, can be 0 at D = 1), and its Jacobian
 I + DRIFT diag(exp g) J_g has rho near 1 (the pre-LN residual block of issue 13 in miniature: "Picard out of
 steps, rho ~ 1.00 at the last iterate"). Every property that needs a converged fixed point ends "not reached"
-on it (properties/meta/test_not_reached.py).
+on it (properties/meta/test_not_reached.py). It claims hopfield's tags so that the suite runs those properties
+on it; the claims that do not need a fixed point it honestly fails (its output leaves the convex hull).
 
 ``FALSE_CONTRACTIVE`` is the reference layer claiming ``contractive`` at weight scales [2, 4], where the
 reference cycles or stalls (docs/theory.md#regimes: s ~ 3 cycles): properties/variant/test_claims.py must refute
