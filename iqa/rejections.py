@@ -71,6 +71,7 @@ class Tally:
     rejections: list[Rejection] = field(default_factory=list)
     #: Draws rejected by an ``assume`` that gave no reason.
     unexplained: int = 0
+    #: The reason :func:`reject` gave in the running draw, until :func:`tallying` files it when the draw ends.
     pending: Rejection | None = None
 
     def summary(self) -> str:
