@@ -63,8 +63,8 @@ class DampedQueryAttention(ImplicitQueryAttention):
             raise ValueError(f"relaxation must be in (0, 1], got {relaxation!r}")
         self.relaxation = relaxation
 
-    def fixed_point_map(self, x: Tensor) -> Map:
-        g = super().fixed_point_map(x)
+    def fixed_point_map(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Map:
+        g = super().fixed_point_map(x, key_padding_mask)
         a = self.relaxation
 
         def f(y: Tensor) -> Tensor:
@@ -83,11 +83,17 @@ class HopfieldAttention(ImplicitQueryAttention):
     #: Scores s_ij = Omega y_i . k_j = y_i . a_j: Y A^T with the seed's A (iqa.analysis.certificates).
     score_form = "Y A^T"
 
-    def fixed_point_map(self, x: Tensor) -> Map:
+    def fixed_point_map(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Map:
         K = self.keys(x)
+        V, padded = x, None
+        if key_padding_mask is not None:  # padded keys: score -inf and value 0 (never read)
+            V, padded = x.masked_fill(key_padding_mask[:, :, None], 0.0), key_padding_mask[:, None, :]
 
         def f(y: Tensor) -> Tensor:
-            return F.softmax(self.Omega_Q(y) @ K.transpose(-2, -1), dim=-1) @ x
+            scores = self.Omega_Q(y) @ K.transpose(-2, -1)
+            if padded is not None:
+                scores = scores.masked_fill(padded, float("-inf"))
+            return F.softmax(scores, dim=-1) @ V
 
         return f
 
@@ -109,12 +115,18 @@ class PositionalQueryAttention(ImplicitQueryAttention):
     so the token mean stops being a fixed point and the weights matter.
     """
 
-    def fixed_point_map(self, x: Tensor) -> Map:
+    def fixed_point_map(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Map:
         K = self.keys(x)
         P = sinusoidal_positions(x.shape[-2], x.shape[-1], x.dtype, x.device)
+        V, padded = x, None
+        if key_padding_mask is not None:  # the softmax axis (the y index, as in the seed): score -inf, value 0
+            V, padded = x.masked_fill(key_padding_mask[:, :, None], 0.0), key_padding_mask[:, None, :]
 
         def f(y: Tensor) -> Tensor:
-            return F.softmax(K @ self.Omega_Q(y + P).transpose(-2, -1), dim=-1) @ x
+            scores = K @ self.Omega_Q(y + P).transpose(-2, -1)
+            if padded is not None:
+                scores = scores.masked_fill(padded, float("-inf"))
+            return F.softmax(scores, dim=-1) @ V
 
         return f
 
@@ -133,8 +145,8 @@ class InjectedQueryAttention(ImplicitQueryAttention):
     def values(self, x: Tensor) -> Tensor:
         return self.W_V(x)
 
-    def fixed_point_map(self, x: Tensor) -> Map:
-        attend = super().fixed_point_map(x)  # softmax(K Q(y)^T) W_V(x)
+    def fixed_point_map(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Map:
+        attend = super().fixed_point_map(x, key_padding_mask)  # softmax(K Q(y)^T) W_V(x)
 
         def f(y: Tensor) -> Tensor:
             return attend(y) + x

@@ -1,0 +1,107 @@
+"""The built-in multi-head variant: h Hopfield heads with learned values and an output projection.
+
+Each head h reads its own block of d = D / h rows of the query, key and value maps (the protocol's
+convention: rows split into ``heads`` contiguous blocks) and the output projection W_O takes the
+concatenated head outputs back to D:
+
+    y_i <- W_O concat_h( sum_j softmax_j(q^h(y_i) . k^h(x_j) / sqrt(d)) v^h(x_j) )
+         = sum_h sum_j softmax_j(y_i . a^h_j) u^h_j,
+
+with a^h_j = W_Q^hT W_K^h x_j / sqrt(d) (the head's score matrix A_h, "Y A^T" scores) and
+u^h_j = W_O^h W_V^h x_j (the head's values after its block W_O^h of the output projection's
+columns). The layer computes the second form: U_h is formed once per forward, and each step is h
+softmaxes in one batched call and a sum over heads (docs/theory.md#multi-head).
+
+Each head is the Hopfield orientation (queries from y, keys from x), not the seed's: in the seed's
+orientation equal rows of y give uniform attention in every head, so f(1 c^T) = 1 sum_h mean(U_h)^T and
+the fixed point would not move with the query and key weights; here each token moves on its own, so the
+fixed point depends on every weight and the gradient properties have something to check.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from iqa.layer import FixedPointLayer
+from iqa.solvers import Map
+
+#: The number of heads when the layer option ``heads`` is not given.
+DEFAULT_HEADS = 2
+
+
+class MultiHeadHopfieldAttention(FixedPointLayer):
+    """h Hopfield heads: y_i <- sum_h sum_j softmax_j(y_i . a^h_j) u^h_j (see the module docstring).
+
+    Args:
+        embed_dim: D, a multiple of ``heads``.
+        n_iters: steps in seed mode.
+        heads: h, the number of heads (each of width d = D / h).
+        **options: the base class's solve options.
+    """
+
+    heads: int = DEFAULT_HEADS
+    #: Scores s^h_ij = y_i . a^h_j: queries from y, keys from x (iqa.analysis.certificates).
+    score_form = "Y A^T"
+
+    def __init__(self, embed_dim: int, n_iters: int = 10, heads: int = DEFAULT_HEADS, **options: Any) -> None:
+        if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+            raise ValueError(f"heads must be a positive int, got {heads!r}")
+        if isinstance(embed_dim, int) and not isinstance(embed_dim, bool) and embed_dim % heads:
+            raise ValueError(f"embed_dim must be a multiple of heads={heads}, got embed_dim={embed_dim}")
+        super().__init__(embed_dim, n_iters, **options)
+        self.heads = heads
+        self.head_dim = embed_dim // heads
+        self.W_Q = nn.Linear(embed_dim, embed_dim, bias=False)
+        self.W_K = nn.Linear(embed_dim, embed_dim, bias=False)
+        self.W_V = nn.Linear(embed_dim, embed_dim, bias=False)
+        self.W_O = nn.Linear(embed_dim, embed_dim, bias=False)
+
+    def weight_roles(self) -> dict[str, nn.Parameter]:
+        """The protocol's roles: scores depend on W_Q, W_K only through W_K^hT W_Q^h per head block."""
+        return {"key": self.W_K.weight, "query": self.W_Q.weight, "value": self.W_V.weight, "output": self.W_O.weight}
+
+    def split_heads(self, t: Tensor) -> Tensor:
+        """[B, N, D] -> [B, h, N, d]: feature block h (columns h d .. (h + 1) d - 1) becomes head h."""
+        return t.unflatten(-1, (self.heads, self.head_dim)).transpose(-3, -2)
+
+    def keys(self, x: Tensor) -> Tensor:
+        """k^h_j = W_K^h x_j / sqrt(d), [B, h, N, d]."""
+        return self.split_heads(self.W_K(x)) / math.sqrt(self.head_dim)
+
+    def head_values(self, x: Tensor) -> Tensor:
+        """U_h with rows u^h_j = W_O^h W_V^h x_j, [B, h, N, D]: what head h averages, already in output space."""
+        V = self.split_heads(self.W_V(x))  # [B, h, N, d]
+        W_O = self.W_O.weight.T.unflatten(0, (self.heads, self.head_dim))  # [h, d, D]: row block h of W_O^T
+        return V @ W_O
+
+    def head_score_matrices(self, x: Tensor) -> Tensor:
+        """A_h with rows a^h_j = W_Q^hT k^h_j, [B, h, N, D]: the scores of head h are Y A_h^T."""
+        W_Q = self.W_Q.weight.unflatten(0, (self.heads, self.head_dim))  # [h, d, D]: row block h of W_Q
+        return self.keys(x) @ W_Q
+
+    def head_score_weight_norms(self) -> Tensor:
+        """||M_h||_2 for A_h = X M_h, M_h = W_K^hT W_Q^h / sqrt(d), [h]: bounds diam(A_h) <= ||M_h||_2 diam(X)."""
+        W_K = self.W_K.weight.unflatten(0, (self.heads, self.head_dim))  # [h, d, D]
+        W_Q = self.W_Q.weight.unflatten(0, (self.heads, self.head_dim))
+        return torch.linalg.matrix_norm(W_K.transpose(-2, -1) @ W_Q, ord=2) / math.sqrt(self.head_dim)
+
+    def fixed_point_map(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Map:
+        """f(Y) = sum_h softmax(Q_h(Y) K_h^T) U_h; padded keys get score -inf (and zero values) in every head."""
+        K = self.keys(x)
+        U = self.head_values(x)
+        padded = None if key_padding_mask is None else key_padding_mask[:, None, None, :]  # [B, 1, 1, N]
+        if key_padding_mask is not None:
+            U = U.masked_fill(key_padding_mask[:, None, :, None], 0.0)  # padded content never enters a sum
+
+        def f(y: Tensor) -> Tensor:
+            scores = self.split_heads(self.W_Q(y)) @ K.transpose(-2, -1)  # [B, h, N, N]
+            if padded is not None:
+                scores = scores.masked_fill(padded, float("-inf"))
+            return (F.softmax(scores, dim=-1) @ U).sum(dim=-3)
+
+        return f
