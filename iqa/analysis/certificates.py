@@ -20,8 +20,9 @@ map in the "2,inf" norm, in the Frobenius norm and ||J(y)||_2, so
 
 A multi-head layer (h heads) whose map is f(Y) = sum_h softmax(scores_h) U_h (+ B), the
 scores of head h formed from its own A_h in the layer's score form, exposes the per-head
-``head_score_matrices(x)`` (A_h, [B, h, N, D]) and ``head_values(x)`` (U_h, [B, h, N, D_out]: the
-head's values after its block of the output projection). Its Jacobian is the sum of the heads'
+``head_score_matrices(x)`` (A_h, [B, h, N, D]), ``head_values(x)`` (V_h, [B, h, N, d]) and, when the
+heads' outputs pass through an output projection, ``head_outputs()`` (W_h, [h, d, D_out]: U_h = V_h W_h,
+the head's values in output space). Its Jacobian is the sum of the heads'
 Jacobians, each of the single-head form with (A_h, U_h), so by the triangle inequality each
 certificate is the sum over heads of the single-head certificate of (A_h, U_h)
 (docs/theory.md#multi-head). A single-head layer is the case h = 1 (:func:`head_terms`).
@@ -37,7 +38,9 @@ most 1 - a + a kappa_F; the certificates below include that step.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -82,23 +85,44 @@ def supports_certificates(layer: FixedPointLayer) -> bool:
 
 
 def head_terms(layer: FixedPointLayer, x: Tensor) -> tuple[Tensor, Tensor]:
-    """(A, U), each [B, h, N, .]: the score matrix and values of every head (h = 1 for a single-head layer:
-    ``score_matrix(x)`` and ``values(x)`` with a head axis of size one)."""
+    """(A, U), each [B, h, N, .]: the score matrix of every head and its values in output space
+    (U_h = V_h W_h with ``head_outputs()`` = [W_h], else V_h); h = 1 for a single-head layer: ``score_matrix(x)``
+    and ``values(x)`` with a head axis of size one."""
+    A, V, outputs = head_parts(layer, x)
+    return A, V if outputs is None else V @ outputs
+
+
+def head_parts(layer: FixedPointLayer, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(A, V, W): every head's score matrix A_h and values V_h ([B, h, N, .]) and its output map W_h ([h, d, D_out],
+    None when the values are already in output space): head h adds softmax(scores_h) V_h W_h to f."""
     if not supports_certificates(layer):
         raise TypeError(
             f"{type(layer).__name__} has neither score_matrix(x)/values(x) nor head_score_matrices(x)/"
             "head_values(x): its map is not of the form sum_h softmax(scores_h) U_h, so no certificate applies"
         )
-    if has_heads(layer):
-        A = layer.head_score_matrices(x)  # type: ignore[operator]
-        U = layer.head_values(x)  # type: ignore[operator]
-        if A.dim() != x.dim() + 1 or U.dim() != x.dim() + 1 or A.shape[:-1] != U.shape[:-1]:
-            raise ValueError(
-                f"{type(layer).__name__}.head_score_matrices(x) {tuple(A.shape)} and head_values(x) "
-                f"{tuple(U.shape)} must both be [B, heads, N, .] for x {tuple(x.shape)}"
-            )
-        return A, U
-    return layer.score_matrix(x).unsqueeze(-3), layer.values(x).unsqueeze(-3)  # type: ignore[operator]
+    if not has_heads(layer):
+        return layer.score_matrix(x).unsqueeze(-3), layer.values(x).unsqueeze(-3), None  # type: ignore[operator]
+    A = layer.head_score_matrices(x)  # type: ignore[operator]
+    V = layer.head_values(x)  # type: ignore[operator]
+    outputs = getattr(layer, "head_outputs", None)
+    W = None if outputs is None else outputs()
+    heads = A.shape[-3] if A.dim() == x.dim() + 1 else None
+    if heads is None or V.dim() != x.dim() + 1 or V.shape[:-1] != A.shape[:-1]:
+        raise ValueError(
+            f"{type(layer).__name__}.head_score_matrices(x) {tuple(A.shape)} and head_values(x) {tuple(V.shape)} "
+            f"must both be [B, heads, N, .] for x {tuple(x.shape)}"
+        )
+    if W is not None and (W.dim() != 3 or W.shape[0] != heads or W.shape[1] != V.shape[-1]):
+        raise ValueError(
+            f"{type(layer).__name__}.head_outputs() must be [heads, d, D_out] = [{heads}, {V.shape[-1]}, .], "
+            f"got {tuple(W.shape)}"
+        )
+    return A, V, W
+
+
+def head_sum(terms: Iterable[Tensor]) -> Tensor:
+    """The sum of one tensor per head; one head's tensor is returned as it is (bit for bit)."""
+    return functools.reduce(torch.add, terms)
 
 
 def head_weight_norms(layer: FixedPointLayer) -> Tensor | None:
@@ -161,12 +185,11 @@ def certificates(layer: FixedPointLayer, x: Tensor) -> Certificates:
             _head_certificates(form, A[..., h, :, :], U[..., h, :, :], spread, weight_norms, h)
             for h in range(A.shape[-3])
         ]
-        # the sum over heads (Python's sum starts from 0: one head gives its own certificates, bit for bit)
-        kappa_inf, kappa_F, kappa_w = (sum(part[i] for part in parts) for i in range(3))
+        kappa_inf, kappa_F, kappa_w = (head_sum(part[i] for part in parts) for i in range(3))
         a = relaxation(layer)
         if a != 1.0:
             kappa_inf, kappa_F, kappa_w = ((1 - a) + a * k for k in (kappa_inf, kappa_F, kappa_w))
-    return Certificates(kappa_inf=kappa_inf, kappa_F=kappa_F, kappa_weights=kappa_w)  # type: ignore[arg-type]
+    return Certificates(kappa_inf=kappa_inf, kappa_F=kappa_F, kappa_weights=kappa_w)
 
 
 def _head_certificates(

@@ -34,7 +34,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from iqa.analysis.certificates import diameter, head_terms, max_row_norm, relaxation, supports_certificates
+from iqa.analysis.certificates import (
+    diameter,
+    head_sum,
+    head_terms,
+    max_row_norm,
+    relaxation,
+    supports_certificates,
+)
 from iqa.analysis.jacobian import jacobian
 from iqa.analysis.rates import MIN_POINTS, empirical_rate
 from iqa.analysis.rounding import map_rounding
@@ -54,8 +61,8 @@ def second_order_constant(layer: FixedPointLayer, x: Tensor) -> Tensor:
     with torch.no_grad():
         A, U = (t.to(torch.float64) for t in head_terms(layer, x))
     # a sum of heads has the sum of their Taylor remainders: sum_h 3 diam(U_h) max_j ||a^h_j||^2 (one head: H)
-    H = sum(3 * diameter(U[..., h, :, :]) * max_row_norm(A[..., h, :, :]) ** 2 for h in range(A.shape[-3]))
-    return (relaxation(layer) * H).cpu()  # type: ignore[union-attr]
+    H = head_sum(3 * diameter(U[..., h, :, :]) * max_row_norm(A[..., h, :, :]) ** 2 for h in range(A.shape[-3]))
+    return (relaxation(layer) * H).cpu()
 
 
 @dataclass(frozen=True)

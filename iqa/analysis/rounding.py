@@ -24,7 +24,15 @@ import math
 import torch
 from torch import Tensor
 
-from iqa.analysis.certificates import diameter, head_terms, max_row_norm, relaxation, supports_certificates
+from iqa.analysis.certificates import (
+    diameter,
+    head_parts,
+    head_sum,
+    head_terms,
+    max_row_norm,
+    relaxation,
+    supports_certificates,
+)
 from iqa.layer import FixedPointLayer
 
 
@@ -65,27 +73,44 @@ def score_rounding(layer: FixedPointLayer, x: Tensor, y: Tensor) -> Tensor:
 
 
 def map_rounding(layer: FixedPointLayer, x: Tensor, y: Tensor) -> Tensor:
-    """A per-row bound on ||f~_i(y) - f_i(y)|| for one evaluation, per batch element, [B] (float64)."""
+    """A per-row bound on ||f~_i(y) - f_i(y)|| for one evaluation, per batch element, [B] (float64).
+
+    Heads with an output map W_h (f = W_O concat_h o^h, o^h_i = sum_j p^h_ij v^h_j, ``head_outputs()``): a score
+    error moves W_h o^h_i by at most diam(U_h) (s_err + 4 eps) (U_h = V_h W_h, exact by linearity), the average's
+    own rounding (N + 4) eps ||V_h||max is stretched by ||W_h||_2 at most, and the final product, a length-h d sum
+    per entry, adds (h d + 2) eps ||W_O||_F ||o_i|| with ||o_i||^2 <= sum_h ||V_h||max^2 (each o^h_i a convex
+    combination of rows of V_h).
+    """
     eps = torch.finfo(x.dtype).eps
     N = x.shape[-2]
     s_err = score_rounding(layer, x, y)
     Y, X = max_row_norm(y.to(torch.float64)), max_row_norm(x.to(torch.float64))
-    heads = _head_values(layer, x)
-    total = sum(diameter(V) * (s_err + 4 * eps) + (N + 4) * eps * (max_row_norm(V) + Y + X) for V in heads)
+    heads, outputs = _head_values(layer, x)
+    if outputs is not None:
+        W = outputs.to(torch.float64)
+        U = [V @ W[h] for h, V in enumerate(heads)]
+        total = head_sum(
+            diameter(U_h) * (s_err + 4 * eps) + (N + 4) * eps * torch.linalg.matrix_norm(W[h], ord=2) * max_row_norm(V)
+            for h, (U_h, V) in enumerate(zip(U, heads))
+        )
+        concat = torch.sqrt(head_sum(max_row_norm(V) ** 2 for V in heads))
+        inner = W.shape[0] * W.shape[1]
+        return total + (N + 4) * eps * (Y + X) + (inner + 2) * eps * torch.linalg.vector_norm(W) * concat
+    total = head_sum(diameter(V) * (s_err + 4 * eps) + (N + 4) * eps * (max_row_norm(V) + Y + X) for V in heads)
     if len(heads) > 1:  # the sum over heads: h - 1 additions of rows of norm <= ||U_h||max
-        total = total + (len(heads) - 1) * eps * sum(max_row_norm(V) for V in heads)
-    return total  # type: ignore[return-value]
+        total = total + (len(heads) - 1) * eps * head_sum(max_row_norm(V) for V in heads)
+    return total
 
 
-def _head_values(layer: FixedPointLayer, x: Tensor) -> list[Tensor]:
-    """Each head's values in float64 ([B, N, D_out] each): V for a single-head layer, x for a layer without a
-    score form."""
+def _head_values(layer: FixedPointLayer, x: Tensor) -> tuple[list[Tensor], Tensor | None]:
+    """Each head's values in float64 ([B, N, d] each) and the heads' output maps (None: values in output space):
+    V for a single-head layer, x for a layer without a score form."""
     with torch.no_grad():
         if not supports_certificates(layer):
-            return [x.to(torch.float64)]
-        _, U = head_terms(layer, x)
-    U = U.to(torch.float64)
-    return [U[..., h, :, :] for h in range(U.shape[-3])]
+            return [x.to(torch.float64)], None
+        _, V, W = head_parts(layer, x)
+    V = V.detach().to(torch.float64)
+    return [V[..., h, :, :] for h in range(V.shape[-3])], None if W is None else W.detach()
 
 
 def jacobian_rounding(layer: FixedPointLayer, x: Tensor, y: Tensor) -> Tensor:
@@ -106,10 +131,21 @@ def jacobian_rounding(layer: FixedPointLayer, x: Tensor, y: Tensor) -> Tensor:
     """
     eps = torch.finfo(x.dtype).eps
     N, D = x.shape[-2], x.shape[-1]
-    heads = _head_values(layer, x)
-    values = sum(diameter(V) + 2 * max_row_norm(V) for V in heads)  # per head, summed: the heads' Jacobians add
-    scale = weight_norm_product(layer, x) * max_row_norm(x.to(torch.float64)) * values
+    heads, outputs = _head_values(layer, x)
     a = relaxation(layer)
-    # h - 1 more additions (the sum over heads) per entry: none for one head
-    inner = math.sqrt(N * D) * scale * (score_rounding(layer, x, y) + (2 * N + 2 * D + 8 + len(heads) - 1) * eps)
+    entry = weight_norm_product(layer, x) * max_row_norm(x.to(torch.float64))
+    if outputs is None:
+        values = head_sum(
+            diameter(V) + 2 * max_row_norm(V) for V in heads
+        )  # per head, summed: the heads' Jacobians add
+        # h - 1 more additions (the sum over heads) per entry: none for one head
+        terms = entry * values * (score_rounding(layer, x, y) + (2 * N + 2 * D + 8 + len(heads) - 1) * eps)
+    else:
+        # each head's column d_o^h as above, stretched by ||W_h||_2; then W_O on the concatenation: a length-h d sum
+        W = outputs.to(torch.float64)
+        sizes = [diameter(V) + 2 * max_row_norm(V) for V in heads]
+        stretched = head_sum(torch.linalg.matrix_norm(W[h], ord=2) * c for h, c in enumerate(sizes))
+        product = (W.shape[0] * W.shape[1] + 2) * eps * torch.linalg.vector_norm(W) * head_sum(sizes)
+        terms = entry * (stretched * (score_rounding(layer, x, y) + (2 * N + 2 * D + 8) * eps) + product)
+    inner = math.sqrt(N * D) * terms
     return a * inner + 3 * eps * (1 - a) * math.sqrt(N * D)

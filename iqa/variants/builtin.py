@@ -18,6 +18,8 @@ from torch import Tensor, nn
 
 from iqa.layer import ImplicitQueryAttention
 from iqa.solvers import Map
+from iqa.variants.causal import CausalQueryAttention
+from iqa.variants.multihead import MultiHeadHopfieldAttention
 from iqa.variants.protocol import Tag, Variant
 
 #: The property that a layer with a consensus fixed point is known to fail.
@@ -208,5 +210,37 @@ BUILTIN_VARIANTS: tuple[Variant, ...] = (
         name="damped",
         tags=_CONSENSUS_TAGS | {Tag.SCORE_MATRIX},
         expected_failures=CONSENSUS_FAILURES,
+    ),
+    Variant.from_layer(
+        MultiHeadHopfieldAttention,
+        name="multihead",
+        tags={
+            Tag.PERMUTATION_EQUIVARIANT,
+            Tag.BATCH_INDEPENDENT,
+            Tag.WEIGHT_DEPENDENT,  # each head is a Hopfield update: every token moves on its own
+            Tag.SCORE_MATRIX,  # sum_h softmax(Y A_h^T) U_h, per head through head_score_matrices/head_values
+            Tag.DETERMINISTIC,
+        },
+        expected_failures={},
+        description="h Hopfield heads (layer option heads, default 2) with values and an output projection: "
+        "y_i <- W_O concat_h softmax_j(W_Q^h y_i . W_K^h x_j / sqrt(d)) W_V^h x_j",
+    ),
+    Variant.from_layer(
+        CausalQueryAttention,
+        name="causal",
+        tags={
+            Tag.CONVEX_HULL,
+            Tag.BATCH_INDEPENDENT,
+            Tag.WEIGHT_DEPENDENT,  # the mask breaks the consensus: equal rows give row i the mean of x_0..x_i
+            Tag.SCALE_COVARIANT,
+            Tag.ORTHOGONAL_EQUIVARIANT,
+            Tag.SCORE_MATRIX,  # a masked softmax over fewer tokens: the seed's certificates still bound it
+            Tag.DETERMINISTIC,
+        },
+        expected_failures={
+            "test_zero_weights_give_the_mean": "under the causal mask, uniform attention gives row i the mean of "
+            "x_0..x_i, not of every token",
+        },
+        description="the seed with a causal mask on the softmax (y) axis: y_i <- softmax_{k <= i}(K_i . Q(y_k)) x_k",
     ),
 )

@@ -33,12 +33,16 @@ def causal_mask(tokens: int, device: torch.device | str = "cpu") -> Tensor:
 class CausalQueryAttention(ImplicitQueryAttention):
     """The seed with a causal mask on the softmax axis: y_i <- softmax_{k <= i}(K_i . Q(y_k)) x_k."""
 
+    def future(self, tokens: int, device: torch.device) -> Tensor:
+        """[N, N] bool, True where k > i (:func:`causal_mask`)."""
+        return causal_mask(tokens, device)
+
     def attention_mask(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         """[B or 1, N, N] bool, True = removed: k > i, and padded tokens. A row with nothing left (every
         token <= i padded: a padded row, whose output is not claimed) keeps its own position, so that
         its softmax stays finite."""
         N = x.shape[-2]
-        mask = causal_mask(N, x.device)[None]
+        mask = self.future(N, x.device)[None]
         if key_padding_mask is not None:
             mask = mask | key_padding_mask[:, None, :]
             empty = mask.all(dim=-1, keepdim=True)

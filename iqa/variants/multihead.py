@@ -9,8 +9,9 @@ concatenated head outputs back to D:
 
 with a^h_j = W_Q^hT W_K^h x_j / sqrt(d) (the head's score matrix A_h, "Y A^T" scores) and
 u^h_j = W_O^h W_V^h x_j (the head's values after its block W_O^h of the output projection's
-columns). The layer computes the second form: U_h is formed once per forward, and each step is h
-softmaxes in one batched call and a sum over heads (docs/theory.md#multi-head).
+columns). The layer computes the first form (h softmaxes in one batched call, then W_O on the
+concatenation); the certificates use the second (docs/theory.md#multi-head), through
+``head_score_matrices(x)`` (A_h), ``head_values(x)`` (V_h) and ``head_outputs()`` (the blocks W_O^hT).
 
 Each head is the Hopfield orientation (queries from y, keys from x), not the seed's: in the seed's
 orientation equal rows of y give uniform attention in every head, so f(1 c^T) = 1 sum_h mean(U_h)^T and
@@ -21,7 +22,7 @@ fixed point depends on every weight and the gradient properties have something t
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,7 @@ DEFAULT_HEADS = 2
 
 
 class MultiHeadHopfieldAttention(FixedPointLayer):
-    """h Hopfield heads: y_i <- sum_h sum_j softmax_j(y_i . a^h_j) u^h_j (see the module docstring).
+    """h Hopfield heads: y_i <- W_O concat_h sum_j softmax_j(y_i . a^h_j) v^h_j (see the module docstring).
 
     Args:
         embed_dim: D, a multiple of ``heads``.
@@ -63,7 +64,8 @@ class MultiHeadHopfieldAttention(FixedPointLayer):
 
     def weight_roles(self) -> dict[str, nn.Parameter]:
         """The protocol's roles: scores depend on W_Q, W_K only through W_K^hT W_Q^h per head block."""
-        return {"key": self.W_K.weight, "query": self.W_Q.weight, "value": self.W_V.weight, "output": self.W_O.weight}
+        roles = {"key": self.W_K, "query": self.W_Q, "value": self.W_V, "output": self.W_O}
+        return {role: cast(nn.Parameter, linear.weight) for role, linear in roles.items()}
 
     def split_heads(self, t: Tensor) -> Tensor:
         """[B, N, D] -> [B, h, N, d]: feature block h (columns h d .. (h + 1) d - 1) becomes head h."""
@@ -74,10 +76,12 @@ class MultiHeadHopfieldAttention(FixedPointLayer):
         return self.split_heads(self.W_K(x)) / math.sqrt(self.head_dim)
 
     def head_values(self, x: Tensor) -> Tensor:
-        """U_h with rows u^h_j = W_O^h W_V^h x_j, [B, h, N, D]: what head h averages, already in output space."""
-        V = self.split_heads(self.W_V(x))  # [B, h, N, d]
-        W_O = self.W_O.weight.T.unflatten(0, (self.heads, self.head_dim))  # [h, d, D]: row block h of W_O^T
-        return V @ W_O
+        """V_h with rows v^h_j = W_V^h x_j, [B, h, N, d]: what head h averages."""
+        return self.split_heads(self.W_V(x))
+
+    def head_outputs(self) -> Tensor:
+        """W_O^hT per head, [h, d, D] (row block h of W_O^T): head h's values in output space are U_h = V_h W_O^hT."""
+        return self.W_O.weight.T.unflatten(0, (self.heads, self.head_dim))
 
     def head_score_matrices(self, x: Tensor) -> Tensor:
         """A_h with rows a^h_j = W_Q^hT k^h_j, [B, h, N, D]: the scores of head h are Y A_h^T."""
@@ -91,17 +95,19 @@ class MultiHeadHopfieldAttention(FixedPointLayer):
         return torch.linalg.matrix_norm(W_K.transpose(-2, -1) @ W_Q, ord=2) / math.sqrt(self.head_dim)
 
     def fixed_point_map(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Map:
-        """f(Y) = sum_h softmax(Q_h(Y) K_h^T) U_h; padded keys get score -inf (and zero values) in every head."""
+        """f(Y) = W_O concat_h softmax(Q_h(Y) K_h^T) V_h; padded keys get score -inf (and zero values) in every
+        head."""
         K = self.keys(x)
-        U = self.head_values(x)
+        V = self.head_values(x)
         padded = None if key_padding_mask is None else key_padding_mask[:, None, None, :]  # [B, 1, 1, N]
         if key_padding_mask is not None:
-            U = U.masked_fill(key_padding_mask[:, None, :, None], 0.0)  # padded content never enters a sum
+            V = V.masked_fill(key_padding_mask[:, None, :, None], 0.0)  # padded content never enters a sum
 
         def f(y: Tensor) -> Tensor:
             scores = self.split_heads(self.W_Q(y)) @ K.transpose(-2, -1)  # [B, h, N, N]
             if padded is not None:
                 scores = scores.masked_fill(padded, float("-inf"))
-            return (F.softmax(scores, dim=-1) @ U).sum(dim=-3)
+            heads = F.softmax(scores, dim=-1) @ V  # [B, h, N, d]
+            return self.W_O(heads.transpose(-3, -2).flatten(-2))  # concat over heads, then the projection
 
         return f

@@ -103,6 +103,6 @@ def test_head_sum_is_attained_by_identical_heads(heads: int, width: int, c: floa
     tolerance = (2 * D + 8) * EPS * kappa_F
     note(f"||J||_2 {sigma:.6g}, kappa_F {kappa_F:.6g}, kappa_inf {kappa_inf:.6g}")
     assert abs(sigma - kappa_F) <= tolerance, (
-        f"{heads} identical heads: ||J||_2 = {sigma:.6g} is not the certificate {kappa_F:.6g}: the head sum is not tight"
+        f"{heads} identical heads: ||J||_2 = {sigma:.6g} is not the certificate {kappa_F:.6g}: the sum is not tight"
     )
     assert abs(float(row_gain(J, 2, D)) - kappa_inf) <= tolerance, "kappa_inf is not attained by identical heads"

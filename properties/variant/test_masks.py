@@ -206,7 +206,7 @@ def compare_solutions(
     each element's subsystem (its tokens ``subsystems[b]``, [1, n_b, D])."""
     probe = case.layer(variant, device)
     names, kappas, eps_rows = [], [], []
-    for b, tokens in enumerate(subsystems):
+    for tokens in subsystems:
         name, kappa = analysis.best_certificate(probe, tokens)
         names.append(name)
         kappas.append(float(kappa[0]))
