@@ -42,6 +42,8 @@ HOPFIELD_TAGS = _BUILTIN["hopfield"].tags
 REFERENCE_TAGS = _BUILTIN["reference"].tags
 POSITIONAL_TAGS = _BUILTIN["positional"].tags
 INJECTION_TAGS = _BUILTIN["injection"].tags
+MULTIHEAD_TAGS = _BUILTIN["multihead"].tags
+CAUSAL_TAGS = _BUILTIN["causal"].tags
 
 #: The gradient of the "gradient_scaled" mutant is this factor times the true one.
 GRADIENT_FACTOR = 1.05
@@ -362,6 +364,34 @@ MUTANTS: tuple[Mutant, ...] = (
         "variant.test_layer_solve:test_output_in_convex_hull",
         "hopfield",
         r"outside the convex hull",
+    ),
+    Mutant(
+        _variant(LeakyPadding, "leaky-padding", HOPFIELD_TAGS | {Tag.PADDING_INVARIANT}),
+        f"padded keys get their score minus {LEAK_PENALTY:g} instead of -inf: their weight is tiny, not zero",
+        "variant.test_masks:test_padding_content_is_ignored",
+        "multihead",
+        r"unpadded outputs changed",
+    ),
+    Mutant(
+        _variant(OneHeadMasked, "one-head-masked", MULTIHEAD_TAGS),
+        "the padding mask reaches the first head only: the other heads read the padded tokens",
+        "variant.test_masks:test_padding_content_is_ignored",
+        "multihead",
+        r"unpadded outputs changed",
+    ),
+    Mutant(
+        _variant(CausalOffByOne, "causal-off-by-one", CAUSAL_TAGS, dict(_BUILTIN["causal"].expected_failures)),
+        "the causal mask is off by one (triu(2)): position i sees position i + 1",
+        "variant.test_masks:test_causal_output_ignores_later_tokens",
+        "causal",
+        r"changed when only the tokens after",
+    ),
+    Mutant(
+        _variant(MixedHeads, "mixed-heads", MULTIHEAD_TAGS),
+        "head h's queries read head h + 1's keys, while its score matrices say each head reads its own",
+        "variant.test_analysis:test_analytic_jacobian_matches_autograd",
+        "multihead",
+        r"autograd and the analytic Jacobian differ",
     ),
 )
 

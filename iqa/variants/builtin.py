@@ -147,6 +147,9 @@ class InjectedQueryAttention(ImplicitQueryAttention):
     def values(self, x: Tensor) -> Tensor:
         return self.W_V(x)
 
+    def weight_roles(self) -> dict[str, Tensor]:
+        return {**super().weight_roles(), "value": self.W_V.weight}
+
     def fixed_point_map(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Map:
         attend = super().fixed_point_map(x, key_padding_mask)  # softmax(K Q(y)^T) W_V(x)
 
@@ -220,6 +223,7 @@ BUILTIN_VARIANTS: tuple[Variant, ...] = (
             Tag.WEIGHT_DEPENDENT,  # each head is a Hopfield update: every token moves on its own
             Tag.SCORE_MATRIX,  # sum_h softmax(Y A_h^T) U_h, per head through head_score_matrices/head_values
             Tag.DETERMINISTIC,
+            Tag.PADDING_INVARIANT,  # padded keys: score -inf in every head (docs/theory.md#masks)
         },
         expected_failures={},
         description="h Hopfield heads (layer option heads, default 2) with values and an output projection: "
@@ -236,6 +240,8 @@ BUILTIN_VARIANTS: tuple[Variant, ...] = (
             Tag.ORTHOGONAL_EQUIVARIANT,
             Tag.SCORE_MATRIX,  # a masked softmax over fewer tokens: the seed's certificates still bound it
             Tag.DETERMINISTIC,
+            Tag.CAUSAL,  # the mask is on the softmax (y) axis: row i reads y_0..y_i, x_0..x_i (docs/theory.md#masks)
+            Tag.PADDING_INVARIANT,
         },
         expected_failures={
             "test_zero_weights_give_the_mean": "under the causal mask, uniform attention gives row i the mean of "

@@ -22,7 +22,7 @@ fixed point depends on every weight and the gradient properties have something t
 from __future__ import annotations
 
 import math
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from iqa.layer import FixedPointLayer
 from iqa.solvers import Map
+from iqa.variants.domain import Domain
 
 #: The number of heads when the layer option ``heads`` is not given.
 DEFAULT_HEADS = 2
@@ -46,6 +47,8 @@ class MultiHeadHopfieldAttention(FixedPointLayer):
     """
 
     heads: int = DEFAULT_HEADS
+    #: D a multiple of the default number of heads (a layer built with another ``heads`` needs its own Domain).
+    domain = Domain(dim_multiple=DEFAULT_HEADS)
     #: Scores s^h_ij = y_i . a^h_j: queries from y, keys from x (iqa.analysis.certificates).
     score_form = "Y A^T"
 
@@ -62,10 +65,9 @@ class MultiHeadHopfieldAttention(FixedPointLayer):
         self.W_V = nn.Linear(embed_dim, embed_dim, bias=False)
         self.W_O = nn.Linear(embed_dim, embed_dim, bias=False)
 
-    def weight_roles(self) -> dict[str, nn.Parameter]:
+    def weight_roles(self) -> dict[str, Tensor]:
         """The protocol's roles: scores depend on W_Q, W_K only through W_K^hT W_Q^h per head block."""
-        roles = {"key": self.W_K, "query": self.W_Q, "value": self.W_V, "output": self.W_O}
-        return {role: cast(nn.Parameter, linear.weight) for role, linear in roles.items()}
+        return {"key": self.W_K.weight, "query": self.W_Q.weight, "value": self.W_V.weight, "output": self.W_O.weight}
 
     def split_heads(self, t: Tensor) -> Tensor:
         """[B, N, D] -> [B, h, N, d]: feature block h (columns h d .. (h + 1) d - 1) becomes head h."""
