@@ -246,6 +246,10 @@ BUILTIN_VARIANTS: tuple[Variant, ...] = (
         expected_failures={
             "test_zero_weights_give_the_mean": "under the causal mask, uniform attention gives row i the mean of "
             "x_0..x_i, not of every token",
+            "test_jacobian_regularisation_lowers_rho": "under the causal mask J is block lower-triangular, so rho(J*) "
+            "is that of the diagonal blocks alone while the regulariser penalises ||J||_F^2, mostly off the "
+            "diagonal: on the property's run it lowers ||J*||_F^2 (3.09 -> 1.84 against gamma = 0) and rho(J*) "
+            "still ends higher (0.573 against 0.487)",
         },
         description="the seed with a causal mask on the softmax (y) axis: y_i <- softmax_{k <= i}(K_i . Q(y_k)) x_k",
     ),
