@@ -227,7 +227,7 @@ BUILTIN_VARIANTS: tuple[Variant, ...] = (
         },
         expected_failures={},
         description="h Hopfield heads (layer option heads, default 2) with values and an output projection: "
-        "y_i <- W_O concat_h softmax_j(W_Q^h y_i . W_K^h x_j / sqrt(d)) W_V^h x_j",
+        "y_i <- W_O concat_h softmax_j(W_Q^h y_i . W_K^h x_j) W_V^h x_j",
     ),
     Variant.from_layer(
         CausalQueryAttention,

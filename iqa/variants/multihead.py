@@ -4,14 +4,18 @@ Each head h reads its own block of d = D / h rows of the query, key and value ma
 convention: rows split into ``heads`` contiguous blocks) and the output projection W_O takes the
 concatenated head outputs back to D:
 
-    y_i <- W_O concat_h( sum_j softmax_j(q^h(y_i) . k^h(x_j) / sqrt(d)) v^h(x_j) )
+    y_i <- W_O concat_h( sum_j softmax_j(q^h(y_i) . k^h(x_j)) v^h(x_j) )
          = sum_h sum_j softmax_j(y_i . a^h_j) u^h_j,
 
-with a^h_j = W_Q^hT W_K^h x_j / sqrt(d) (the head's score matrix A_h, "Y A^T" scores) and
+with a^h_j = W_Q^hT W_K^h x_j (the head's score matrix A_h, "Y A^T" scores) and
 u^h_j = W_O^h W_V^h x_j (the head's values after its block W_O^h of the output projection's
 columns). The layer computes the first form (h softmaxes in one batched call, then W_O on the
 concatenation); the certificates use the second (docs/theory.md#multi-head), through
 ``head_score_matrices(x)`` (A_h), ``head_values(x)`` (V_h) and ``head_outputs()`` (the blocks W_O^hT).
+
+Like ``hopfield`` the scores carry no temperature: each head is that variant's update on its block (a 1/sqrt(d)
+would only rescale A_h, and the values already pass through two weight matrices, so the map contracts
+strongly at the suite's weight scales; ``scaled`` is the variant that studies a temperature).
 
 Each head is the Hopfield orientation (queries from y, keys from x), not the seed's: in the seed's
 orientation equal rows of y give uniform attention in every head, so f(1 c^T) = 1 sum_h mean(U_h)^T and
@@ -21,7 +25,6 @@ fixed point depends on every weight and the gradient properties have something t
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -74,8 +77,8 @@ class MultiHeadHopfieldAttention(FixedPointLayer):
         return t.unflatten(-1, (self.heads, self.head_dim)).transpose(-3, -2)
 
     def keys(self, x: Tensor) -> Tensor:
-        """k^h_j = W_K^h x_j / sqrt(d), [B, h, N, d]."""
-        return self.split_heads(self.W_K(x)) / math.sqrt(self.head_dim)
+        """k^h_j = W_K^h x_j, [B, h, N, d]."""
+        return self.split_heads(self.W_K(x))
 
     def head_values(self, x: Tensor) -> Tensor:
         """V_h with rows v^h_j = W_V^h x_j, [B, h, N, d]: what head h averages."""
@@ -91,10 +94,10 @@ class MultiHeadHopfieldAttention(FixedPointLayer):
         return self.keys(x) @ W_Q
 
     def head_score_weight_norms(self) -> Tensor:
-        """||M_h||_2 for A_h = X M_h, M_h = W_K^hT W_Q^h / sqrt(d), [h]: bounds diam(A_h) <= ||M_h||_2 diam(X)."""
+        """||M_h||_2 for A_h = X M_h, M_h = W_K^hT W_Q^h, [h]: bounds diam(A_h) <= ||M_h||_2 diam(X)."""
         W_K = self.W_K.weight.unflatten(0, (self.heads, self.head_dim))  # [h, d, D]
         W_Q = self.W_Q.weight.unflatten(0, (self.heads, self.head_dim))
-        return torch.linalg.matrix_norm(W_K.transpose(-2, -1) @ W_Q, ord=2) / math.sqrt(self.head_dim)
+        return torch.linalg.matrix_norm(W_K.transpose(-2, -1) @ W_Q, ord=2)
 
     def fixed_point_map(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Map:
         """f(Y) = W_O concat_h softmax(Q_h(Y) K_h^T) V_h; padded keys get score -inf (and zero values) in every
