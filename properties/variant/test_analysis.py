@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from hypothesis import assume, event, given, note
+from hypothesis import HealthCheck, assume, event, given, note, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
@@ -202,6 +202,10 @@ RATE_SHARE = 0.2
 
 @requires(Tag.SCORE_MATRIX)
 @requires_share(RATE_LABEL, RATE_SHARE)
+# requires_share judges how many draws reach the regime (and names it in one line when too few do); Hypothesis's own
+# filter health check would stop first on a variant whose rho(J*) is mostly below RATE_RHO_MIN at these scales
+# (multihead: its values pass through two weight matrices, rho ~ s^4; 68% of the ci draws filtered, 32% informative)
+@settings(suppress_health_check=[HealthCheck.filter_too_much])
 @given(case=rate_cases)
 def test_observed_rate_matches_spectral_radius(variant: Variant, case: Case, device) -> None:
     """The rate of the solver's own residual history (what measure reports) is rho(J*) of the dense Jacobian
