@@ -26,7 +26,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from iqa.analysis.certificates import SCORES_A_YT, max_row_norm, relaxation, score_form, supports_certificates
+from iqa.analysis.certificates import (
+    SCORES_A_YT,
+    has_heads,
+    max_row_norm,
+    relaxation,
+    score_form,
+    supports_certificates,
+)
 from iqa.analysis.rounding import map_rounding
 from iqa.analysis.spectral import eig_blocks
 from iqa.layer import FixedPointLayer
@@ -46,10 +53,10 @@ def consensus_distance(y: Tensor, x: Tensor) -> Tensor:
 
 def consensus_matrix(layer: Any, x: Tensor) -> Tensor:
     """P = A^T V_c / N per batch element, [B, D, D]: rho_c = rho(P) for the unrelaxed map."""
-    if not supports_certificates(layer):
+    if not supports_certificates(layer) or has_heads(layer):
         raise TypeError(
             f"{type(layer).__name__} has no score_matrix(x)/values(x): the consensus analysis needs a map "
-            "of the form softmax(A Y^T) V"
+            "of the form softmax(A Y^T) V (one head)"
         )
     if score_form(layer) != SCORES_A_YT:
         raise TypeError(

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from hypothesis import assume, event, given, note
+from hypothesis import HealthCheck, assume, event, given, note, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
@@ -40,20 +40,19 @@ from properties.tags import requires
 
 def analytic_jacobian(layer: FixedPointLayer, x: Tensor, y: Tensor) -> Tensor:
     """The Jacobian of docs/theory.md#jacobian at y, [B, N D, N D], from the softmax weights f actually computes at
-    y."""
+    y; a multi-head layer's is the sum of its heads' (docs/theory.md#multi-head), from the per-head A_h and U_h."""
     weights = analysis.attention_weights(layer.fixed_point_map(x), y)
     assert len(weights) == 1, f"expected one softmax in f, found {len(weights)}"
-    p = weights[0].to(torch.float64)
     with torch.no_grad():
-        A = layer.score_matrix(x).to(torch.float64)  # type: ignore[operator]
-        V = layer.values(x).to(torch.float64)  # type: ignore[operator]
+        A, U = (t.to(torch.float64) for t in analysis.head_terms(layer, x))  # [B, h, N, .]
     B, N, D = x.shape
-    g = p @ V  # the attention average g_i = sum_j p_ij v_j
-    spread = V[:, None, :, :] - g[:, :, None, :]  # [B, i, j, d] = v_j - g_i
+    p = weights[0].to(torch.float64).reshape(B, A.shape[1], N, N)  # one softmax over every head's rows at once
+    g = p @ U  # the attention average g_i = sum_j p_ij v_j, per head
+    spread = U[:, :, None, :, :] - g[:, :, :, None, :]  # [B, h, i, j, d] = v_j - g_i
     if analysis.score_form(layer) == analysis.SCORES_A_YT:
-        J = torch.einsum("bij,bijd,bie->bidje", p, spread, A)
+        J = torch.einsum("bhij,bhijd,bhie->bidje", p, spread, A)
     else:
-        blocks = torch.einsum("bij,bijd,bje->bide", p, spread, A)
+        blocks = torch.einsum("bhij,bhijd,bhje->bide", p, spread, A)
         J = torch.zeros(B, N, D, N, D, dtype=torch.float64, device=x.device)
         index = torch.arange(N, device=x.device)
         J[:, index, :, index, :] = blocks.permute(1, 0, 2, 3)
@@ -204,6 +203,10 @@ RATE_SHARE = 0.2
 
 @requires(Tag.SCORE_MATRIX)
 @requires_share(RATE_LABEL, RATE_SHARE)
+# requires_share judges how many draws reach the regime (and names it in one line when too few do); Hypothesis's own
+# filter health check would stop first on a variant whose rho(J*) is mostly below RATE_RHO_MIN at these scales
+# (multihead: its values pass through two weight matrices, rho ~ s^4; 68% of the ci draws filtered, 32% informative)
+@settings(suppress_health_check=[HealthCheck.filter_too_much])
 @given(case=rate_cases)
 def test_observed_rate_matches_spectral_radius(variant: Variant, case: Case, device) -> None:
     """The rate of the solver's own residual history (what measure reports) is rho(J*) of the dense Jacobian

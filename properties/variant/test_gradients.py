@@ -492,6 +492,21 @@ def round_to_float32(layer: FixedPointLayer) -> None:
 F32_SOURCES = 4
 
 
+def mixed_derivative_norm(layer: FixedPointLayer, x: Tensor, y: Tensor, g: Tensor) -> float:
+    """||d/dy (g^T df(y; x)/dtheta)||_2 at y, dense (float64 autograd, a double backward): how fast the weight
+    gradient's pullback moves when the point it is taken at moves."""
+    params = list(layer.parameters())
+    f = layer.fixed_point_map(x.detach())
+
+    def pullback_at(z: Tensor) -> Tensor:
+        grads = torch.autograd.grad(f(z), params, g.detach(), create_graph=True, materialize_grads=True)
+        return torch.cat([t.flatten() for t in grads])
+
+    with torch.enable_grad():
+        M = torch.autograd.functional.jacobian(pullback_at, y.detach().clone())
+    return float(torch.linalg.matrix_norm(M.reshape(M.shape[0], -1), ord=2))
+
+
 @requires(Tag.WEIGHT_DEPENDENT)
 @given(case=small_cases)
 def test_float32_gradients_match_float64(variant: Variant, case: Case, device) -> None:
@@ -524,8 +539,16 @@ def test_float32_gradients_match_float64(variant: Variant, case: Case, device) -
     assume(solution32.converged)  # a float32 forward that stalls above n eps32 has no fixed point to compare at
     relative = F32_SOURCES * float((an.cond * n * eps(F32) * (1 + torch.linalg.matrix_norm(an.J, ord=2))).max())
     floor = floor_of(x, v)
+    # The float32 fixed point sits up to cond n eps32 ||y*|| from y* (its relative stop, then the conditioning), and
+    # g^T df/dtheta moves with y by the mixed derivative d/dy (g^T df/dtheta): near uniform attention df/dtheta is
+    # small while that derivative is not (found on causal, N = 2, D = 1, p = (0.498, 0.502): 3x the budget without it).
+    offset = F32_SOURCES * float((an.cond * n * eps(F32)).max()) * float(solution.y.norm())
     assert_close(
-        grads32.weights, an.reference.weights, an.scale_weights * relative, floor, "dL/dW float32 vs dense float64"
+        grads32.weights,
+        an.reference.weights,
+        an.scale_weights * relative + mixed_derivative_norm(layer, x, solution.y, an.g) * offset,
+        floor,
+        "dL/dW float32 vs dense float64",
     )
     assert_close(grads32.x, an.reference.x, an.scale_x * relative, floor, "dL/dx float32 vs dense float64")
     assert rel_err(grads32.weights, an.reference.weights, floor, "dL/dW float32") <= F32_REL_TOL, "issue 3 target"

@@ -183,14 +183,17 @@ def rounding(layer: FixedPointLayer, x: Tensor) -> Tensor:
     twin = float64_twin(layer)
     xd = x.double()
     with torch.no_grad():
-        A = twin.score_matrix(xd)  # type: ignore[operator]
-        V = twin.values(xd)  # type: ignore[operator]
+        heads_A, heads_V = analysis.head_terms(twin, xd)  # [B, h, N, .]: one head for a single-head layer
     _, n, d = x.shape
-    reach = rows_norm(V) + rows_norm(xd) + math.sqrt(d)
-    scores = rows_norm(A) * reach
-    magnitude = V.abs().amax(dim=(-2, -1)) + xd.abs().amax(dim=(-2, -1))
+    total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    for A, V in zip(heads_A.unbind(-3), heads_V.unbind(-3)):  # a multi-head map rounds by the sum of its heads'
+        reach = rows_norm(V) + rows_norm(xd) + math.sqrt(d)
+        scores = rows_norm(A) * reach
+        magnitude = V.abs().amax(dim=(-2, -1)) + xd.abs().amax(dim=(-2, -1))
+        total = total + (1 + scores) * magnitude
     eps = torch.finfo(x.dtype).eps
-    return math.sqrt(n * d) * (n + d) * eps * (1 + scores) * magnitude
+    # (+ h - 1 additions over the heads per entry: n + d + h - 1 terms in all)
+    return math.sqrt(n * d) * (n + d + heads_A.shape[-3] - 1) * eps * total
 
 
 @requires(Tag.SCORE_MATRIX)
