@@ -27,7 +27,7 @@ from torch import Tensor
 
 from iqa.layer import FixedPointLayer
 from iqa.solvers import Map
-from iqa.variants import Variant
+from iqa.variants import Domain, Variant
 from iqa.zoo import missing_extra
 
 try:
@@ -51,6 +51,8 @@ class PerceiverLayer(FixedPointLayer):
         "weight_dependent",
         "deterministic",
     )
+    #: LayerNorms over D (constant at D = 1); any N; K slots drawn on their own, passed as ``slots=K``.
+    domain = Domain(min_dim=2, slots=(1, 5))
     #: The learned latents are the start, not a weight of the map: the weight scale leaves them alone.
     unscaled = frozenset({"module.latents"})
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from iqa.layer import FixedPointLayer
 from iqa.solvers import Map
-from iqa.variants import Variant
+from iqa.variants import Domain, Variant
 from iqa.zoo import missing_extra
 
 try:
@@ -48,6 +48,8 @@ class SlotAttentionLayer(FixedPointLayer):
         "deterministic",  # the start's noise comes from the layer's own seeded generator
     )
 
+    #: LayerNorms over D (constant at D = 1); any N; K slots drawn on their own, passed as ``slots=K``.
+    domain = Domain(min_dim=2, slots=(1, 5))
     def __init__(
         self,
         embed_dim: int,
