@@ -50,6 +50,7 @@ class SlotAttentionLayer(FixedPointLayer):
 
     #: LayerNorms over D (constant at D = 1); any N; K slots drawn on their own, passed as ``slots=K``.
     domain = Domain(min_dim=2, slots=(1, 5))
+
     def __init__(
         self,
         embed_dim: int,
