@@ -29,6 +29,7 @@ from torch import Tensor
 from iqa.analysis.certificates import (
     SCORES_A_YT,
     check_state_fits,
+    has_heads,
     max_row_norm,
     relaxation,
     score_form,
@@ -60,10 +61,10 @@ def consensus_distance(y: Tensor, x: Tensor) -> Tensor:
 
 def consensus_matrix(layer: Any, x: Tensor) -> Tensor:
     """P = A^T V_c / N per batch element, [B, D, D]: rho_c = rho(P) for the unrelaxed map."""
-    if not supports_certificates(layer):
+    if not supports_certificates(layer) or has_heads(layer):
         raise TypeError(
             f"{type(layer).__name__} has no score_matrix(x)/values(x): the consensus analysis needs a map "
-            "of the form softmax(A Y^T) V"
+            "of the form softmax(A Y^T) V (one head)"
         )
     if score_form(layer) != SCORES_A_YT:
         raise TypeError(

@@ -33,7 +33,9 @@ def test_attention_weights_are_the_softmax_of_the_map(variant: Variant, case: Ca
     x = case.inputs(device)
     f = layer.fixed_point_map(x)
     weights = analysis.attention_weights(f, x)
-    assert len(weights) == 1 and weights[0].shape == (case.batch, case.tokens, case.tokens)
+    heads = analysis.head_terms(layer, x)[0].shape[-3]  # one softmax over every head's rows at once
+    shape = (case.batch, case.tokens, case.tokens) if heads == 1 else (case.batch, heads, case.tokens, case.tokens)
+    assert len(weights) == 1 and weights[0].shape == shape
     eps = torch.finfo(case.dtype).eps
     assert bool(((weights[0].sum(-1) - 1).abs() <= (case.tokens + 2) * eps).all())
     gap = analysis.saturation_gap(f, x)

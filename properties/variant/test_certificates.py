@@ -32,7 +32,7 @@ from iqa.layer import FixedPointLayer
 from iqa.variants import Tag, Variant
 from properties.fixed_points import element_jacobian
 from properties.regimes import solve_and_observe
-from properties.strategies import ANY_SCALE, FACTORED_ELEMENTS, Case, cases
+from properties.strategies import ANY_SCALE, FACTORED_ELEMENTS, Case, active_domain, cases
 from properties.tags import requires
 
 #: hull_points draws B N^2 logits through Hypothesis: N <= 16 keeps that under 800 values (3 x 16^2).
@@ -80,10 +80,10 @@ def test_lipschitz_certificates_are_sound(variant: Variant, case: Case, data: st
     is too small by any factor fails."""
     extremal = data.draw(st.integers(0, 3), label="extremal configuration") == 0
     event(f"extremal configuration: {extremal}")
-    if extremal:
-        case = dataclasses.replace(case, batch=1, tokens=2, dim=1)
+    if extremal:  # in the narrowest width the variant's domain allows (D = 1, or the number of heads)
+        case = dataclasses.replace(case, batch=1, tokens=2, dim=active_domain().smallest_dim(1) or 1)
     layer = case.layer(variant, device)
-    x = extremal_tokens(1.0, case.dtype, device) if extremal else case.inputs(device)
+    x = extremal_tokens(1.0, case.dtype, device, case.dim) if extremal else case.inputs(device)
     solve_and_observe(layer, x)
     rows = state_rows(layer, x)
     logits1, logits2 = data.draw(hull_points(case, 2, rows), label="mixing logits")
@@ -229,9 +229,11 @@ TIGHTNESS = 0.5
 TIGHT_GRID = 41
 
 
-def extremal_tokens(c: float, dtype: torch.dtype, device: torch.device | str) -> Tensor:
-    """x = (c, -c): two antipodal one-dimensional tokens, [1, 2, 1]."""
-    return torch.tensor([[[c], [-c]]], dtype=torch.float64).to(dtype=dtype, device=device)
+def extremal_tokens(c: float, dtype: torch.dtype, device: torch.device | str, dim: int = 1) -> Tensor:
+    """x = (c e_1, -c e_1): two antipodal tokens along the first axis, [1, 2, dim]."""
+    x = torch.zeros(1, 2, dim, dtype=torch.float64)
+    x[0, :, 0] = torch.tensor([c, -c], dtype=torch.float64)
+    return x.to(dtype=dtype, device=device)
 
 
 def local_lipschitz_rows(layer, x: Tensor, grid: int, a: float = 1.0) -> Tensor:  # type: ignore[no-untyped-def]

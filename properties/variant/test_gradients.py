@@ -51,7 +51,7 @@ from properties.gradient_reference import (
     rel_err,
     solve_options,
 )
-from properties.regimes import SATURATION_GAP, requires_share
+from properties.regimes import SATURATION_GAP, require, requires_share
 from properties.strategies import CONTRACTIVE_SCALES, WEIGHT_JACOBIAN_ELEMENTS, Case, cases
 from properties.tags import requires
 
@@ -94,7 +94,7 @@ def solved(case: Case, variant: Variant, device: torch.device, **options: object
     event(f"saturated attention: {gap <= SATURATION_GAP}")
     # Nearly one-hot attention (regimes.py's "saturated") has J* ~ 0 and weight gradients at the rounding level:
     # no gradient comparison has a signal there, so those cases are rejected, not compared.
-    assume(not gap <= SATURATION_GAP)
+    require(not gap <= SATURATION_GAP, f"attention not saturated (1 - max_j p_ij > {SATURATION_GAP:g})")
     return layer, x
 
 
@@ -265,7 +265,7 @@ def test_unrolled_error_falls_at_rate_rho(variant: Variant, case: Case, device) 
     rho = float(an.rho.max())
     event(f"rho in [{math.floor(rho * 5) / 5:.1f}, {math.floor(rho * 5) / 5 + 0.2:.1f})")
     note(an.describe())
-    assume(rho >= RATE_RHO_MIN)  # see the fuller precondition below; checked first so no floor is tested for it
+    require(rho >= RATE_RHO_MIN, f"rho(J*) >= {RATE_RHO_MIN}", rho=rho)  # checked first: no floor is tested for it
     reference = an.reference.weights
     floor = floor_of(x, v)
     ref_norm = float(torch.linalg.vector_norm(reference))
@@ -275,7 +275,8 @@ def test_unrolled_error_falls_at_rate_rho(variant: Variant, case: Case, device) 
     # the depth (log(TOL64) / log(rho) ~ 134 steps) affordable.
     # Below RATE_RHO_MIN the error falls through the ~13 decades above rounding in a handful of steps, all of
     # them in the forward's nonlinear transient, where C(T) is not yet of low degree: no asymptotic slope to fit.
-    assume(max(RATE_RHO_MIN, SIGNAL_OVER_NOISE * noise / ref_norm) <= rho <= 0.8)
+    low = max(RATE_RHO_MIN, SIGNAL_OVER_NOISE * noise / ref_norm)
+    require(low <= rho <= 0.8, "rho(J*) in [max(0.1, 100 x the noise), 0.8]", rho=rho)
     # Past the depth where the seed loop has converged, e_T sits at the noise; a few steps more show the floor.
     t_max = converged_depth(layer, x) + 5
     assume(t_max <= MAX_ITER)
@@ -457,7 +458,7 @@ def test_phantom_error_within_bound(variant: Variant, case: Case, k: int, dampin
     )
     phantom = layer_grads(phantom_layer, x, v).weights
     an = analyse_solved(layer, x, v)
-    assume(float(an.rho.max()) >= PHANTOM_RHO_MIN)
+    require(float(an.rho.max()) >= PHANTOM_RHO_MIN, f"rho(J*) >= {PHANTOM_RHO_MIN}", rho=float(an.rho.max()))
     eye = torch.eye(an.n, dtype=F64, device=an.J.device)
     B_T = ((1 - damping) * eye + damping * an.J).transpose(1, 2)
     e = (torch.linalg.matrix_power(B_T, k) @ an.g.flatten(1).unsqueeze(-1)).reshape(an.y.shape)
@@ -494,6 +495,21 @@ def round_to_float32(layer: FixedPointLayer) -> None:
 F32_SOURCES = 4
 
 
+def mixed_derivative_norm(layer: FixedPointLayer, x: Tensor, y: Tensor, g: Tensor) -> float:
+    """||d/dy (g^T df(y; x)/dtheta)||_2 at y, dense (float64 autograd, a double backward): how fast the weight
+    gradient's pullback moves when the point it is taken at moves."""
+    params = list(layer.parameters())
+    f = layer.fixed_point_map(x.detach())
+
+    def pullback_at(z: Tensor) -> Tensor:
+        grads = torch.autograd.grad(f(z), params, g.detach(), create_graph=True, materialize_grads=True)
+        return torch.cat([t.flatten() for t in grads])
+
+    with torch.enable_grad():
+        M = torch.autograd.functional.jacobian(pullback_at, y.detach().clone())
+    return float(torch.linalg.matrix_norm(M.reshape(M.shape[0], -1), ord=2))
+
+
 @requires(Tag.WEIGHT_DEPENDENT)
 @given(case=small_cases)
 def test_float32_gradients_match_float64(variant: Variant, case: Case, device) -> None:
@@ -526,8 +542,16 @@ def test_float32_gradients_match_float64(variant: Variant, case: Case, device) -
     assume(solution32.converged)  # a float32 forward that stalls above n eps32 has no fixed point to compare at
     relative = F32_SOURCES * float((an.cond * n * eps(F32) * (1 + torch.linalg.matrix_norm(an.J, ord=2))).max())
     floor = floor_of(x, v)
+    # The float32 fixed point sits up to cond n eps32 ||y*|| from y* (its relative stop, then the conditioning), and
+    # g^T df/dtheta moves with y by the mixed derivative d/dy (g^T df/dtheta): near uniform attention df/dtheta is
+    # small while that derivative is not (found on causal, N = 2, D = 1, p = (0.498, 0.502): 3x the budget without it).
+    offset = F32_SOURCES * float((an.cond * n * eps(F32)).max()) * float(solution.y.norm())
     assert_close(
-        grads32.weights, an.reference.weights, an.scale_weights * relative, floor, "dL/dW float32 vs dense float64"
+        grads32.weights,
+        an.reference.weights,
+        an.scale_weights * relative + mixed_derivative_norm(layer, x, solution.y, an.g) * offset,
+        floor,
+        "dL/dW float32 vs dense float64",
     )
     assert_close(grads32.x, an.reference.x, an.scale_x * relative, floor, "dL/dx float32 vs dense float64")
     assert rel_err(grads32.weights, an.reference.weights, floor, "dL/dW float32") <= F32_REL_TOL, "issue 3 target"
