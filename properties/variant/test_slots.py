@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 
 import torch
-from hypothesis import assume, event, given, note
+from hypothesis import event, given, note
 from hypothesis import strategies as st
 from torch import Tensor
 from torch.func import jacrev, vmap
@@ -33,7 +33,9 @@ from iqa import analysis, solve
 from iqa.analysis.certified_solution import in_norm, token_norm
 from iqa.analysis.rounding import map_rounding
 from iqa.layer import FixedPointLayer
+from iqa.rejections import reject
 from iqa.variants import Tag, Variant
+from properties.fixed_points import require_converged
 from properties.regimes import observation_tol, observe
 from properties.strategies import CONTRACTIVE_SCALES, FACTORED_ELEMENTS, Case, cases
 from properties.tags import requires
@@ -47,15 +49,15 @@ SLOT_SCALES = st.one_of(CONTRACTIVE_SCALES, st.floats(1.0, 4.0))
 slot_cases = cases(tokens=(2, 6), scales=SLOT_SCALES, max_elements=FACTORED_ELEMENTS)
 
 
-def picard(layer: FixedPointLayer, x: Tensor, y0: Tensor) -> tuple[Tensor, Tensor]:
+def picard(layer: FixedPointLayer, x: Tensor, y0: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     """Picard from y0 to observation_tol(x); (y, defect) with defect = ||f(y) - y||_F + the rounding of one
     evaluation of f (map_rounding per row, sqrt(K) times for Frobenius), per batch element. Rejects a case
-    that does not converge."""
+    that does not converge, with the reason recorded (a layer that never converges gets "not reached")."""
     f = layer.fixed_point_map(x)
     with torch.no_grad():
         solution = solve(f, y0, tol=observation_tol(x), max_iter=MAX_ITER)
         event(f"slots: Picard {solution.status.name}")
-        assume(solution.converged)
+        require_converged(solution, f, scale)
         y = solution.y
         residual = token_norm(f(y) - y, "fro").cpu()
     observe(layer, x, solution)
@@ -68,7 +70,8 @@ def isolation(layer: FixedPointLayer, x: Tensor, y: Tensor) -> Tensor:
     J = analysis.jacobian(layer.fixed_point_map(x), y).to(torch.float64)
     eye = torch.eye(J.shape[-1], dtype=torch.float64, device=J.device)
     sigma = torch.linalg.svdvals(eye - J)[..., -1].cpu()
-    assume(bool((sigma > 0).all()))
+    if not bool((sigma > 0).all()):
+        reject("no isolated fixed point (sigma_min(I - J) = 0)")
     return sigma
 
 
@@ -121,10 +124,11 @@ def test_token_permutation_invariance(variant: Variant, case: Case, data: st.Dat
     layer = case.layer(variant, device)
     x = case.inputs(device)
     perm = torch.tensor(data.draw(st.permutations(range(case.tokens)), label="permutation"), device=device)
-    assume(bool((perm != torch.arange(case.tokens, device=device)).any()))  # the identity proves nothing
+    if not bool((perm != torch.arange(case.tokens, device=device)).any()):
+        reject("the identity permutation of the tokens (it proves nothing)")
     x_perm = x[:, perm]
-    y, defect = picard(layer, x, layer.initial_point(x))
-    y_perm, defect_perm = picard(layer, x_perm, layer.initial_point(x_perm))
+    y, defect = picard(layer, x, layer.initial_point(x), case.scale)
+    y_perm, defect_perm = picard(layer, x_perm, layer.initial_point(x_perm), case.scale)
     sigma = isolation(layer, x, y)
     state_bound = (defect + defect_perm) / sigma
     state_gap = token_norm(y_perm - y, "fro").cpu()
@@ -151,7 +155,8 @@ def slot_permutation(data: st.DataObject, slots: int, device: torch.device | str
     """A permutation of the K slots other than the identity (K >= 2; with one slot there is nothing to permute,
     and the case is rejected)."""
     event(f"slots: K = {slots}")
-    assume(slots >= 2)
+    if slots < 2:
+        reject("one slot: no permutation of the slots to apply")
     perm = data.draw(st.permutations(range(slots)).filter(lambda p: list(p) != sorted(p)), label="slot permutation")
     return torch.tensor(perm, device=device)
 
@@ -196,8 +201,8 @@ def test_solve_from_permuted_slots(variant: Variant, case: Case, data: st.DataOb
     x = case.inputs(device)
     y0 = layer.initial_point(x)
     perm = slot_permutation(data, y0.shape[-2], device)
-    y, defect = picard(layer, x, y0)
-    y_perm, defect_perm = picard(layer, x, y0[:, perm])
+    y, defect = picard(layer, x, y0, case.scale)
+    y_perm, defect_perm = picard(layer, x, y0[:, perm], case.scale)
     sigma = isolation(layer, x, y)
     state_bound = (defect + defect_perm) / sigma
     state_gap = token_norm(y_perm - y[:, perm], "fro").cpu()
