@@ -104,7 +104,7 @@ def test_jacobian_norm_on_a_slot_state_matches_singular_values() -> None:
 def test_certificates_say_the_toy_has_no_score_form() -> None:
     layer, x = toy(), tokens()
     assert not analysis.supports_certificates(layer)
-    with pytest.raises(TypeError, match="certificates do not apply"):
+    with pytest.raises(TypeError, match="no certificate applies"):
         analysis.certificates(layer, x)
 
 
