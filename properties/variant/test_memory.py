@@ -50,9 +50,10 @@ memory_cases = cases(tokens=(2, 6), scales=CONTRACTIVE_SCALES)
 @given(case=memory_cases)
 def test_saved_bytes_by_depth(variant: Variant, case: Case, device: torch.device) -> None:
     """Implicit and phantom: constant in the forward depth; unrolled: exactly affine with a slope of at
-    least one iterate (a state) per step; the implicit mode keeps at most what one unrolled step keeps plus one
-    state (the fixed point handed to the readout), so at 100 steps it saves about 100 x fewer bytes when a step's
-    activations dominate (57-80 x for the built-ins; issue 3 asked for >= 50 x), fewer where what f computes once
+    least one iterate (a state) per step; the implicit mode applies f once (at y*, as one unrolled step applies it
+    once at y0), and beyond that keeps at most two more states: y* as its record of the fixed point for the
+    adjoint, and y* as the output handed on (to the readout). So at 100 steps it saves about 100 x fewer bytes
+    when a step's activations dominate (issue 3 asked for >= 50 x at 100 steps), fewer where what f computes once
     from x, or the readout, is large next to a step."""
     event(f"dtype {case.dtype}")
     unrolled = [forward_bytes(case, variant, device, "unrolled", t) for t in DEPTHS]
@@ -74,9 +75,9 @@ def test_saved_bytes_by_depth(variant: Variant, case: Case, device: torch.device
     ratio = unrolled[-1] / implicit[-1]
     note(f"unrolled/implicit at {DEPTHS[-1]} steps: {ratio:.1f}; one unrolled step: {one_step}")
     event(f"unrolled/implicit at {DEPTHS[-1]} steps: {'>= 50' if ratio >= 50 else '< 50'}")
-    assert implicit[-1] <= one_step + iterate_bytes, (
-        f"the implicit mode keeps {implicit[-1]} bytes, more than one unrolled step ({one_step}) plus one state "
-        f"({iterate_bytes}): it keeps more than one application of f"
+    assert implicit[-1] <= one_step + 2 * iterate_bytes, (
+        f"the implicit mode keeps {implicit[-1]} bytes, more than one unrolled step ({one_step}) plus two states "
+        f"({iterate_bytes} each): it keeps more than one application of f"
     )
 
 
