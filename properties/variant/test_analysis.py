@@ -32,7 +32,8 @@ from iqa.analysis.spectral import TIE, eig_blocks
 from iqa.layer import FixedPointLayer
 from iqa.solvers import Solution
 from iqa.variants import Tag, Variant
-from properties.regimes import observe, reached, requires_share, solve_and_observe
+from properties.fixed_points import require_converged
+from properties.regimes import observe, require, requires_share, solve_and_observe
 from properties.strategies import ANY_SCALE, FACTORED_ELEMENTS, Case, cases
 from properties.tags import requires
 
@@ -214,7 +215,7 @@ def test_observed_rate_matches_spectral_radius(variant: Variant, case: Case, dev
     layer = case.layer(variant, device)
     x = case.inputs(device)
     solution = picard_to_rounding(layer, x)
-    assume(solution.converged)  # no asymptotic rate to compare otherwise
+    require_converged(solution, layer.fixed_point_map(x), case.scale)  # no asymptotic rate to compare otherwise
     rhos = analysis.spectrum(layer.fixed_point_map(x), solution.y, "dense").rho.tolist()
     checks = []
     for b, rho in enumerate(rhos):
@@ -228,7 +229,7 @@ def test_observed_rate_matches_spectral_radius(variant: Variant, case: Case, dev
         else:
             checks.append(check)
     # some element must tell rho from rho / 2; how often one does is asserted (requires_share), not hoped for
-    assume(reached(RATE_LABEL, any(check.tolerance < INFORMATIVE for check in checks)))
+    require(any(check.tolerance < INFORMATIVE for check in checks), RATE_LABEL)
     for check in checks:
         gap = abs(math.log(check.rate / check.rho))
         event(tolerance_bucket(check.tolerance))
@@ -247,7 +248,7 @@ def test_picard_follows_its_linearization(variant: Variant, case: Case, device) 
     layer = case.layer(variant, device)
     x = case.inputs(device)
     solution = picard_to_rounding(layer, x)
-    assume(solution.converged)  # no asymptotic rate to compare otherwise
+    require_converged(solution, layer.fixed_point_map(x), case.scale)  # no asymptotic rate to compare otherwise
     assert solution.iterates is not None
     spectrum = analysis.spectrum(layer.fixed_point_map(x), solution.y)
     intervals = rate_intervals(layer, x, solution.iterates)

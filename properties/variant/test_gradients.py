@@ -51,7 +51,7 @@ from properties.gradient_reference import (
     rel_err,
     solve_options,
 )
-from properties.regimes import SATURATION_GAP, requires_share
+from properties.regimes import SATURATION_GAP, require, requires_share
 from properties.strategies import CONTRACTIVE_SCALES, WEIGHT_JACOBIAN_ELEMENTS, Case, cases
 from properties.tags import requires
 
@@ -94,7 +94,7 @@ def solved(case: Case, variant: Variant, device: torch.device, **options: object
     event(f"saturated attention: {gap <= SATURATION_GAP}")
     # Nearly one-hot attention (regimes.py's "saturated") has J* ~ 0 and weight gradients at the rounding level:
     # no gradient comparison has a signal there, so those cases are rejected, not compared.
-    assume(not gap <= SATURATION_GAP)
+    require(not gap <= SATURATION_GAP, f"attention not saturated (1 - max_j p_ij > {SATURATION_GAP:g})")
     return layer, x
 
 
@@ -265,7 +265,7 @@ def test_unrolled_error_falls_at_rate_rho(variant: Variant, case: Case, device) 
     rho = float(an.rho.max())
     event(f"rho in [{math.floor(rho * 5) / 5:.1f}, {math.floor(rho * 5) / 5 + 0.2:.1f})")
     note(an.describe())
-    assume(rho >= RATE_RHO_MIN)  # see the fuller precondition below; checked first so no floor is tested for it
+    require(rho >= RATE_RHO_MIN, f"rho(J*) >= {RATE_RHO_MIN}", rho=rho)  # checked first: no floor is tested for it
     reference = an.reference.weights
     floor = floor_of(x, v)
     ref_norm = float(torch.linalg.vector_norm(reference))
@@ -275,7 +275,8 @@ def test_unrolled_error_falls_at_rate_rho(variant: Variant, case: Case, device) 
     # the depth (log(TOL64) / log(rho) ~ 134 steps) affordable.
     # Below RATE_RHO_MIN the error falls through the ~13 decades above rounding in a handful of steps, all of
     # them in the forward's nonlinear transient, where C(T) is not yet of low degree: no asymptotic slope to fit.
-    assume(max(RATE_RHO_MIN, SIGNAL_OVER_NOISE * noise / ref_norm) <= rho <= 0.8)
+    low = max(RATE_RHO_MIN, SIGNAL_OVER_NOISE * noise / ref_norm)
+    require(low <= rho <= 0.8, "rho(J*) in [max(0.1, 100 x the noise), 0.8]", rho=rho)
     # Past the depth where the seed loop has converged, e_T sits at the noise; a few steps more show the floor.
     t_max = converged_depth(layer, x) + 5
     assume(t_max <= MAX_ITER)
@@ -454,7 +455,7 @@ def test_phantom_error_within_bound(variant: Variant, case: Case, k: int, dampin
     )
     phantom = layer_grads(phantom_layer, x, v).weights
     an = analyse_solved(layer, x, v)
-    assume(float(an.rho.max()) >= PHANTOM_RHO_MIN)
+    require(float(an.rho.max()) >= PHANTOM_RHO_MIN, f"rho(J*) >= {PHANTOM_RHO_MIN}", rho=float(an.rho.max()))
     eye = torch.eye(an.n, dtype=F64, device=an.J.device)
     B_T = ((1 - damping) * eye + damping * an.J).transpose(1, 2)
     e = (torch.linalg.matrix_power(B_T, k) @ an.g.flatten(1).unsqueeze(-1)).reshape(v.shape)

@@ -45,6 +45,7 @@ from iqa.analysis.rounding import map_rounding
 from iqa.layer import FixedPointLayer
 from iqa.solvers import Solution
 from iqa.variants import Tag, Variant
+from properties.fixed_points import require_converged
 from properties.regimes import observation_tol, observe
 from properties.strategies import ANY_SCALE, FACTORED_ELEMENTS, Case, cases
 from properties.tags import requires
@@ -104,7 +105,7 @@ def local_solve(layer: FixedPointLayer, x: Tensor) -> tuple[Tensor, Tensor, Solu
     tol = observation_tol(x)
     with torch.no_grad():
         solution = solve(f, layer.initial_point(x), tol=tol, max_iter=LOCAL_MAX_ITER)
-        assume(solution.converged)
+        require_converged(solution, f)
         y = solution.y
         residual = token_norm(f(y) - y, "fro").cpu()
     return y, residual + in_norm(map_rounding(layer, x, y).cpu(), "fro", x.shape[-2]), solution

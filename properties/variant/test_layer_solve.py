@@ -2,7 +2,7 @@
 
 - convex hull: every output row is a convex combination of the rows of x
   (variants tagged ``convex_hull``), up to a rounding bound derived below;
-- N = 1 gives y == x and n_iters = 0 gives x, bit for bit (seed mode);
+- N = 1 gives y == x, and n_iters = 0 gives the readout of the variant's own start y0, bit for bit (seed mode);
 - where a certificate kappa < 1 (docs/theory.md#certificates) proves contraction, Picard converges
   within the a-priori step count and Picard and Anderson reach the same fixed
   point within 2 (tol + delta) / (1 - kappa);
@@ -28,7 +28,7 @@ from iqa import Status, analysis
 from iqa.layer import FixedPointLayer
 from iqa.solvers import MAX_PERIOD, Map
 from iqa.variants import Tag, Variant
-from properties.regimes import reached, requires_share
+from properties.regimes import require, requires_share
 from properties.strategies import CONTRACTIVE_SCALES, Case, cases
 from properties.tags import requires
 
@@ -118,14 +118,23 @@ def test_single_token_is_fixed(variant: Variant, case: Case, n_iters: int, devic
 
 
 @given(case=cases())
-def test_zero_iterations_return_x(variant: Variant, case: Case, device):
-    """n_iters = 0 returns the starting point, x itself (as a copy), bit for bit, in every variant."""
+def test_zero_iterations_return_the_start(variant: Variant, case: Case, device):
+    """n_iters = 0 takes no step: the state is the variant's own start y0 = initial_point(x) (x itself for the seed,
+    a learned or seeded start for a slot layer), not x's storage, the history is [y0], and the output is the
+    readout g(y0, x), bit for bit, in every variant. The start is the same on every call (a noise start draws
+    from the layer's start_generator, never from torch's global RNG)."""
     layer = case.layer(variant, device, n_iters=0)
     x = case.inputs(device)
-    y, history = layer(x, track=True)
-    assert torch.equal(y, x)
-    assert y.data_ptr() != x.data_ptr()
-    assert len(history) == 1 and torch.equal(history[0], x)
+    with torch.no_grad():
+        y0 = layer.initial_point(x)
+        assert torch.equal(layer.initial_point(x), y0), "initial_point(x) differs between two calls"
+        state, history = layer.solve_state(x, track=True)
+        y = layer(x)
+        readout = layer.readout(y0, x)
+    assert torch.equal(state, y0), "n_iters = 0: the state is not the layer's own start initial_point(x)"
+    assert state.data_ptr() != x.data_ptr(), "n_iters = 0 returns x's own storage, not a copy"
+    assert len(history) == 1 and torch.equal(history[0], y0), "the tracked history is not [y0]"
+    assert torch.equal(y, readout), "n_iters = 0: the output is not the readout g(y0, x) of the start"
 
 
 # --- solves under a certificate -----------------------------------------------------------------------------------
@@ -289,7 +298,8 @@ CYCLE_MAX_ITER = 200
 
 def cycling_case(case: Case, variant: Variant) -> Case:
     """A case (the drawn one, or a seed offset of it, batch 1) whose Picard orbit the independent check finds
-    periodic from t0 <= CYCLE_START; rejected (assume) when none of CYCLE_ATTEMPTS is, counted under CYCLE_LABEL."""
+    periodic from t0 <= CYCLE_START; rejected when none of CYCLE_ATTEMPTS is (counted under CYCLE_LABEL, named as
+    the reason: properties.regimes.require)."""
     for attempt in range(CYCLE_ATTEMPTS):
         candidate = dataclasses.replace(case, batch=1, seed=case.seed + 7919 * attempt)
         layer, x = candidate.layer(variant), candidate.inputs()
@@ -298,8 +308,7 @@ def cycling_case(case: Case, variant: Variant) -> Case:
             break
     else:
         found = None
-    reached(CYCLE_LABEL, found is not None)
-    assume(found is not None)
+    require(found is not None, CYCLE_LABEL)
     return candidate
 
 
