@@ -38,6 +38,7 @@ _CONSENSUS_TAGS = {
     Tag.SCALE_COVARIANT,
     Tag.ORTHOGONAL_EQUIVARIANT,
     Tag.DETERMINISTIC,
+    Tag.PADDING_INVARIANT,  # padded tokens: score -inf, value 0 on the softmax axis
 }
 
 
@@ -179,13 +180,21 @@ BUILTIN_VARIANTS: tuple[Variant, ...] = (
             Tag.ORTHOGONAL_EQUIVARIANT,
             Tag.SCORE_MATRIX,
             Tag.DETERMINISTIC,
+            Tag.PADDING_INVARIANT,  # padded tokens: score -inf, value 0 on the softmax axis
         },
         expected_failures={},
     ),
     Variant.from_layer(
         PositionalQueryAttention,
         name="positional",
-        tags={Tag.CONVEX_HULL, Tag.BATCH_INDEPENDENT, Tag.WEIGHT_DEPENDENT, Tag.SCORE_MATRIX, Tag.DETERMINISTIC},
+        tags={
+            Tag.CONVEX_HULL,
+            Tag.BATCH_INDEPENDENT,
+            Tag.WEIGHT_DEPENDENT,
+            Tag.SCORE_MATRIX,
+            Tag.DETERMINISTIC,
+            Tag.PADDING_INVARIANT,
+        },
         expected_failures={},
     ),
     Variant.from_layer(
@@ -199,6 +208,7 @@ BUILTIN_VARIANTS: tuple[Variant, ...] = (
             Tag.ORTHOGONAL_EQUIVARIANT,
             Tag.SCORE_MATRIX,
             Tag.DETERMINISTIC,
+            Tag.PADDING_INVARIANT,  # padded tokens: score -inf, value 0 on the softmax axis
         },
         expected_failures={},
     ),

@@ -9,17 +9,19 @@ property no converged fixed point at its claimed scales fails that property too,
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from iqa import cli
+from iqa import Domain, cli
 from iqa.pytest_plugin import read_results
 from iqa.verdicts import FAIL, property_verdicts
 from properties.claim_variants import FALSE_CONTRACTIVE, HONEST_CONTRACTIVE, UNSTABLE_START
 from properties.meta.test_mutants import run_property
+from properties.strategies import use_domain
 from properties.variant.test_claims import test_contractive_claim_holds as claim_holds
 
 #: The claim's property runs derandomized with at least test_mutants.MIN_EXAMPLES examples (run_property).
@@ -62,3 +64,16 @@ def test_a_contractive_claim_never_hides_behind_not_reached(capsys: pytest.Captu
         r"Failed: the variant claims contractive at weight scales \[0\.05, 4\], yet \d+ draws there had no converged",
         row["detail"],
     ), row["detail"]
+
+
+def test_the_claim_is_checked_inside_any_domain() -> None:
+    """A domain whose smallest width is above the property's usual sizes still gets draws, all inside it (a draw
+    outside would make variant.make refuse it; none at all would skip): the claim is never left unchecked."""
+    wide = dataclasses.replace(HONEST_CONTRACTIVE, domain=Domain(dim_multiple=3, min_dim=6, min_tokens=5))
+    with use_domain(wide.domain):
+        outcome = run_property(claim_holds, wide, DEVICE)
+    assert outcome.kind == "passed", outcome.detail
+    refuted = dataclasses.replace(FALSE_CONTRACTIVE, domain=wide.domain)
+    with use_domain(refuted.domain):
+        outcome = run_property(claim_holds, refuted, DEVICE)
+    assert outcome.matches(r"N=[5-9], D=6,"), outcome
