@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from iqa.solvers import SHORTHANDS, ConvergenceError, Map, Solution, Solver, as_solver, solve
 from iqa.solvers.options import check_solve_options, option_error
@@ -273,18 +274,41 @@ def fixed_point(
 
 class _ImplicitOutput(torch.autograd.Function):
     """Value y* (a copy); backward: the incoming v replaced by the adjoint solution g (``hook(v, f(y*), y*)``)
-    as the gradient of f(y*), whose graph then carries g^T df/dtheta. None for y*: its path drops out."""
+    as the gradient of f(y*), whose graph then carries g^T df/dtheta. None for y*: its path drops out.
+
+    f(y*) is kept as its gradient edge (its graph node), not as a tensor, where torch accepts an edge as an
+    output of autograd.grad: its values are never read, so they are not kept alive until the backward."""
 
     @staticmethod
     def forward(ctx: Any, fy: Tensor, y_req: Tensor, y_star: Tensor, hook: Any) -> Tensor:
-        ctx.save_for_backward(fy, y_req)
+        if _EDGE_OUTPUTS:
+            ctx.save_for_backward(y_req)
+            ctx.fy = get_gradient_edge(fy)
+        else:
+            ctx.save_for_backward(y_req, fy)
         ctx.hook = hook
         return y_star.clone()
 
     @staticmethod
     def backward(ctx: Any, v: Tensor) -> tuple[Tensor, None, None, None]:
-        fy, y_req = ctx.saved_tensors
-        return ctx.hook(v, fy, y_req), None, None, None
+        saved = ctx.saved_tensors
+        fy = ctx.fy if _EDGE_OUTPUTS else saved[1]
+        return ctx.hook(v, fy, saved[0]), None, None, None
+
+
+def _edge_outputs() -> bool:
+    """Whether this torch's autograd.grad takes a GradientEdge as an output (recent versions; iqa allows older
+    ones, which keep f(y*) as a tensor instead)."""
+    try:
+        y = torch.ones(1, requires_grad=True)
+        edge = get_gradient_edge(y * 2)
+        (grad,) = torch.autograd.grad(edge, y, torch.ones(1))
+    except (AttributeError, TypeError, RuntimeError):
+        return False
+    return bool(grad.item() == 2.0)
+
+
+_EDGE_OUTPUTS = _edge_outputs()
 
 
 def _uses_other_tensors(out: Tensor, leaf: Tensor) -> bool:
@@ -363,7 +387,7 @@ def _adjoint_hook(
     kwargs = dict(kwargs)
     raise_on_failure = bool(kwargs.pop("raise_on_failure", False))
 
-    def hook(v: Tensor, fy: Tensor, y_req: Tensor) -> Tensor:
+    def hook(v: Tensor, fy: Tensor | GradientEdge, y_req: Tensor) -> Tensor:
         if torch.is_grad_enabled():
             raise RuntimeError(
                 "double backward (create_graph=True) through an implicit fixed point is not supported; "

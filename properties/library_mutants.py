@@ -176,7 +176,7 @@ OTHER_MUTANTS: tuple[LibraryMutant, ...] = (
         "_adjoint_hook",
         "(jtg,) = torch.autograd.grad(fy, y_req, g, retain_graph=True, materialize_grads=True)",
         # J g as the vjp of the vjp w -> J^T w (linear in w), through the graph of f(y*) the hook is given
-        "w = torch.zeros_like(fy, requires_grad=True)\n"
+        "w = torch.zeros_like(v_hat, requires_grad=True)\n"
         "            (jtw,) = torch.autograd.grad(fy, y_req, w, create_graph=True)\n"
         "            (jtg,) = torch.autograd.grad(jtw, w, g, retain_graph=True)",
         "variant.test_gradients:test_float32_gradients_match_float64",
