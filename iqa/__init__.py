@@ -24,7 +24,7 @@ from iqa.grad import (
 from iqa.layer import FixedPointLayer, ImplicitQueryAttention, Tracked
 from iqa.runtime import configure_threads
 from iqa.solvers import Anderson, ConvergenceError, Map, Picard, Solution, Solver, Status, solve
-from iqa.variants import Tag, Variant
+from iqa.variants import Domain, Tag, Variant
 
 __version__ = "0.1.0"
 
@@ -35,6 +35,7 @@ __all__ = [
     "Backward",
     "BackwardConvergenceWarning",
     "ConvergenceError",
+    "Domain",
     "FixedPointLayer",
     "IQAWarning",
     "Implicit",

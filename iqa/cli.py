@@ -68,6 +68,7 @@ def _variants_rows(variants: Sequence[Variant]) -> list[list[str]]:
         [
             v.name,
             ", ".join(sorted(t.value for t in v.tags)) or "(none)",
+            _domain_text(v),
             ", ".join(sorted(v.expected_failures)) or "-",
             v.description,
         ]
@@ -75,11 +76,31 @@ def _variants_rows(variants: Sequence[Variant]) -> list[list[str]]:
     ]
 
 
+def _domain_text(variant: Variant) -> str:
+    """The variant's shape domain, and the weight scales of its contraction claim when it makes one."""
+    text = variant.domain.describe()
+    if variant.contractive_scales is not None:
+        low, high = variant.contractive_scales
+        text += f"; contracts at scales [{low:g}, {high:g}]"
+    return text
+
+
 def _variant_json(variant: Variant, origin: str) -> dict[str, Any]:
+    domain = variant.domain
     return {
         "name": variant.name,
         "origin": origin,
         "tags": sorted(t.value for t in variant.tags),
+        "domain": {
+            "text": domain.describe(),
+            "dim_multiple": domain.dim_multiple,
+            "min_dim": domain.min_dim,
+            "max_dim": domain.max_dim,
+            "min_tokens": domain.min_tokens,
+            "max_tokens": domain.max_tokens,
+            "slots": list(domain.slots) if domain.slots is not None else None,
+        },
+        "contractive_scales": list(variant.contractive_scales) if variant.contractive_scales else None,
         "expected_failures": dict(sorted(variant.expected_failures.items())),
         "description": variant.description,
     }
@@ -98,8 +119,8 @@ def cmd_variants(args: argparse.Namespace) -> int:
     print(
         tabulate(
             _variants_rows(variants),
-            headers=["variant", "tags", "expected failures", "description"],
-            maxcolwidths=[None, 48, 36, 48],
+            headers=["variant", "tags", "shape domain", "expected failures", "description"],
+            maxcolwidths=[None, 40, 24, 30, 40],
         )
     )
     reasons = [(v.name, test, why) for v in variants for test, why in sorted(v.expected_failures.items())]

@@ -13,10 +13,17 @@ says what f is (:meth:`FixedPointLayer.fixed_point_map`) and where to start
   ``layer.last_solution``, with gradients by ``backward``.
 
 ``layer(x, track=True)`` returns a :class:`Tracked` ``(y, iterates)``.
+
+The state y need not have x's shape: a slot or latent layer iterates a state
+``[B, K, D_y]`` from its own start, and :meth:`FixedPointLayer.readout` turns the
+fixed point into the layer's output (by default the state itself).
+:meth:`FixedPointLayer.solve_state` returns the fixed-point state, ``forward``
+its readout.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Literal, NamedTuple, overload
 
@@ -26,7 +33,13 @@ from torch import Tensor, nn
 
 from iqa.grad import AdjointOptions, Backward, Implicit, SolveRecord, Unrolled, as_backward, fixed_point
 from iqa.solvers import Map, Solution, Solver, as_solver, check_solve_options
-from iqa.validation import check_matches_parameters, check_nonnegative_int, check_positive_int, check_tokens
+from iqa.validation import (
+    check_key_padding_mask,
+    check_matches_parameters,
+    check_nonnegative_int,
+    check_positive_int,
+    check_tokens,
+)
 
 DEFAULT_TOL = 1e-6
 DEFAULT_MAX_ITER = 200
@@ -35,8 +48,9 @@ DEFAULT_MAX_ITER = 200
 class Tracked(NamedTuple):
     """What ``layer(x, track=True)`` returns: the output and the iterates that led to it.
 
-    ``iterates`` are detached copies: y0 and each of the ``n_iters`` steps in seed
-    mode; every iterate the solver evaluated f at in solve mode. Unpacks as
+    ``iterates`` are detached copies of the state: y0 and each of the ``n_iters``
+    steps in seed mode; every iterate the solver evaluated f at in solve mode.
+    ``y`` is the layer's output (its readout of the last state). Unpacks as
     ``y, history = layer(x, track=True)``.
     """
 
@@ -61,7 +75,17 @@ class FixedPointLayer(nn.Module):
         phantom_steps, phantom_damping: the phantom gradient's k and lambda; phantom only.
         raise_on_failure: raise :class:`iqa.ConvergenceError` when a forward
             solve (or, for implicit, the adjoint solve) does not converge.
+
+    The protocol a subclass may fill in beyond f and y0: :meth:`readout` (the output from the fixed
+    point), :meth:`weight_roles` (which parameters are keys, queries, values), :attr:`heads`, and a
+    ``key_padding_mask`` keyword of :meth:`fixed_point_map` for layers that take masks.
     """
+
+    #: Attention heads: the rows of the "key" and "query" weights (:meth:`weight_roles`) form this many
+    #: contiguous blocks of D / heads, one per head.
+    heads: int = 1
+    #: Seeds :meth:`start_generator`; the default factory sets it from the variant's seed.
+    start_seed: int = 0
 
     def __init__(
         self,
@@ -110,8 +134,28 @@ class FixedPointLayer(nn.Module):
         raise NotImplementedError
 
     def initial_point(self, x: Tensor) -> Tensor:
-        """y0 for the iteration; the seed starts from a copy of x."""
+        """y0 for the iteration, a state ``[B, K, D_y]``; the seed starts from a copy of x.
+
+        A random start draws from :meth:`start_generator`, never from torch's global RNG, so that the same
+        layer starts from the same point on every forward.
+        """
         return x.clone()
+
+    def start_generator(self, x: Tensor) -> torch.Generator:
+        """A fresh generator on x's device seeded with :attr:`start_seed`: the source of a noise start."""
+        return torch.Generator(device=x.device).manual_seed(self.start_seed)
+
+    def readout(self, y: Tensor, x: Tensor) -> Tensor:
+        """The layer's output g(y*, x) from its fixed-point state y* (default: y* itself)."""
+        return y
+
+    def weight_roles(self) -> dict[str, Tensor]:
+        """Which parameter plays which role, for properties that transform weights by role.
+
+        Roles the suite reads: "key" and "query" (a claim that the scores depend on these two only through
+        W_key^T W_query, per head block of :attr:`heads`), "value", "output". Default: none declared.
+        """
+        return {}
 
     @property
     def last_solution(self) -> Solution | None:
@@ -124,19 +168,39 @@ class FixedPointLayer(nn.Module):
         return self._record.backward
 
     @overload
-    def forward(self, x: Tensor, track: Literal[False] = False) -> Tensor: ...
+    def forward(self, x: Tensor, track: Literal[False] = False, key_padding_mask: Tensor | None = None) -> Tensor: ...
 
     @overload
-    def forward(self, x: Tensor, track: Literal[True]) -> Tracked: ...
+    def forward(self, x: Tensor, track: Literal[True], key_padding_mask: Tensor | None = None) -> Tracked: ...
 
     @overload
-    def forward(self, x: Tensor, track: bool) -> Tensor | Tracked: ...
+    def forward(self, x: Tensor, track: bool, key_padding_mask: Tensor | None = None) -> Tensor | Tracked: ...
 
-    def forward(self, x: Tensor, track: bool = False) -> Tensor | Tracked:
-        """y* for tokens x; with ``track``, a :class:`Tracked` (y*, iterates)."""
+    def forward(self, x: Tensor, track: bool = False, key_padding_mask: Tensor | None = None) -> Tensor | Tracked:
+        """The output g(y*, x) for tokens x (:meth:`readout`); with ``track``, a :class:`Tracked` (output,
+        iterates of the state). ``key_padding_mask`` [B, N] bool, True where a token is padding."""
+        result = self.solve_state(x, track, key_padding_mask)
+        if isinstance(result, Tracked):
+            return Tracked(self.readout(result.y, x), result.iterates)
+        return self.readout(result, x)
+
+    @overload
+    def solve_state(
+        self, x: Tensor, track: Literal[False] = False, key_padding_mask: Tensor | None = None
+    ) -> Tensor: ...
+
+    @overload
+    def solve_state(self, x: Tensor, track: Literal[True], key_padding_mask: Tensor | None = None) -> Tracked: ...
+
+    @overload
+    def solve_state(self, x: Tensor, track: bool, key_padding_mask: Tensor | None = None) -> Tensor | Tracked: ...
+
+    def solve_state(self, x: Tensor, track: bool = False, key_padding_mask: Tensor | None = None) -> Tensor | Tracked:
+        """The fixed-point state y* (before :meth:`readout`), with gradients by the layer's backward mode;
+        with ``track``, a :class:`Tracked` (y*, iterates)."""
         check_tokens(x, self.embed_dim)
         check_matches_parameters(x, self)
-        f = self.fixed_point_map(x)
+        f = self._map(x, key_padding_mask)
         y0 = self.initial_point(x)
         if self.solver is None:
             self._record = SolveRecord()
@@ -159,6 +223,21 @@ class FixedPointLayer(nn.Module):
             assert record.forward is not None and record.forward.iterates is not None
             return Tracked(y, list(record.forward.iterates))
         return y
+
+    def _map(self, x: Tensor, key_padding_mask: Tensor | None) -> Map:
+        if key_padding_mask is None:
+            return self.fixed_point_map(x)
+        check_key_padding_mask(key_padding_mask, x)
+        try:
+            params = inspect.signature(self.fixed_point_map).parameters
+        except (TypeError, ValueError):
+            params = {}  # type: ignore[assignment]
+        if "key_padding_mask" not in params:
+            raise TypeError(
+                f"{type(self).__name__} takes no key_padding_mask: its fixed_point_map(x) has no "
+                "key_padding_mask keyword"
+            )
+        return self.fixed_point_map(x, key_padding_mask=key_padding_mask)  # type: ignore[call-arg]
 
 
 def _iterate(f: Map, y0: Tensor, n_iters: int, track: bool) -> Tensor | Tracked:
@@ -217,6 +296,10 @@ class ImplicitQueryAttention(FixedPointLayer):
     def score_matrix(self, x: Tensor) -> Tensor:
         """A with scores = A y^T: row a_i = Omega^T W_K x_i (A = X W_K^T Omega, docs/theory.md#the-layer)."""
         return self.keys(x) @ self.Omega_Q.weight
+
+    def weight_roles(self) -> dict[str, Tensor]:
+        """Keys W_K and queries Omega_Q: the scores depend on them only through W_K^T Omega_Q."""
+        return {"key": self.W_K.weight, "query": self.Omega_Q.weight}
 
     def score_weight_norm(self) -> Tensor:
         """||M||_2 for A = X M, M = W_K^T Omega: bounds ||a_i|| <= ||M||_2 ||x_i||."""

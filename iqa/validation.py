@@ -71,3 +71,20 @@ def check_matches_parameters(x: Tensor, module: torch.nn.Module) -> None:
             )
         if p.device != x.device:
             raise ValueError(f"x is on {x.device}, but the layer's parameter {name} is on {p.device}; move one of them")
+
+
+def check_key_padding_mask(mask: Any, x: Tensor) -> None:
+    """Require a bool mask [B, N] for x [B, N, D] on x's device (True: padding) that leaves every batch element
+    at least one token: attention over no token is undefined."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"key_padding_mask must be a bool torch.Tensor of shape [B, N], got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"key_padding_mask must have dtype torch.bool (True: padding), got {mask.dtype}")
+    if tuple(mask.shape) != tuple(x.shape[:2]):
+        raise ValueError(f"key_padding_mask has shape {tuple(mask.shape)}, expected [B, N] = {tuple(x.shape[:2])}")
+    if mask.device != x.device:
+        raise ValueError(f"key_padding_mask is on {mask.device}, but x is on {x.device}")
+    empty = mask.all(dim=-1)
+    if bool(empty.any()):
+        rows = empty.nonzero().flatten().tolist()
+        raise ValueError(f"key_padding_mask pads every token of batch element(s) {rows}: nothing left to attend to")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import difflib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from iqa import configure_threads
 from iqa.pytest_plugin import EXPECTED_FAILURE_MARK, NOT_APPLICABLE_MARK
 from iqa.suite import CI, DEV, LARGE, MUTATION, THOROUGH, VARIANT_FOLDER, SuiteError, profile_from_environment
 from iqa.variants import ENV_VARIABLE, Variant, VariantError, resolve_all
+from properties.strategies import use_domain
 from properties.tags import required_tags
 
 configure_threads()
@@ -151,6 +153,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             ]
         params.append(pytest.param(variant, id=variant.name, marks=marks))
     metafunc.parametrize("variant", params)
+
+
+@pytest.fixture(autouse=True)
+def _variant_domain(request: pytest.FixtureRequest) -> Iterator[None]:
+    """While a test that takes a variant runs, strategies.cases draws only inside the variant's shape domain."""
+    callspec = getattr(request.node, "callspec", None)
+    variant = callspec.params.get("variant") if callspec is not None else None
+    if not isinstance(variant, Variant):
+        yield
+        return
+    with use_domain(variant.domain):
+        yield
 
 
 @pytest.fixture(scope="session")

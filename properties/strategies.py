@@ -8,9 +8,13 @@ s >= 10 saturates the attention and rarely converges from x).
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 import torch
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -18,7 +22,7 @@ from hypothesis import strategies as st
 from iqa.layer import FixedPointLayer
 from iqa.measure import Sweep
 from iqa.suite import LARGE, PROFILES, profile_from_environment
-from iqa.variants import Variant
+from iqa.variants import ANY_SHAPE, Domain, Variant
 
 DTYPES = (torch.float64, torch.float32)
 
@@ -33,7 +37,8 @@ ANY_SCALE = st.one_of(
 
 @dataclass(frozen=True)
 class Case:
-    """One drawn configuration: x ~ N(0, 1) of shape [batch, tokens, dim], weights at ``scale``."""
+    """One drawn configuration: x ~ N(0, 1) of shape [batch, tokens, dim], weights at ``scale``; ``slots`` is
+    K for a variant whose domain has slots (given to its factory), None when the state has a row per token."""
 
     batch: int
     tokens: int
@@ -41,6 +46,7 @@ class Case:
     dtype: torch.dtype
     scale: float
     seed: int
+    slots: int | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -54,7 +60,33 @@ class Case:
         return x.to(dtype=self.dtype, device=device)
 
     def layer(self, variant: Variant, device: torch.device | str = "cpu", **options: Any) -> FixedPointLayer:
+        if self.slots is not None:
+            options = {"slots": self.slots, **options}
         return variant.make(self.dim, scale=self.scale, seed=self.seed, dtype=self.dtype, device=device, **options)
+
+
+_DOMAINS: list[Domain] = []
+
+
+@contextmanager
+def use_domain(domain: Domain) -> Iterator[None]:
+    """Make ``domain`` the one :func:`cases` draws inside while the block runs (the suite's conftest does this
+    for every test that takes a variant, with the variant's declared domain)."""
+    _DOMAINS.append(domain)
+    try:
+        yield
+    finally:
+        _DOMAINS.pop()
+
+
+def active_domain() -> Domain:
+    """The shape domain :func:`cases` draws inside now: the tested variant's, or any shape outside a test."""
+    return _DOMAINS[-1] if _DOMAINS else ANY_SHAPE
+
+
+def outside_domain(what: str, domain: Domain) -> None:
+    """End the test as not applicable: the property's shapes (``what``) and the variant's domain do not meet."""
+    pytest.skip(f"outside the variant's domain: the property draws {what}; the domain is {domain.describe()}")
 
 
 #: The largest N and D the ``large`` profile draws (issue 14: realistic sizes), and the profile's name.
@@ -114,21 +146,36 @@ def cases(
     """A :class:`Case`; ``tokens`` and ``dim`` are widened under the large profile (:func:`size_bounds`),
     N * D stays <= ``max_elements`` when given (dense-Jacobian properties) and N <= ``max_tokens`` (properties
     that draw N x N data through Hypothesis, whose choice buffer holds a few thousand values)."""
+    domain = active_domain()
     b = draw(st.integers(*batch))  # the draw order (batch, tokens, dim, ...) fixes the ci profile's examples
-    low, high = size_bounds(tokens, "tokens", max_elements=max_elements, other=dim[0])
+    smallest_dim = domain.smallest_dim(dim[0])
+    low, high = size_bounds(tokens, "tokens", max_elements=max_elements, other=smallest_dim or dim[0])
     if max_tokens is not None:
         if low > max_tokens:
             raise ValueError(f"tokens >= {low} exceeds max_tokens={max_tokens}")
         high = min(high, max_tokens)
-    n = draw(st.integers(low, high))
-    return Case(
+    token_range = domain.tokens(low, high)
+    if token_range is None:
+        outside_domain(f"N in [{low}, {high}]", domain)
+    assert token_range is not None
+    n = draw(st.integers(*token_range))
+    dim_low, dim_high = size_bounds(dim, "dim", max_elements=max_elements, other=n)
+    widths = domain.dims(dim_low, dim_high)
+    if not widths:
+        outside_domain(f"D in [{dim_low}, {dim_high}] (with N = {n})", domain)
+    # Any width allowed: the same draw as before domains existed, so the ci profile's examples are unchanged.
+    d = draw(st.integers(dim_low, dim_high)) if domain.dim_multiple == 1 else draw(st.sampled_from(widths))
+    case = Case(
         batch=b,
         tokens=n,
-        dim=draw(st.integers(*size_bounds(dim, "dim", max_elements=max_elements, other=n))),
+        dim=d,
         dtype=draw(st.sampled_from(dtypes)),
         scale=draw(scales),
         seed=draw(st.integers(0, 2**31 - 1)),
     )
+    if domain.slots is not None:
+        case = dataclasses.replace(case, slots=draw(st.integers(*domain.slots)))
+    return case
 
 
 #: A sweep small enough for unit tests of the measurement and the reports (seconds, not minutes).

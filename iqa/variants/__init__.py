@@ -8,6 +8,7 @@ from iqa.variants.builtin import (
     PositionalQueryAttention,
     ScaledQueryAttention,
 )
+from iqa.variants.domain import ANY_SHAPE, Domain
 from iqa.variants.protocol import Tag, Variant, as_tags, linear_factory
 from iqa.variants.registry import (
     ENTRY_POINT_GROUP,
@@ -20,14 +21,18 @@ from iqa.variants.registry import (
     resolve,
     resolve_all,
 )
+from iqa.variants.weights import LinearFactory, scaled_parameters
 
 __all__ = [
+    "ANY_SHAPE",
     "BUILTIN_VARIANTS",
     "ENTRY_POINT_GROUP",
     "ENV_VARIABLE",
     "DampedQueryAttention",
+    "Domain",
     "HopfieldAttention",
     "InjectedQueryAttention",
+    "LinearFactory",
     "PositionalQueryAttention",
     "ScaledQueryAttention",
     "Tag",
@@ -41,4 +46,5 @@ __all__ = [
     "plugin_variants",
     "resolve",
     "resolve_all",
+    "scaled_parameters",
 ]

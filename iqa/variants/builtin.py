@@ -133,6 +133,9 @@ class InjectedQueryAttention(ImplicitQueryAttention):
     def values(self, x: Tensor) -> Tensor:
         return self.W_V(x)
 
+    def weight_roles(self) -> dict[str, Tensor]:
+        return {**super().weight_roles(), "value": self.W_V.weight}
+
     def fixed_point_map(self, x: Tensor) -> Map:
         attend = super().fixed_point_map(x)  # softmax(K Q(y)^T) W_V(x)
 

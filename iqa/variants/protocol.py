@@ -18,10 +18,11 @@ from types import MappingProxyType
 from typing import Any
 
 import torch
-from torch import nn
 
-from iqa.layer import FixedPointLayer, linear_init_
+from iqa.layer import FixedPointLayer
 from iqa.validation import check_positive_int
+from iqa.variants.domain import ANY_SHAPE, Domain
+from iqa.variants.weights import LinearFactory, check_scale, scaled_parameters
 
 
 class Tag(str, enum.Enum):
@@ -48,6 +49,17 @@ class Tag(str, enum.Enum):
     DETERMINISTIC = "deterministic"
     #: equal, bit for bit, to the seed document's code in seed mode
     SEED_EXACT = "seed_exact"
+    #: Picard converges from the layer's own y0 and rho(J*) < 1 at every weight scale in the variant's
+    #: ``contractive_scales``
+    CONTRACTIVE = "contractive"
+    #: the output at position i does not change when tokens after i change
+    CAUSAL = "causal"
+    #: with a key_padding_mask, the content of padded tokens changes no unpadded output
+    PADDING_INVARIANT = "padding_invariant"
+    #: permuting the tokens of x leaves the output unchanged (slots, latents)
+    TOKEN_PERMUTATION_INVARIANT = "token_permutation_invariant"
+    #: permuting the initial slots permutes the output slots the same way
+    SLOT_PERMUTATION_EQUIVARIANT = "slot_permutation_equivariant"
 
     def __str__(self) -> str:
         return self.value
@@ -76,7 +88,11 @@ class Variant:
     FixedPointLayer whose weights are drawn from ``generator`` at weight scale
     ``scale``; :meth:`make` moves it to the dtype and device asked for.
     ``expected_failures`` maps a property (test function name) to the reason it
-    is known to fail for this variant.
+    is known to fail for this variant. ``domain`` is the set of shapes the layer
+    supports (the suite draws only inside it); ``contractive_scales`` the closed
+    range of weight scales over which the ``contractive`` tag claims convergence;
+    ``unscaled`` the parameters the weight scale must leave alone (informational
+    for a hand-written factory, which applies the scale itself).
     """
 
     name: str
@@ -84,6 +100,9 @@ class Variant:
     tags: frozenset[Tag] = frozenset()
     expected_failures: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+    domain: Domain = ANY_SHAPE
+    contractive_scales: tuple[float, float] | None = None
+    unscaled: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -99,10 +118,43 @@ class Variant:
                     f"(test_...) to the reason it fails, got {test!r}: {reason!r}"
                 )
         object.__setattr__(self, "expected_failures", MappingProxyType(failures))
+        if not isinstance(self.domain, Domain):
+            raise TypeError(f"variant {self.name!r}: domain must be an iqa.Domain, got {type(self.domain).__name__}")
+        object.__setattr__(self, "unscaled", frozenset(self.unscaled))
+        scales = self.contractive_scales
+        if scales is not None:
+            if not (
+                isinstance(scales, tuple)
+                and len(scales) == 2
+                and all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in scales)
+                and 0 < scales[0] <= scales[1]
+            ):
+                raise ValueError(
+                    f"variant {self.name!r}: contractive_scales must be a pair (low, high) with 0 < low <= high, "
+                    f"got {scales!r}"
+                )
+            object.__setattr__(self, "contractive_scales", (float(scales[0]), float(scales[1])))
+        if (Tag.CONTRACTIVE in self.tags) != (scales is not None):
+            raise ValueError(
+                f"variant {self.name!r}: the contractive tag and contractive_scales go together "
+                "(the claim names the weight scales it holds for)"
+            )
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle through the constructor (a mappingproxy does not pickle), for worker processes."""
-        return (type(self), (self.name, self.factory, self.tags, dict(self.expected_failures), self.description))
+        return (
+            type(self),
+            (
+                self.name,
+                self.factory,
+                self.tags,
+                dict(self.expected_failures),
+                self.description,
+                self.domain,
+                self.contractive_scales,
+                self.unscaled,
+            ),
+        )
 
     def __repr__(self) -> str:
         # Short, so that Hypothesis's falsifying examples stay readable.
@@ -128,8 +180,11 @@ class Variant:
         solver, tol, backward, ...) go to the layer.
         """
         check_positive_int("embed_dim", embed_dim)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (scale >= 0 and math.isfinite(scale)):
-            raise ValueError(f"variant {self.name!r}: scale must be a finite number >= 0, got {scale!r}")
+        if not self.domain.dims(embed_dim, embed_dim):
+            raise ValueError(
+                f"variant {self.name!r}: embed_dim={embed_dim} is outside its domain ({self.domain.describe()})"
+            )
+        check_scale(self.name, scale)
         if isinstance(seed, torch.Generator):
             generator = seed
         elif isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63:
@@ -153,66 +208,40 @@ class Variant:
         tags: Iterable[str | Tag] | None = None,
         expected_failures: Mapping[str, str] | None = None,
         description: str | None = None,
+        domain: Domain | None = None,
+        contractive_scales: tuple[float, float] | None = None,
+        unscaled: Iterable[str] | None = None,
     ) -> Variant:
-        """A variant for a layer class whose weights are its nn.Linear modules.
+        """A variant for a layer class, built by the default factory (:class:`iqa.variants.weights.LinearFactory`:
+        the weight scale reaches every weight matrix but those named in ``unscaled``).
 
-        Tags, expected failures and description default to the class attributes
-        ``tags``, ``expected_failures`` and its docstring's first paragraph.
+        Tags, expected failures, description, domain, contractive scales and unscaled names default to the
+        class attributes ``tags``, ``expected_failures``, its docstring's first paragraph, ``domain``,
+        ``contractive_scales`` and ``unscaled``.
         """
         doc = inspect.getdoc(layer_cls) or ""
+        unscaled_names = frozenset(unscaled if unscaled is not None else getattr(layer_cls, "unscaled", ()))
         return cls(
             name=str(name or getattr(layer_cls, "variant_name", layer_cls.__name__)),
-            factory=linear_factory(layer_cls),
+            factory=linear_factory(layer_cls, unscaled_names),
             tags=as_tags(tags if tags is not None else getattr(layer_cls, "tags", ())),
             expected_failures=dict(
                 expected_failures if expected_failures is not None else getattr(layer_cls, "expected_failures", {})
             ),
             description=description if description is not None else " ".join(doc.split("\n\n")[0].split()),
+            domain=domain if domain is not None else getattr(layer_cls, "domain", ANY_SHAPE),
+            contractive_scales=(
+                contractive_scales if contractive_scales is not None else getattr(layer_cls, "contractive_scales", None)
+            ),
+            unscaled=unscaled_names,
         )
 
 
-def linear_factory(layer_cls: type[FixedPointLayer]) -> Factory:
-    """Factory for a layer whose weights are nn.Linear modules (see :class:`LinearFactory`)."""
+def linear_factory(layer_cls: type[FixedPointLayer], unscaled: Iterable[str] = ()) -> Factory:
+    """The default factory for a layer class (:class:`iqa.variants.weights.LinearFactory`)."""
     if not (isinstance(layer_cls, type) and issubclass(layer_cls, FixedPointLayer)):
         raise TypeError(f"linear_factory needs an iqa.FixedPointLayer subclass, got {layer_cls!r}")
-    return LinearFactory(layer_cls)
+    return LinearFactory(layer_cls, frozenset(unscaled))
 
 
-@dataclass(frozen=True)
-class LinearFactory:
-    """Builds ``layer_cls(embed_dim, **options)`` with seeded weights at a weight scale.
-
-    Every nn.Linear weight gets nn.Linear's default init (Kaiming-uniform)
-    drawn from the generator, in module order, times ``scale``; biases are
-    zeroed. The constructor itself runs under torch's global RNG forked and
-    seeded from the generator's state, so any other parameter the layer draws
-    in ``__init__`` (e.g. ``nn.Parameter(torch.randn(...))``) is reproducible
-    from the seed too (such parameters are not multiplied by ``scale``), and
-    the caller's global RNG is left as it was. A class (not a closure) so that
-    a variant pickles to worker processes.
-    """
-
-    layer_cls: type[FixedPointLayer]
-
-    def __call__(
-        self, embed_dim: int, *, scale: float = 1.0, generator: torch.Generator | None = None, **options: Any
-    ) -> FixedPointLayer:
-        if generator is None:
-            generator = torch.Generator().manual_seed(0)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_derived_seed(generator))
-            layer = self.layer_cls(embed_dim, **options)
-        for module in layer.modules():
-            if isinstance(module, nn.Linear):
-                linear_init_(module, scale, generator)
-                if module.bias is not None:
-                    with torch.no_grad():
-                        module.bias.zero_()
-        return layer
-
-
-def _derived_seed(generator: torch.Generator) -> int:
-    """A seed drawn from a copy of ``generator``: a function of its state that leaves it unchanged."""
-    copy = torch.Generator(device=generator.device)
-    copy.set_state(generator.get_state())
-    return int(torch.randint(0, 2**62, (1,), generator=copy, device=generator.device))
+__all__ = ["Domain", "Factory", "LinearFactory", "Tag", "Variant", "as_tags", "linear_factory", "scaled_parameters"]
