@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from iqa.layer import ImplicitQueryAttention
 from iqa.solvers import Map
+from iqa.variants.deq import DEQ_VARIANTS
 from iqa.variants.protocol import Tag, Variant
 
 #: The property that a layer with a consensus fixed point is known to fail.
@@ -201,3 +202,6 @@ BUILTIN_VARIANTS: tuple[Variant, ...] = (
         expected_failures=CONSENSUS_FAILURES,
     ),
 )
+
+#: The DEQ-Transformer blocks, post-LN and pre-LN (iqa/variants/deq.py).
+BUILTIN_VARIANTS += DEQ_VARIANTS

@@ -1,8 +1,9 @@
 """The DEQ-Transformer blocks (iqa.variants.deq) against a hand-written composition of the same ops.
 
-The reference below reads the layer's parameters and recomputes f(z; x) with plain tensor
-algebra: its own q/k/v split of ``in_proj_weight``, its own head split, softmax, LayerNorm
-and MLP, so it shares no code with ``nn.MultiheadAttention`` or ``nn.LayerNorm``. Every
+The reference below recomputes f(z; x) from the layer's parameters by another path for each
+part: attention by torch's own ``nn.MultiheadAttention`` forward (the layer writes its ops out
+over the same module's weights), LayerNorm and the MLP by plain tensor algebra (the layer calls
+``nn.LayerNorm`` and ``nn.Linear``). Every
 parameter (LayerNorm gains and biases, MLP biases) is drawn at random first, so a module
 used in the wrong place shows. ``test_reference_catches_injected_bugs`` keeps the proof that
 the comparison fails on the bugs it guards against.
@@ -39,20 +40,9 @@ def randomized(cls: type[DEQBlock], dim: int, heads: int, seed: int) -> DEQBlock
 
 
 def reference_attention(layer: DEQBlock, h: Tensor, mask: Tensor | None) -> Tensor:
-    """concat_h softmax(q_h k_h^T / sqrt(d)) v_h, then W_O: from in_proj_weight's three row blocks."""
-    batch, tokens, dim = h.shape
-    d = dim // layer.heads
-    w_q, w_k, w_v = layer.attn.in_proj_weight.split(dim)
-
-    def split(t: Tensor) -> Tensor:  # [B, N, D] -> [B, heads, N, d]: head i owns columns i*d .. (i+1)*d - 1
-        return t.reshape(batch, tokens, layer.heads, d).transpose(1, 2)
-
-    q, k, v = split(h @ w_q.T), split(h @ w_k.T), split(h @ w_v.T)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(d)
-    if mask is not None:
-        scores = scores.masked_fill(mask[:, None, None, :], -math.inf)
-    out = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(batch, tokens, dim)
-    return out @ layer.attn.out_proj.weight.T
+    """torch's own nn.MultiheadAttention forward, on the module that holds the layer's attention weights."""
+    out, _ = layer.attn(h, h, h, key_padding_mask=mask, need_weights=True)
+    return out
 
 
 def reference_norm(norm: nn.LayerNorm, v: Tensor) -> Tensor:
@@ -79,7 +69,7 @@ def reference_step(form: str, layer: DEQBlock, z: Tensor, x: Tensor, mask: Tenso
 def tolerance(dim: int, *terms: Tensor) -> float:
     """Both sides sum the same products in different orders (dot products of length <= 4D, about six
     stages); each stage rounds to ~ sqrt(4D) eps of the largest magnitude in play. 4 D eps times that
-    magnitude is about 8x the worst difference seen over these shapes, seeds and masks."""
+    magnitude is about 4x the worst difference seen over these shapes, seeds and masks."""
     scale = max(1.0, *(float(t.abs().max()) for t in terms))
     return 4 * dim * torch.finfo(torch.float64).eps * scale
 
@@ -138,6 +128,14 @@ class _HeadsMixedUp(PreLNDEQBlock):
         self.attn = nn.MultiheadAttention(embed_dim, 1, bias=False, batch_first=True)
 
 
+class _ScoresUnscaled(PostLNDEQBlock):
+    """Attention without the 1/sqrt(d) temperature (d = 2 here, so the scores are off by sqrt(2))."""
+
+    def attend(self, h: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+        d = self.embed_dim // self.heads
+        return super().attend(h * d**0.25, key_padding_mask) / d**0.25  # q.k scaled by sqrt(d); v, W_O linear
+
+
 class _MaskIgnored(PostLNDEQBlock):
     def attend(self, h: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         return super().attend(h, None)
@@ -153,6 +151,7 @@ BUGS: dict[str, tuple[str, type[DEQBlock], bool]] = {
     "norms-swapped": ("post", _NormsSwapped, False),
     "injection-inside-norm": ("pre", _InjectionInsideNorm, False),
     "heads-mixed-up": ("pre", _HeadsMixedUp, False),
+    "scores-unscaled": ("post", _ScoresUnscaled, False),
     "mask-ignored": ("post", _MaskIgnored, True),
     "gelu-for-relu": ("post", _ReluForGelu, False),
 }
