@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from iqa.variants import resolve
 from iqa.variants.deq import DEQBlock, PostLNDEQBlock, PreLNDEQBlock
 
 FORMS = {"post": PostLNDEQBlock, "pre": PreLNDEQBlock}
@@ -186,3 +187,44 @@ def test_roles_name_only_what_has_its_own_parameter() -> None:
     roles = layer.weight_roles()
     assert set(roles) == {"output"}
     assert roles["output"] is layer.attn.out_proj.weight
+
+
+@pytest.mark.parametrize("name", ["deq-post", "deq-pre"])
+def test_weight_scale_reaches_the_attention_and_leaves_vectors(name: str) -> None:
+    """The default factory: every weight matrix (in_proj_weight included) scales, LayerNorm gains and biases
+    and the MLP biases keep their seeded init. Same seed, scales 1 and 2: matrices exactly double."""
+    variant = resolve(name)
+    one, two = (dict(variant.make(4, scale=s, seed=5).named_parameters()) for s in (1.0, 2.0))
+    matrices = {"attn.in_proj_weight", "attn.out_proj.weight", "inject.weight", "mlp_in.weight", "mlp_out.weight"}
+    assert matrices <= set(one)
+    for key, p in one.items():
+        if key in matrices:
+            assert torch.equal(two[key], 2 * p), key
+        else:
+            assert p.dim() == 1 and torch.equal(two[key], p), key
+    assert torch.equal(one["norm1.weight"], torch.ones(4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3, 5])
+def test_domain_excludes_degenerate_and_odd_widths(dim: int) -> None:
+    """D <= 2 (LayerNorm is piecewise constant) and D not a multiple of the 2 heads are outside the domain."""
+    with pytest.raises(ValueError, match="outside its domain"):
+        resolve("deq-post").make(dim)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_padded_tokens_change_no_unpadded_output(form: str) -> None:
+    """With a key-padding mask, new content in the padded tokens (x and z) leaves the unpadded rows of f
+    bitwise equal: their keys get softmax weight exactly 0, and LayerNorm and the MLP act per token."""
+    layer = randomized(FORMS[form], 4, 2, seed=1)
+    g = torch.Generator().manual_seed(7)
+    x, z = (torch.randn(2, 5, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    mask = torch.tensor([[False, False, True, False, True], [False, True, False, False, False]])
+    x2, z2 = x.clone(), z.clone()
+    x2[mask] = 100 * torch.randn(int(mask.sum()), 4, generator=g, dtype=torch.float64)
+    z2[mask] = -x2[mask]
+    with torch.no_grad():
+        out = layer.fixed_point_map(x, key_padding_mask=mask)(z)
+        out2 = layer.fixed_point_map(x2, key_padding_mask=mask)(z2)
+    assert torch.equal(out[~mask], out2[~mask])
+    assert not torch.equal(out[mask], out2[mask])  # the padded rows themselves did change: the test moved them
