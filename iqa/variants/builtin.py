@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from iqa.layer import ImplicitQueryAttention
 from iqa.solvers import Map
 from iqa.variants.causal import CausalQueryAttention
+from iqa.variants.deq import DEQ_VARIANTS
 from iqa.variants.multihead import MultiHeadHopfieldAttention
 from iqa.variants.protocol import Tag, Variant
 
@@ -264,3 +265,6 @@ BUILTIN_VARIANTS: tuple[Variant, ...] = (
         description="the seed with a causal mask on the softmax (y) axis: y_i <- softmax_{k <= i}(K_i . Q(y_k)) x_k",
     ),
 )
+
+#: The DEQ-Transformer blocks, post-LN and pre-LN (iqa/variants/deq.py).
+BUILTIN_VARIANTS += DEQ_VARIANTS
