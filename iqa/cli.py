@@ -46,7 +46,16 @@ from tabulate import tabulate
 import iqa
 from iqa.pytest_plugin import read_results
 from iqa.suite import PROFILES, SuiteError, locate, pytest_command
-from iqa.variants import ENTRY_POINT_GROUP, ENV_VARIABLE, Variant, VariantError, available, builtin_variants, resolve
+from iqa.variants import (
+    ENTRY_POINT_GROUP,
+    ENV_VARIABLE,
+    Variant,
+    VariantError,
+    available,
+    builtin_variants,
+    opt_in_variants,
+    resolve,
+)
 from iqa.verdicts import BAD_VERDICTS, FAIL, NOT_REACHED, VERDICTS, property_verdicts
 
 #: Subcommands that other modules implement: name -> (module, one-line help).
@@ -111,8 +120,11 @@ def cmd_variants(args: argparse.Namespace) -> int:
     if args.specs:
         chosen = [(resolve(spec), spec) for spec in args.specs]
     else:
-        builtins = builtin_variants()
-        chosen = [(v, "built-in" if name in builtins else "plug-in") for name, v in available().items()]
+        builtins, opt_in = builtin_variants(), opt_in_variants()
+        chosen = [
+            (v, "built-in" if name in builtins else "built-in, opt-in" if name in opt_in else "plug-in")
+            for name, v in available().items()
+        ]
     if args.json:
         print(json.dumps([_variant_json(v, origin) for v, origin in chosen], indent=2))
         return 0
@@ -130,6 +142,9 @@ def cmd_variants(args: argparse.Namespace) -> int:
         for name, test, why in reasons:
             print(f"  {name}: {test}: {why}")
     if not args.specs:
+        named_only = [name for name in opt_in_variants()]
+        if named_only:
+            print(f"\nopt-in built-ins, tested only when named (slow to check): {', '.join(named_only)}")
         print(
             f"\nname others as package.module:attr or path/to/file.py:attr; plug-ins register under the "
             f"entry-point group {ENTRY_POINT_GROUP!r}; pytest takes --variant or ${ENV_VARIABLE}"

@@ -23,7 +23,7 @@ from typing import Any
 from torch import nn
 
 from iqa.layer import FixedPointLayer
-from iqa.variants.builtin import BUILTIN_VARIANTS
+from iqa.variants.builtin import BUILTIN_VARIANTS, OPT_IN_VARIANTS
 from iqa.variants.protocol import Variant
 
 ENTRY_POINT_GROUP = "iqa.variants"
@@ -35,7 +35,13 @@ class VariantError(LookupError):
 
 
 def builtin_variants() -> dict[str, Variant]:
+    """The built-in variants of the default selection (every run that names none tests these)."""
     return {v.name: v for v in BUILTIN_VARIANTS}
+
+
+def opt_in_variants() -> dict[str, Variant]:
+    """Built-in variants that run only when named (:data:`iqa.variants.builtin.OPT_IN_VARIANTS`)."""
+    return {v.name: v for v in OPT_IN_VARIANTS}
 
 
 def plugin_variants() -> dict[str, Variant]:
@@ -70,13 +76,19 @@ def _load_plugins(find: Callable[..., Iterable[EntryPoint]], path: tuple[str, ..
 
 
 def available() -> dict[str, Variant]:
-    """Every variant that a plain name resolves to: built-ins, then plug-ins."""
-    variants = builtin_variants()
+    """Every variant that a plain name resolves to: built-ins, opt-in built-ins, then plug-ins."""
+    variants = {**builtin_variants(), **opt_in_variants()}
     for name, variant in plugin_variants().items():
         if name in variants:
             raise VariantError(f"plug-in variant {name!r} clashes with a built-in variant of the same name")
         variants[name] = variant
     return variants
+
+
+def default_variants() -> dict[str, Variant]:
+    """What a run that names no variant tests: every available variant but the opt-in built-ins."""
+    opt_in = opt_in_variants()
+    return {name: v for name, v in available().items() if name not in opt_in}
 
 
 def as_variant(obj: Any, origin: str) -> Variant:
@@ -169,9 +181,10 @@ def resolve(spec: str | Variant) -> Variant:
 
 
 def resolve_all(specs: list[str] | None) -> list[Variant]:
-    """Variants for a list of specs (or a comma-separated one); none means every available one."""
+    """Variants for a list of specs (or a comma-separated one); none means the default selection
+    (:func:`default_variants`: every available variant but the opt-in built-ins)."""
     if not specs:
-        return list(available().values())
+        return list(default_variants().values())
     out: dict[str, tuple[str, Variant]] = {}
     for spec in specs:
         for part in (p.strip() for p in spec.split(",")):

@@ -29,6 +29,7 @@ from iqa.variants import (
     VariantError,
     as_tags,
     available,
+    opt_in_variants,
     plugin_variants,
     resolve,
     resolve_all,
@@ -151,7 +152,8 @@ def test_module_that_raises_on_import_says_where(tmp_path: Path, monkeypatch: py
 
 
 def test_resolve_all_default_dedup_and_clash(user_module: Path) -> None:
-    assert [v.name for v in resolve_all(None)] == list(available())
+    assert [v.name for v in resolve_all(None)] == [n for n in available() if n not in opt_in_variants()]
+    assert {"deq-post", "deq-pre"} <= set(available()) - {v.name for v in resolve_all(None)}
     assert [v.name for v in resolve_all(["reference,hopfield", "reference", " hopfield "])] == ["reference", "hopfield"]
     twice = ["iqa_test_user_variants:MyLayer", "iqa_test_user_variants:MyLayer"]
     assert [v.name for v in resolve_all(twice)] == ["mine"]
@@ -181,7 +183,8 @@ def test_entry_point_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     """
     _install_plugin(tmp_path, monkeypatch, "plugged = iqa_test_plugin:PLUGGED", module)
     assert list(plugin_variants()) == ["plugged"]
-    assert list(available()) == [*BUILTIN_NAMES, "plugged"]
+    assert list(available()) == [*BUILTIN_NAMES, *opt_in_variants(), "plugged"]
+    assert [v.name for v in resolve_all(None)] == [*BUILTIN_NAMES, "plugged"]
     assert resolve("plugged").tags == {Tag.DETERMINISTIC}
 
 
