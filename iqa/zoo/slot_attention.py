@@ -52,6 +52,7 @@ class SlotAttentionLayer(FixedPointLayer):
     #: (a, b) -> ±(1, -1) scaled by the gain, whose Jacobian is ~0 except within |a - b| ~ sqrt(eps) of the switch,
     #: where it reaches ~1 / sqrt(eps) (~300). Any N; K slots drawn on their own, passed as ``slots=K``.
     domain = Domain(min_dim=3, slots=(1, 5))
+
     def __init__(
         self,
         embed_dim: int,
