@@ -15,10 +15,11 @@ subprocess with :mod:`iqa.pytest_plugin` (per-test results as JSON; the
 command comes from :mod:`iqa.suite`, which also finds the suite), then reads
 the results and prints one verdict per property (:mod:`iqa.verdicts`): pass,
 fail (with the minimal falsifying example and the command that reruns it),
-expected failure, unexpected pass, not applicable.
+expected failure, unexpected pass, not reached (with its one-line reason: what
+the draws lacked, e.g. a converged fixed point), not applicable.
 
-Its exit status is 0 when every verdict is pass, expected failure or not
-applicable, 1 when any is fail or unexpected pass, 2 for a usage error (of iqa
+Its exit status is 0 when every verdict is pass, expected failure, not reached or
+not applicable, 1 when any is fail or unexpected pass, 2 for a usage error (of iqa
 or of pytest, e.g. an ``expected_failures`` key that names no property), and
 pytest's own status when pytest could not run the suite otherwise. The package never imports the suite; SUITE is
 ``--suite DIR``, else the ``properties/`` directory next to the package source
@@ -46,7 +47,7 @@ import iqa
 from iqa.pytest_plugin import read_results
 from iqa.suite import PROFILES, SuiteError, locate, pytest_command
 from iqa.variants import ENTRY_POINT_GROUP, ENV_VARIABLE, Variant, VariantError, available, builtin_variants, resolve
-from iqa.verdicts import BAD_VERDICTS, FAIL, VERDICTS, property_verdicts
+from iqa.verdicts import BAD_VERDICTS, FAIL, NOT_REACHED, VERDICTS, property_verdicts
 
 #: Subcommands that other modules implement: name -> (module, one-line help).
 DELEGATED = {
@@ -172,6 +173,11 @@ def print_verdicts(variant: Variant, rows: list[dict[str, Any]], results: dict[s
         else:
             print(f"  declared: {variant.expected_failures.get(r['property'], '?')}")
         print(f"  rerun: {rerun_command(results, record, spec)}")
+    unreached = [r for r in rows if r["verdict"] == NOT_REACHED]
+    if unreached:
+        print(f"\nnot reached (nothing to check: neither a pass nor a fail of {variant.name}):")
+        for r in unreached:
+            print(f"  {r['property']}: {r['detail']}")
     ran = {r["property"] for r in rows}
     for test in sorted(set(variant.expected_failures) - ran):
         print(f"\nnote: {variant.name} declares an expected failure of {test}, which is no property that ran")

@@ -255,13 +255,60 @@ def fixed_point(
         z.register_hook(_warn_if_not_converged(solution))
         return y_star + (z - z.detach())
     assert isinstance(mode, Implicit) and adjoint_solver is not None
-    fy = f(y_star)
-    if not fy.requires_grad:
+    # One recorded application of f serves both the adjoint's products J^T g (its path to y_req) and the
+    # gradient g^T df/dtheta (its path to f's other tensors): a second recording at backward time would hold
+    # a second copy of f's saved activations while the adjoint solve runs.
+    y_req = y_star.detach().requires_grad_(True)
+    fy = f(y_req)
+    if not _uses_other_tensors(fy, y_req):
         return y_star
+    # The outer backward also reaches y_req (a leaf): drop that gradient, which nothing reads.
+    y_req.register_post_accumulate_grad_hook(_drop_grad)
     keywords = _adjoint_keywords(mode.options, generic)
-    fy.register_hook(_adjoint_hook(f, y_star, solution, adjoint_solver, keywords, record))
+    hook = _adjoint_hook(solution, adjoint_solver, keywords, record)
     # The value is exactly y*; the gradient flows through one application of f.
-    return y_star + (fy - fy.detach())
+    out: Tensor = _ImplicitOutput.apply(fy, y_req, y_star, hook)
+    return out
+
+
+class _ImplicitOutput(torch.autograd.Function):
+    """Value y* (a copy); backward: the incoming v replaced by the adjoint solution g (``hook(v, f(y*), y*)``)
+    as the gradient of f(y*), whose graph then carries g^T df/dtheta. None for y*: its path drops out."""
+
+    @staticmethod
+    def forward(ctx: Any, fy: Tensor, y_req: Tensor, y_star: Tensor, hook: Any) -> Tensor:
+        ctx.save_for_backward(fy, y_req)
+        ctx.hook = hook
+        return y_star.clone()
+
+    @staticmethod
+    def backward(ctx: Any, v: Tensor) -> tuple[Tensor, None, None, None]:
+        fy, y_req = ctx.saved_tensors
+        return ctx.hook(v, fy, y_req), None, None, None
+
+
+def _uses_other_tensors(out: Tensor, leaf: Tensor) -> bool:
+    """Whether ``out``'s graph reaches a tensor that requires grad other than ``leaf``: what f(y*).requires_grad
+    says with y* detached. Every path of a graph ends at a leaf's AccumulateGrad, so the walk stops at the
+    first other leaf; it explores all of f's own graph only when f uses nothing else."""
+    stack = [out.grad_fn]
+    seen = set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)  # set on AccumulateGrad nodes only
+        if variable is not None:
+            if variable is not leaf:
+                return True
+            continue
+        stack.extend(child for child, _ in node.next_functions)
+    return False
+
+
+def _drop_grad(t: Tensor) -> None:
+    t.grad = None
 
 
 def _adjoint_keywords(options: AdjointOptions, forward: dict[str, Any]) -> dict[str, Any]:
@@ -306,18 +353,17 @@ def _rescaled(solution: Solution, scale: Tensor) -> Solution:
 
 
 def _adjoint_hook(
-    f: Map,
-    y_star: Tensor,
     forward: Solution,
     solver: Solver,
     kwargs: dict[str, Any],
     record: SolveRecord,
 ) -> Any:
-    """The hook on f(y*) that replaces its incoming gradient v by the solution g of g = v + J^T g."""
+    """The backward of f(y*) (given fy = f(y_req), y_req = y* detached): its incoming gradient v replaced by
+    the solution g of g = v + J^T g."""
     kwargs = dict(kwargs)
     raise_on_failure = bool(kwargs.pop("raise_on_failure", False))
 
-    def hook(v: Tensor) -> Tensor:
+    def hook(v: Tensor, fy: Tensor, y_req: Tensor) -> Tensor:
         if torch.is_grad_enabled():
             raise RuntimeError(
                 "double backward (create_graph=True) through an implicit fixed point is not supported; "
@@ -329,9 +375,6 @@ def _adjoint_hook(
                 "the adjoint equation g = dL/dy* + J^T g has no finite solution"
             )
         _warn_if_not_converged(forward)(v)
-        with torch.enable_grad():
-            y_req = y_star.detach().requires_grad_(True)
-            fy = f(y_req)
 
         # With a relative stop the equation is scale-free; solve it for v / s (s a power of two near max|v|
         # per batch element, so the division is exact) so that a tiny or huge loss scale never meets the

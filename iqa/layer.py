@@ -281,13 +281,22 @@ class ImplicitQueryAttention(FixedPointLayer):
         """The rows that attention averages: x itself for the seed."""
         return x
 
-    def fixed_point_map(self, x: Tensor) -> Map:
+    def fixed_point_map(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Map:
+        """f(y) = softmax(K Q(y)^T, -1) V; with ``key_padding_mask`` ([B, N], True = padded), the padded
+        tokens are dropped from the softmax axis (score -inf, value 0). That axis indexes both y (the queries:
+        this is the seed's orientation) and the values, so a padded token enters no unpadded row, and the
+        unpadded rows of y evolve on their own."""
         K = self.keys(x)
         V = self.values(x)  # x itself for the seed: the same tensor, so the same bits
+        padded = None if key_padding_mask is None else key_padding_mask[:, None, :]
+        if key_padding_mask is not None:
+            V = V.masked_fill(key_padding_mask[:, :, None], 0.0)  # padded content never enters a sum
 
         def f(y: Tensor) -> Tensor:
             Q = self.Omega_Q(y)
             attn_scores = torch.matmul(K, Q.transpose(-2, -1))
+            if padded is not None:
+                attn_scores = attn_scores.masked_fill(padded, float("-inf"))
             attn_probs = F.softmax(attn_scores, dim=-1)
             return torch.matmul(attn_probs, V)
 

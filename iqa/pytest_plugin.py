@@ -13,6 +13,14 @@ A suite says why a test is not run normally for a variant with two markers
 that this plugin defines and records as data: ``iqa_expected_failure(reason)``
 (the variant declares the property fails; the suite marks it xfail(strict) too)
 and ``iqa_not_applicable(reason)`` (it skips the test: a tag is not claimed).
+A property that had nothing to check skips with a reason that starts with
+``not reached: ``; the plugin records that reason as data too (``not_reached``).
+It also runs each test's draws in a tally of why they were rejected
+(:mod:`iqa.rejections`): when Hypothesis gives up on a property (``Unsatisfiable``,
+or the ``filter_too_much`` health check) and no draw was checked, the test ends
+"not reached" with that one-line reason instead of Hypothesis's error; where the
+variant claims ``contractive`` at the weight scales of draws that did not converge,
+it fails instead (a broken solver never hides behind "not reached").
 Each record carries its verdict (:mod:`iqa.verdicts`), computed here once.
 It works with pytest-xdist (the controller writes the file; workers attach
 each test's function, variant and declarations to its report).
@@ -40,7 +48,9 @@ The file (UTF-8 JSON, keys sorted, written atomically at the end of the session)
           "call_raised": bool | null,    # whether the test's call raised (null: it did not run)
           "expected_failure": str | null,   # the variant's declared reason (marker iqa_expected_failure)
           "not_applicable": str | null,  # why the test does not apply (marker iqa_not_applicable)
-          "verdict": "pass" | "fail" | "expected failure" | "unexpected pass" | "not applicable",
+          "not_reached": str | null,     # why it had nothing to check (a skip reason "not reached: ...")
+          "verdict": "pass" | "fail" | "expected failure" | "unexpected pass" | "not reached"
+                     | "not applicable",
           "reason": str | null,          # pytest's reason: why skipped / xfailed / xpassed
           "message": str | null,         # a failure's one-line message
           "longrepr": str | null,        # a failure's full report (traceback, Hypothesis notes)
@@ -72,6 +82,7 @@ from typing import Any
 import pytest
 
 from iqa.atomic import write_json
+from iqa.verdicts import NOT_REACHED_PREFIX
 from iqa.versions import package_versions
 
 FORMAT = "iqa-pytest-results/2"
@@ -172,6 +183,44 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    """Run the test inside a tally of its draws (:mod:`iqa.rejections`); when Hypothesis gave up on it and no
+    draw was checked, end it "not reached" with the tally's one-line reason, or fail it when that would hide a
+    refuted ``contractive`` claim. Any other outcome is left as it is."""
+    from iqa import rejections
+
+    with rejections.tallying(getattr(item, "obj", None)) as tally:
+        try:
+            return (yield)
+        except BaseException as error:
+            if not tally.draws or not rejections.gave_up(error):
+                raise
+            reason = rejections.not_reached_reason(tally)
+            if reason is None:
+                add_note = getattr(error, "add_note", None)  # Python >= 3.11
+                if add_note is not None:
+                    add_note(f"iqa: the draws Hypothesis ran: {tally.summary()}")
+                raise
+            refuted = rejections.refuted_claim(tally, _claimed_scales(item))
+            if refuted is not None:
+                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                pytest.fail(f"{refuted} (Hypothesis gave up: {first})", pytrace=False)
+            rejections.not_reached(reason)
+
+
+def _claimed_scales(item: pytest.Item) -> tuple[float, float] | None:
+    """The weight scales at which the test's variant claims to contract (tag ``contractive``), else None."""
+    callspec = getattr(item, "callspec", None)
+    variant = callspec.params.get("variant") if callspec is not None else None
+    scales = getattr(variant, "contractive_scales", None)
+    tags = {str(getattr(tag, "value", tag)) for tag in getattr(variant, "tags", ())}
+    if scales is None or "contractive" not in tags:
+        return None
+    lo, hi = scales
+    return float(lo), float(hi)
+
+
 def _derive_profile(cap: int | None, no_shrink: bool) -> None:
     """Load a profile derived from the current one (conftest has loaded it): max_examples <= cap, and
     without the shrink phase if asked. Tests with their own @settings keep them."""
@@ -268,6 +317,7 @@ class ResultsRecorder:
                 "call_raised": None,
                 "expected_failure": props.get(_EXPECTED),
                 "not_applicable": props.get(_NOT_APPLICABLE),
+                "not_reached": None,
                 "verdict": None,
                 "reason": None,
                 "message": None,
@@ -321,7 +371,11 @@ class ResultsRecorder:
         if report.skipped and wasxfail is not None:
             record.update(outcome="xfailed", reason=wasxfail or None)
         elif report.skipped:
-            record.update(outcome="skipped", reason=_skip_reason(report.longrepr))
+            reason = _skip_reason(report.longrepr)
+            reached = reason.startswith(NOT_REACHED_PREFIX)
+            record.update(
+                outcome="skipped", reason=reason, not_reached=reason[len(NOT_REACHED_PREFIX) :] if reached else None
+            )
         elif report.passed and wasxfail is not None:
             record.update(outcome="xpassed", reason=wasxfail or None)
         elif report.passed:

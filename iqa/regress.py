@@ -13,7 +13,8 @@ the better by more than the allowance is "better", anything within it "ok".
 Wall-clock metrics are shown but fail only beyond an explicit
 ``--max-time-ratio``. If the baseline holds property verdicts, the property
 suite runs on the variant too, and a property that turns bad (fail or
-unexpected pass) fails. If it holds training metrics (``--update --training``),
+unexpected pass), or that had something to check in the baseline and is now
+"not reached", fails. If it holds training metrics (``--update --training``),
 the variant is trained again (:func:`iqa.train.training_metrics`, same seed and
 set-up) and a variant that trains worse or destabilises regresses. The result is a Markdown table (before,
 after, ratio, the limit, the verdict per metric) and the exit status: 0 no
@@ -44,11 +45,11 @@ from tabulate import tabulate
 import iqa
 from iqa import metrics
 from iqa.baseline import Baseline, BaselineError, Training, load, save
-from iqa.measure import QUICK, MeasurementError, SchedulerError, Sweep, dask_pool, measure_variant
+from iqa.measure import QUICK, DomainError, MeasurementError, SchedulerError, Sweep, dask_pool, measure_variant
 from iqa.metrics import LOWER, Metric
 from iqa.suite import RECORDED_PROFILE, SuiteError, locate, start
 from iqa.variants import Variant, VariantError, builtin_variants, resolve
-from iqa.verdicts import BAD_VERDICTS, property_verdicts
+from iqa.verdicts import BAD_VERDICTS, EXPECTED_FAILURE, NOT_REACHED, PASS, REACHED_VERDICTS, property_verdicts
 
 #: The sweep of a new built-in baseline: both sides of the contraction boundary (s = 0.5 .. 3, docs/theory.md#regimes),
 #: token counts where the consensus and the weight-dependent fixed points differ, and unrolled depths up to
@@ -186,8 +187,14 @@ def compare_metrics(
     return rows
 
 
+#: What a property's verdict must keep to, as the table's limit column says it.
+VERDICT_LIMIT = f"not in {', '.join(BAD_VERDICTS)}; reached if it was"
+
+
 def compare_verdicts(before: dict[str, str], after: dict[str, str]) -> list[Row]:
-    """A property fails when its verdict turns bad (fail, unexpected pass); a property gone is shown."""
+    """A property fails when its verdict turns bad (fail, unexpected pass), or when it had something to check in
+    the baseline and is now "not reached" (the variant stopped giving it converged fixed points or its regime:
+    a failure that turns into "not reached" is not fixed either); a property gone is shown."""
     rows = []
     for name in sorted(set(before) | set(after)):
         old, new = before.get(name), after.get(name)
@@ -195,8 +202,15 @@ def compare_verdicts(before: dict[str, str], after: dict[str, str]) -> list[Row]
             rows.append(Row(f"property {name}", old, None, "-", SHOWN, "not in the suite any more"))
             continue
         bad_now, bad_before = new in BAD_VERDICTS, old in BAD_VERDICTS
-        status = WORSE if bad_now and not bad_before else (BETTER if bad_before and not bad_now else OK)
-        rows.append(Row(f"property {name}", old, new, f"not in {', '.join(BAD_VERDICTS)}", status))
+        lost = new == NOT_REACHED and old in REACHED_VERDICTS
+        if (bad_now and not bad_before) or lost:
+            status = WORSE
+        elif (bad_before and not bad_now) or (old == NOT_REACHED and new in (PASS, EXPECTED_FAILURE)):
+            status = BETTER
+        else:
+            status = OK
+        reason = "reached in the baseline, nothing to check now" if lost else ""
+        rows.append(Row(f"property {name}", old, new, VERDICT_LIMIT, status, reason))
     return rows
 
 
@@ -255,7 +269,11 @@ class Report:
         legend = ["", "limits (only a change for the worse beyond its limit fails):"]
         names = [r.name for r in self.rows]
         legend += [f"- `{m.pattern}`: {m.reason}" for m in metrics.TABLE if any(m.matches(n) for n in names)]
-        legend += ["- properties: a verdict that turns to fail or unexpected pass", ""]
+        legend += [
+            "- properties: a verdict that turns to fail or unexpected pass, or to not reached from one that had "
+            "something to check",
+            "",
+        ]
         return "\n".join([*head, table, "", tail, *legend])
 
 
@@ -491,7 +509,7 @@ def _run(
             print(f"iqa regress: {failure}", file=sys.stderr)
             status = 1 if status == 0 else status
             continue
-        except (BaselineError, VariantError) as error:
+        except (BaselineError, VariantError, DomainError) as error:
             print(f"iqa regress: error: {error}", file=sys.stderr)
             status = 2
             continue

@@ -4,8 +4,11 @@ A variant's ``expected_failures`` are data: the suite marks those properties
 xfail(strict) and ``iqa_expected_failure(reason)``, and the properties whose
 tags the variant does not claim skip and ``iqa_not_applicable(reason)``;
 :mod:`iqa.pytest_plugin` records pytest's outcome with those declarations and
-whether the test's call raised. This module turns such a record into one of
-five verdicts, the only vocabulary ``iqa check``, ``iqa report`` and
+whether the test's call raised. A property that needs something of its draws
+(a converged fixed point, a regime) and got nothing to check skips with a reason
+that starts with :data:`NOT_REACHED_PREFIX` (:mod:`iqa.rejections`); the plugin
+records that reason as data too. This module turns such a record into one of
+six verdicts, the only vocabulary ``iqa check``, ``iqa report`` and
 ``iqa regress`` use:
 
     pass               the property held
@@ -13,6 +16,8 @@ five verdicts, the only vocabulary ``iqa check``, ``iqa report`` and
     expected failure   it failed, as declared (pytest: xfailed)
     unexpected pass    declared as failing, but the property held (pytest: a strict xfail whose call
                        did not raise is "failed"; a non-strict one is "xpassed")
+    not reached        nothing to check: every draw lacked what the property needs (a converged fixed
+                       point, a regime), with a one-line reason; neither a pass nor a fail of the variant
     not applicable     skipped: the variant does not claim the tags the property needs
 
 and gives one verdict per property (test function): the worst over its test cases.
@@ -27,11 +32,30 @@ PASS = "pass"
 FAIL = "fail"
 EXPECTED_FAILURE = "expected failure"
 UNEXPECTED_PASS = "unexpected pass"
+NOT_REACHED = "not reached"
 NOT_APPLICABLE = "not applicable"
-#: Verdicts from worst to best: a property with several test cases gets its worst one.
-VERDICTS = (FAIL, UNEXPECTED_PASS, PASS, EXPECTED_FAILURE, NOT_APPLICABLE)
+#: Verdicts from worst to best: a property with several test cases gets its worst one (a case that had nothing
+#: to check outweighs one that passed: the property did not test all it is for).
+VERDICTS = (FAIL, UNEXPECTED_PASS, NOT_REACHED, PASS, EXPECTED_FAILURE, NOT_APPLICABLE)
 #: Verdicts that make a check fail.
 BAD_VERDICTS = (FAIL, UNEXPECTED_PASS)
+#: Verdicts of a property that had something to check (its assertions ran on some draw).
+REACHED_VERDICTS = (FAIL, UNEXPECTED_PASS, PASS, EXPECTED_FAILURE)
+#: How the skip reason of a property that reached nothing starts (pytest.skip(NOT_REACHED_PREFIX + reason)).
+NOT_REACHED_PREFIX = "not reached: "
+
+
+def not_reached_reason(record: Mapping[str, Any]) -> str | None:
+    """The one-line reason of a skipped record that reached nothing, None for any other record.
+
+    The plugin writes it as ``not_reached``; a record without that key is read from its skip reason's prefix.
+    """
+    if record.get("outcome") != "skipped":
+        return None
+    if record.get("not_reached"):
+        return str(record["not_reached"])
+    reason = str(record.get("reason") or "")
+    return reason[len(NOT_REACHED_PREFIX) :] if reason.startswith(NOT_REACHED_PREFIX) else None
 
 
 def verdict(record: Mapping[str, Any]) -> str:
@@ -44,7 +68,7 @@ def verdict(record: Mapping[str, Any]) -> str:
     if outcome == "xpassed":
         return UNEXPECTED_PASS
     if outcome == "skipped":
-        return NOT_APPLICABLE
+        return NOT_REACHED if not_reached_reason(record) is not None else NOT_APPLICABLE
     if outcome == "failed":
         # a strict xfail whose call ran without raising: pytest fails the test because it held
         held = record.get("phase") == "call" and record.get("call_raised") is False
@@ -54,6 +78,8 @@ def verdict(record: Mapping[str, Any]) -> str:
 
 def detail(record: Mapping[str, Any], verdict_: str) -> str:
     """A line that says why: the declared reason, the skip reason, or the failure's message."""
+    if verdict_ == NOT_REACHED:
+        return not_reached_reason(record) or ""
     if verdict_ == NOT_APPLICABLE:
         return str(record.get("not_applicable") or record.get("reason") or "")
     if verdict_ == EXPECTED_FAILURE:

@@ -3,7 +3,8 @@
 The implicit gradient is defined at a converged fixed point y* where the adjoint
 iteration converges, i.e. where y* is locally stable (rho(J*) < 1, docs/theory.md#implicit-differentiation).
 :func:`stable_fixed_point` solves a drawn case and
-rejects (``assume``) the cases that do not reach such a point, so that the
+rejects the cases that do not reach such a point (:func:`require_converged`, with the reason recorded for the
+"not reached" verdict of :mod:`iqa.rejections`), so that the
 properties that use it (test_gradients, test_backward_reports) never compare
 gradients at a point where they are undefined, and never pass by skipping.
 """
@@ -15,23 +16,48 @@ import math
 
 import numpy as np
 import torch
-from hypothesis import assume, event, note
+from hypothesis import event, note
 from torch import Tensor
 
 from iqa import ConvergenceError
 from iqa.analysis import spectral_radius
 from iqa.layer import FixedPointLayer
-from iqa.solvers import Map, solve
+from iqa.rejections import reject
+from iqa.solvers import Map, Solution, solve
 from iqa.variants import Variant
-from properties.regimes import reached
+from properties.regimes import require
 from properties.strategies import Case
 
 F64 = torch.float64
 
 
-def cotangent(case: Case, device: torch.device | str, dtype: torch.dtype = F64) -> Tensor:
-    """A random dL/dy*, drawn from the case's seed (independent of x and of the weights)."""
-    return torch.randn(case.shape, dtype=F64, generator=case.generator(2)).to(dtype=dtype, device=device)
+def output_shape(layer: FixedPointLayer, x: Tensor) -> torch.Size:
+    """The shape of the layer's output for x: its readout g(y0, x) at its own start (x's shape by default)."""
+    with torch.no_grad():
+        return layer.readout(layer.initial_point(x), x).shape
+
+
+def cotangent(
+    case: Case,
+    device: torch.device | str,
+    dtype: torch.dtype = F64,
+    *,
+    layer: FixedPointLayer | None = None,
+    of: str = "output",
+) -> Tensor:
+    """A random dL/d(output), drawn from the case's seed (independent of x and of the weights), of the shape of
+    ``layer``'s output (x's shape without a layer, or for a layer without a readout of its own); with
+    ``of="state"``, of the shape of its fixed-point state y* (``layer.solve_state``)."""
+    if layer is None:
+        shape = case.shape
+    elif of == "output":
+        shape = output_shape(layer, case.inputs(device))
+    elif of == "state":
+        with torch.no_grad():
+            shape = layer.initial_point(case.inputs(device)).shape
+    else:
+        raise ValueError(f"of must be 'output' or 'state', got {of!r}")
+    return torch.randn(shape, dtype=F64, generator=case.generator(2)).to(dtype=dtype, device=device)
 
 
 def fixed_map(layer: FixedPointLayer, x: Tensor) -> Map:
@@ -44,7 +70,7 @@ def stable_fixed_point(
     case: Case, variant: Variant, device: torch.device | str, **options: object
 ) -> tuple[FixedPointLayer, Tensor]:
     """The case's layer (built with ``options``) after one forward, and its input, where that forward converged
-    to a locally stable fixed point (rho(J*) < 1); other cases are rejected with ``assume``.
+    to a locally stable fixed point (rho(J*) < 1); other cases are rejected, why recorded.
 
     A forward that raises (``raise_on_failure``) is rejected too: its failure is not the caller's subject.
     Anderson can land on an unstable fixed point, where the adjoint iteration must fail; that failure is
@@ -57,15 +83,45 @@ def stable_fixed_point(
             layer(x)
         except ConvergenceError as error:
             event(f"forward {error.solution.status.name} (raised)")
-            assume(False)
+            require_converged(error.solution, fixed_map(layer, x), case.scale)
     solution = layer.last_solution
     assert solution is not None
     event(f"forward {solution.status.name}")
-    assume(solution.converged)
+    require_converged(solution, fixed_map(layer, x), case.scale)
     rho = float(spectral_radius(fixed_map(layer, x), solution.y).max())
     event(f"locally stable (rho < 1): {rho < 1}")
-    assume(rho < 1)
+    if not rho < 1:
+        reject(
+            "no locally stable fixed point (rho(J*) >= 1)",
+            solver=solver_name(solution),
+            status=solution.status.value,
+            rho=rho,
+            scale=case.scale,
+            convergence=True,
+        )
     return layer, x
+
+
+def solver_name(solution: Solution) -> str:
+    """How a reason names the solver of ``solution`` ("Picard", "Anderson")."""
+    return solution.method.capitalize()
+
+
+def require_converged(solution: Solution, f: Map, scale: float | None = None) -> None:
+    """Reject a draw whose solve did not converge, recording why (:func:`iqa.rejections.reject`): the solver, its
+    status, rho(df/dy) at the last iterate (dense at these small sizes: whether the solve stopped near a locally
+    attracting point) and the draw's weight ``scale``; so that a property none of whose draws converge says so."""
+    if solution.converged:
+        return
+    rho = float(spectral_radius(f, solution.y).max()) if bool(torch.isfinite(solution.y).all()) else math.inf
+    reject(
+        "no converged fixed point",
+        solver=solver_name(solution),
+        status=solution.status.value,
+        rho=rho,
+        scale=scale,
+        convergence=True,
+    )
 
 
 #: rho(J*) where implicit gradients are hard (issue 12): the adjoint's Neumann series sum (J^T)^i v needs
@@ -145,15 +201,14 @@ BAND_ATTEMPTS = 3
 
 def hard_case(case: Case, variant: Variant) -> Case:
     """``case`` moved into HARD_BAND (:func:`band_scale`, one batch element; its seed, then BAND_ATTEMPTS - 1
-    offsets of it); rejected (``assume``) when every search fails, which :func:`properties.regimes.reached`
-    counts under BAND_LABEL."""
+    offsets of it); rejected when every search fails (:func:`properties.regimes.require`: counted under
+    BAND_LABEL, and named as the reason)."""
     for attempt in range(BAND_ATTEMPTS):
         candidate = dataclasses.replace(case, batch=1, seed=case.seed + 7919 * attempt)
         found = band_scale(candidate, variant)
         if found is not None:
             break
-    reached(BAND_LABEL, found is not None)
-    assume(found is not None)
+    require(found is not None, BAND_LABEL)
     assert found is not None
     note(f"hard band: seed {candidate.seed}, weight scale {found[0]:.4g}, rho(J*) {found[1]:.4f}")
     return dataclasses.replace(candidate, scale=found[0])

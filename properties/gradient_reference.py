@@ -5,6 +5,9 @@ For a layer at a fixed point y* = f(y*; theta, x), J = df/dy at y*, and a loss L
 
     g = v + J^T g,   dL/d(theta, x) = g^T df/d(theta, x).
 
+A layer with a readout (output o = r(y*, x), L = <w, o>) has v = (dr/dy)^T w and adds w^T dr/d(theta, x)
+(:func:`readout_pullback`).
+
 :func:`analyse` computes that gradient without the backward under test: J is the dense per-element
 Jacobian at the given y (:func:`iqa.analysis.jacobian`, forward-mode products through f), g comes from a
 dense linear solve of (I - J^T) g = v (:func:`torch.linalg.solve`, no iteration, no stopping rule), and
@@ -74,6 +77,7 @@ def layer_grads(layer: FixedPointLayer, x: Tensor, v: Tensor) -> Grads:
     params = list(layer.parameters())
     y = layer(x_leaf)
     assert isinstance(y, Tensor)
+    assert y.shape == v.shape, f"the cotangent has shape {tuple(v.shape)}, the layer's output {tuple(y.shape)}"
     grads = torch.autograd.grad((v * y).sum(), [*params, x_leaf], materialize_grads=True)
     return Grads(torch.cat([g.flatten() for g in grads[:-1]]), grads[-1])
 
@@ -134,8 +138,21 @@ def pullback(layer: FixedPointLayer, x: Tensor, y: Tensor, g: Tensor) -> Grads:
     return Grads(torch.cat([t.flatten() for t in grads[:-1]]), grads[-1])
 
 
+def readout_pullback(layer: FixedPointLayer, x: Tensor, y: Tensor, v: Tensor) -> tuple[Tensor, Grads]:
+    """For the output g(y, x) (the layer's readout) and its cotangent v: ((dg/dy)^T v, v^T dg/d(theta, x)) at
+    y, by one plain vector-Jacobian product. The identity readout gives (v, 0) exactly."""
+    x_leaf = x.detach().clone().requires_grad_(True)
+    y_leaf = y.detach().clone().requires_grad_(True)
+    params = list(layer.parameters())
+    out = layer.readout(y_leaf, x_leaf)
+    assert out.shape == v.shape, f"the cotangent has shape {tuple(v.shape)}, the output {tuple(out.shape)}"
+    grads = torch.autograd.grad(out, [y_leaf, *params, x_leaf], v, materialize_grads=True)
+    return grads[0], Grads(torch.cat([t.flatten() for t in grads[1:-1]]), grads[-1])
+
+
 def analyse(layer: FixedPointLayer, x: Tensor, y: Tensor, v: Tensor) -> Analysis:
-    """Dense float64 analysis at y (the layer's own fixed point), independent of iqa.grad."""
+    """Dense float64 analysis at y (the layer's own fixed point state), independent of iqa.grad; v is the
+    cotangent of the layer's output g(y*, x), pulled back through the readout first (``readout_pullback``)."""
     f = fixed_map(layer, x)
     y = y.detach()
     J = jacobian(f, y)
@@ -144,9 +161,12 @@ def analyse(layer: FixedPointLayer, x: Tensor, y: Tensor, v: Tensor) -> Analysis
     cond = 1 / torch.linalg.svdvals(eye - J)[..., -1]
     with torch.no_grad():
         residual = torch.linalg.vector_norm((f(y) - y).flatten(1), dim=1)
-    g = torch.linalg.solve(eye - J.transpose(1, 2), v.flatten(1).unsqueeze(-1)).reshape(v.shape)
+    v_state, direct = readout_pullback(layer, x, y, v)
+    g = torch.linalg.solve(eye - J.transpose(1, 2), v_state.flatten(1).unsqueeze(-1)).reshape(y.shape)
     dtheta, dx = map_jacobians(layer, x, y)
-    return Analysis(y, J, rho, cond, residual, g, pullback(layer, x, y, g), dtheta, dx)
+    through_f = pullback(layer, x, y, g)
+    reference = Grads(through_f.weights + direct.weights, through_f.x + direct.x)
+    return Analysis(y, J, rho, cond, residual, g, reference, dtheta, dx)
 
 
 def dense_jacobians(layer: FixedPointLayer, x: Tensor, output: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:

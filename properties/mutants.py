@@ -34,12 +34,16 @@ from iqa.variants import (
     Variant,
 )
 from iqa.variants.builtin import CONSENSUS_FAILURES, WEIGHTS_MOVE_FIXED_POINT
+from iqa.variants.causal import CausalQueryAttention
+from iqa.variants.multihead import MultiHeadHopfieldAttention
 
 _BUILTIN = {v.name: v for v in BUILTIN_VARIANTS}
 HOPFIELD_TAGS = _BUILTIN["hopfield"].tags
 REFERENCE_TAGS = _BUILTIN["reference"].tags
 POSITIONAL_TAGS = _BUILTIN["positional"].tags
 INJECTION_TAGS = _BUILTIN["injection"].tags
+MULTIHEAD_TAGS = _BUILTIN["multihead"].tags
+CAUSAL_TAGS = _BUILTIN["causal"].tags
 
 #: The gradient of the "gradient_scaled" mutant is this factor times the true one.
 GRADIENT_FACTOR = 1.05
@@ -98,6 +102,62 @@ class HalvedScoreMatrix(ImplicitQueryAttention):
 
     def score_weight_norm(self) -> Tensor:
         return 0.5 * super().score_weight_norm()
+
+
+class MixedHeads(MultiHeadHopfieldAttention):
+    """Multi-head attention whose head h reads the keys of head h + 1 (its certificate hooks stay honest)."""
+
+    def keys(self, x: Tensor) -> Tensor:
+        return super().keys(x).roll(1, dims=-3)  # the bug: heads paired with another head's keys
+
+    def head_score_matrices(self, x: Tensor) -> Tensor:
+        W_Q = self.W_Q.weight.unflatten(0, (self.heads, self.head_dim))
+        return super().keys(x) @ W_Q  # what the layer claims: each head with its own keys
+
+
+# --- the mask leaks ---------------------------------------------------------------------------
+
+
+#: The "leaky-padding" mutant subtracts this from a padded key's score instead of setting it to -inf.
+LEAK_PENALTY = 30.0
+
+
+class LeakyPadding(HopfieldAttention):
+    """Hopfield attention whose padding mask is a finite penalty: a padded key keeps weight ~e^-30 times its
+    share, and its value is read."""
+
+    def fixed_point_map(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Map:
+        K = self.keys(x)
+        penalty = 0.0 if key_padding_mask is None else LEAK_PENALTY * key_padding_mask[:, None, :].to(x.dtype)
+
+        def f(y: Tensor) -> Tensor:
+            return F.softmax(self.Omega_Q(y) @ K.transpose(-2, -1) - penalty, dim=-1) @ x  # the bug: not -inf
+
+        return f
+
+
+class OneHeadMasked(MultiHeadHopfieldAttention):
+    """Multi-head attention that masks the padded keys in its first head only."""
+
+    def fixed_point_map(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Map:
+        if key_padding_mask is None:
+            return super().fixed_point_map(x)
+        K, V = self.keys(x), self.head_values(x)
+        first = torch.arange(self.heads, device=x.device) == 0
+        padded = key_padding_mask[:, None, None, :] & first[None, :, None, None]  # the bug: head 0 only
+
+        def f(y: Tensor) -> Tensor:
+            scores = (self.split_heads(self.W_Q(y)) @ K.transpose(-2, -1)).masked_fill(padded, float("-inf"))
+            return self.W_O((F.softmax(scores, dim=-1) @ V).transpose(-3, -2).flatten(-2))
+
+        return f
+
+
+class CausalOffByOne(CausalQueryAttention):
+    """The causal variant whose mask lets position i see position i + 1."""
+
+    def future(self, tokens: int, device: torch.device) -> Tensor:
+        return torch.ones(tokens, tokens, dtype=torch.bool, device=device).triu(2)  # the bug: triu(1) is causal
 
 
 # --- the gradient is wrong --------------------------------------------------------------------
@@ -304,6 +364,34 @@ MUTANTS: tuple[Mutant, ...] = (
         "variant.test_layer_solve:test_output_in_convex_hull",
         "hopfield",
         r"outside the convex hull",
+    ),
+    Mutant(
+        _variant(LeakyPadding, "leaky-padding", HOPFIELD_TAGS | {Tag.PADDING_INVARIANT}),
+        f"padded keys get their score minus {LEAK_PENALTY:g} instead of -inf: their weight is tiny, not zero",
+        "variant.test_masks:test_padding_content_is_ignored",
+        "multihead",
+        r"unpadded outputs changed",
+    ),
+    Mutant(
+        _variant(OneHeadMasked, "one-head-masked", MULTIHEAD_TAGS),
+        "the padding mask reaches the first head only: the other heads read the padded tokens",
+        "variant.test_masks:test_padding_content_is_ignored",
+        "multihead",
+        r"unpadded outputs changed",
+    ),
+    Mutant(
+        _variant(CausalOffByOne, "causal-off-by-one", CAUSAL_TAGS, dict(_BUILTIN["causal"].expected_failures)),
+        "the causal mask is off by one (triu(2)): position i sees position i + 1",
+        "variant.test_masks:test_causal_output_ignores_later_tokens",
+        "causal",
+        r"changed when only the tokens after",
+    ),
+    Mutant(
+        _variant(MixedHeads, "mixed-heads", MULTIHEAD_TAGS),
+        "head h's queries read head h + 1's keys, while its score matrices say each head reads its own",
+        "variant.test_analysis:test_analytic_jacobian_matches_autograd",
+        "multihead",
+        r"autograd and the analytic Jacobian differ",
     ),
 )
 

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from iqa import analysis
 from iqa.layer import FixedPointLayer
+from iqa.rejections import not_reached, reject
 from iqa.solvers import Solution, Status, solve
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -115,6 +116,15 @@ class Tally:
 _RUNNING: list[Tally] = []
 
 
+def require(hit: bool, regime: str, *, rho: float | None = None, scale: float | None = None) -> None:
+    """Record (:func:`reached`) whether this example is in the regime ``regime`` and reject it (why recorded,
+    :func:`iqa.rejections.reject`) when it is not, so that a property whose draws all fall outside the regime it
+    needs ends "not reached: {regime} in 0 of N draws ..." instead of a Hypothesis health-check error.
+    ``rho`` (e.g. rho(J*) of the draw) and ``scale`` (its weight scale) go into that reason."""
+    if not reached(regime, hit):
+        reject(f"outside the regime {regime}", rho=rho, scale=scale)
+
+
 def reached(label: str, hit: bool) -> bool:
     """Record (and ``event()``) whether this example reached the regime ``label``; returns ``hit``.
 
@@ -136,7 +146,10 @@ COVERAGE_MIN_EXAMPLES = 20
 def requires_share(label: str, minimum: float, at_least: int = 1) -> Callable[[F], F]:
     """Decorate a Hypothesis property (above ``@given``): after all its examples have run, at least ``minimum``
     of those that called :func:`reached` with ``label`` (and at least ``at_least`` of them) must have reached it.
-    Otherwise the property fails: it would pass without having tested the regime it exists for. Judged only on
+    Otherwise the property fails: it would pass without having tested the regime it exists for. When some
+    examples looked and none reached it, the layer gave the property nothing to check in that regime: the verdict
+    is "not reached" (:func:`iqa.rejections.not_reached`), not a failure; a share above zero but too small stays
+    a failure (the regime exists for this layer, and the property tested too little of it). Judged only on
     profiles with at least COVERAGE_MIN_EXAMPLES examples.
 
     The wrapped Hypothesis test stays reachable as ``wrapper.hypothesis_inner`` (the meta tests change its
@@ -157,6 +170,8 @@ def requires_share(label: str, minimum: float, at_least: int = 1) -> Callable[[F
             examples = test._hypothesis_internal_use_settings.max_examples  # type: ignore[attr-defined]
             if examples < COVERAGE_MIN_EXAMPLES:
                 return  # a share of a handful of examples is noise (dev, large, mutation): ci and thorough judge it
+            if looked and not hit:
+                not_reached(f"{label} in 0 of {looked} examples (the other examples held)")
             assert hit >= at_least and share >= minimum, (
                 f"regime coverage: {hit} of {looked} examples reached '{label}' ({share:.0%}); "
                 f"this property needs at least {minimum:.0%} and {at_least}: it did not test what it is for"

@@ -163,8 +163,10 @@ def cases(
     widths = domain.dims(dim_low, dim_high)
     if not widths:
         outside_domain(f"D in [{dim_low}, {dim_high}] (with N = {n})", domain)
-    # Any width allowed: the same draw as before domains existed, so the ci profile's examples are unchanged.
-    d = draw(st.integers(dim_low, dim_high)) if domain.dim_multiple == 1 else draw(st.sampled_from(widths))
+    # Every width of the range allowed: the same draw as before domains existed, so the ci profile's examples are
+    # unchanged; otherwise (a multiple of the heads, or a min_dim / max_dim inside the range) only allowed widths.
+    every = widths == list(range(dim_low, dim_high + 1))
+    d = draw(st.integers(dim_low, dim_high)) if every else draw(st.sampled_from(widths))
     case = Case(
         batch=b,
         tokens=n,

@@ -29,7 +29,9 @@ CERTIFICATE_NORMS = {"kappa_inf": "rows", "kappa_F": "fro", "kappa_weights": "ro
 
 
 def token_norm(t: Tensor, which: str) -> Tensor:
-    """||t||_(2,inf) ("rows") or ||t||_F ("fro") over the last two dimensions, per batch element, in float64."""
+    """||t||_(2,inf) ("rows") or ||t||_F ("fro") over the last two dimensions, per batch element, in float64.
+
+    The rows are t's own (tokens, or a state's K slots)."""
     t = t.detach().to(torch.float64)
     if which == "rows":
         return max_row_norm(t)
@@ -39,7 +41,10 @@ def token_norm(t: Tensor, which: str) -> Tensor:
 
 
 def in_norm(per_row: Tensor, which: str, tokens: int) -> Tensor:
-    """A per-row bound turned into a bound in the given norm (sqrt(N) times for Frobenius)."""
+    """A per-row bound turned into a bound in the given norm (sqrt(rows) times for Frobenius).
+
+    ``tokens`` is the number of rows of the bounded tensor: N for x-shaped states, K for a slot state.
+    """
     return per_row if which == "rows" else per_row * math.sqrt(tokens)
 
 
@@ -87,9 +92,9 @@ def certified_solve(layer: FixedPointLayer, x: Tensor, y0: Tensor | None = None)
     if not bool((kappa < 1).all()):
         raise ValueError(f"no certificate < 1 for every batch element (best: {name} = {kappa.tolist()})")
     which = CERTIFICATE_NORMS[name]
-    N = x.shape[-2]
     f = layer.fixed_point_map(x)
     start = layer.initial_point(x) if y0 is None else y0
+    N = start.shape[-2]  # the state's rows (K = N but for slot states)
     eps_start = map_rounding(layer, x, start).cpu()
     k = float(kappa.max())
     # the Frobenius residual can sink to about sqrt(N) 2 eps_f / (1 - kappa) by rounding; stop 10x above it

@@ -26,7 +26,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from iqa.analysis.certificates import SCORES_A_YT, max_row_norm, relaxation, score_form, supports_certificates
+from iqa.analysis.certificates import (
+    SCORES_A_YT,
+    check_state_fits,
+    has_heads,
+    max_row_norm,
+    relaxation,
+    score_form,
+    supports_certificates,
+)
 from iqa.analysis.rounding import map_rounding
 from iqa.analysis.spectral import eig_blocks
 from iqa.layer import FixedPointLayer
@@ -38,18 +46,25 @@ def consensus_point(x: Tensor) -> Tensor:
 
 
 def consensus_distance(y: Tensor, x: Tensor) -> Tensor:
-    """||y - 1 mean(x)^T||_F per batch element, [B]."""
+    """||y - 1 mean(x)^T||_F per batch element, [B].
+
+    Defined only for a state with x's shape: a slot state [B, K, D_y] has no token mean to be compared with
+    (ValueError).
+    """
     if y.shape != x.shape:
-        raise ValueError(f"y and x must have the same shape [B, N, D], got {tuple(y.shape)} and {tuple(x.shape)}")
+        raise ValueError(
+            f"the consensus distance compares a state with x's shape [B, N, D] to the token mean; got a state of "
+            f"shape {tuple(y.shape)} for x of shape {tuple(x.shape)}"
+        )
     return torch.linalg.vector_norm(y - consensus_point(x), dim=(-2, -1))
 
 
 def consensus_matrix(layer: Any, x: Tensor) -> Tensor:
     """P = A^T V_c / N per batch element, [B, D, D]: rho_c = rho(P) for the unrelaxed map."""
-    if not supports_certificates(layer):
+    if not supports_certificates(layer) or has_heads(layer):
         raise TypeError(
             f"{type(layer).__name__} has no score_matrix(x)/values(x): the consensus analysis needs a map "
-            "of the form softmax(A Y^T) V"
+            "of the form softmax(A Y^T) V (one head)"
         )
     if score_form(layer) != SCORES_A_YT:
         raise TypeError(
@@ -59,6 +74,7 @@ def consensus_matrix(layer: Any, x: Tensor) -> Tensor:
     with torch.no_grad():
         A = layer.score_matrix(x)
         V = layer.values(x)
+        check_state_fits(layer, x, A, V, SCORES_A_YT)
         Vc = V - V.mean(dim=-2, keepdim=True)
         return A.transpose(-2, -1) @ Vc / x.shape[-2]
 

@@ -10,6 +10,8 @@ scores of row i by a range of at most 2 max_j ||a_j|| ||dY||_(2,inf), so per row
 
     H = 3 a diam(V) max_j ||a_j||^2      (a = the relaxation, 1 if none)
 
+(summed over heads for a multi-head map, each with its own A_h and U_h)
+
 (+ rounding: 2 eps_f for the two evaluations, n eps ||J||_F ||d_t|| for J d_t).
 Unrolling, for s < t and v the unit left eigenvector of the dominant eigenvalue
 mu (|mu| = rho), v^T J = mu v^T:
@@ -32,7 +34,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from iqa.analysis.certificates import diameter, max_row_norm, relaxation, supports_certificates
+from iqa.analysis.certificates import (
+    diameter,
+    head_sum,
+    head_terms,
+    max_row_norm,
+    relaxation,
+    supports_certificates,
+)
 from iqa.analysis.jacobian import jacobian
 from iqa.analysis.rates import MIN_POINTS, empirical_rate
 from iqa.analysis.rounding import map_rounding
@@ -50,10 +59,10 @@ def second_order_constant(layer: FixedPointLayer, x: Tensor) -> Tensor:
     if not supports_certificates(layer):
         raise TypeError(f"{type(layer).__name__} has no score_matrix(x)/values(x): no second-order bound")
     with torch.no_grad():
-        A = layer.score_matrix(x).to(torch.float64)  # type: ignore[operator]
-        V = layer.values(x).to(torch.float64)  # type: ignore[operator]
-    a_max = max_row_norm(A)
-    return (relaxation(layer) * 3 * diameter(V) * a_max**2).cpu()
+        A, U = (t.to(torch.float64) for t in head_terms(layer, x))
+    # a sum of heads has the sum of their Taylor remainders: sum_h 3 diam(U_h) max_j ||a^h_j||^2 (one head: H)
+    H = head_sum(3 * diameter(U[..., h, :, :]) * max_row_norm(A[..., h, :, :]) ** 2 for h in range(A.shape[-3]))
+    return (relaxation(layer) * H).cpu()
 
 
 @dataclass(frozen=True)
@@ -84,7 +93,7 @@ def rate_intervals(layer: FixedPointLayer, x: Tensor, iterates: list[Tensor]) ->
     J_all = jacobian(f, y_end).to(torch.float64)
     H_all = second_order_constant(layer, x)
     eps = torch.finfo(x.dtype).eps
-    N = x.shape[-2]
+    N = y_end.shape[-2]  # the state's rows: the Frobenius norm of a per-row bound is sqrt(rows) times it
     eps_f_all = torch.stack([map_rounding(layer, x, y) for y in (iterates[0], y_end)]).amax(dim=0).cpu()
     out: list[RateInterval | None] = []
     for b in range(x.shape[0]):

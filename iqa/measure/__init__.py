@@ -16,7 +16,11 @@ for backward, and returns::
       "runs": [run, ...],                   # one per (cell, batch element), see iqa.measure.cell
       "gradients": [record, ...],           # one per cell with gradient checks that converged
       "saved_bytes": {...},                 # see iqa.measure.saved
+      "outside_domain": [[N, D], ...],      # only when the variant's shape domain excludes some of the grid:
+      "domain": str,                        # those (N, D) were not measured; the domain as `iqa variants` shows it
     }
+
+A slot variant's runs carry "slots": K, and its cells one per K (:meth:`Sweep.cells`).
 
 Metric names (built by :mod:`iqa.metrics`; for each method m in the sweep, T in
 unrolled_T, mode in the backward modes; pNN are quantiles):
@@ -66,6 +70,7 @@ __all__ = [
     "PRESETS",
     "QUICK",
     "Cell",
+    "DomainError",
     "MeasurementError",
     "SchedulerError",
     "Sweep",
@@ -78,6 +83,11 @@ __all__ = [
 ]
 
 FORMAT = "iqa-measure/1"
+
+
+class DomainError(ValueError):
+    """No cell of the sweep lies inside a variant's shape domain: the caller's choice of sweep, not the variant's
+    failure."""
 
 
 class MeasurementError(Exception):
@@ -155,8 +165,14 @@ def measure_variants(
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     resolved = [resolve(v) if isinstance(v, str) else v for v in variants]
-    cells = list(sweep.cells())
-    tasks: list[_Task] = [(i, c) for i in range(len(resolved)) for c in [*cells, None]]
+    cells = [list(sweep.cells(v.domain)) for v in resolved]  # each variant's cells inside its shape domain
+    for variant, own in zip(resolved, cells):
+        if not own:
+            raise DomainError(
+                f"variant {variant.name!r}: no cell of the sweep (N in {list(sweep.tokens)}, D in {list(sweep.dims)}) "
+                f"lies inside its domain ({variant.domain.describe()}); choose a sweep with shapes it supports"
+            )
+    tasks: list[_Task] = [(i, c) for i in range(len(resolved)) for c in [*cells[i], None]]
     results: dict[_Task, Any] = {}
     bar = tqdm(total=len(tasks), desc="measure", unit="cell", disable=not progress, file=sys.stderr)
     if jobs == 1 and pool is None:
@@ -187,7 +203,7 @@ def measure_variants(
                 bar.update()
     bar.close()
     return [
-        _assemble(variant, sweep, [results[(i, c)] for c in cells], results[(i, None)])
+        _assemble(variant, sweep, [results[(i, c)] for c in cells[i]], results[(i, None)])
         for i, variant in enumerate(resolved)
     ]
 
@@ -215,6 +231,8 @@ def _assemble(variant: Variant, sweep: Sweep, cells: list[dict[str, Any]], saved
             total[0] += seconds
             total[1] += steps
     metrics = summarize(runs, gradients, saved, timing, sweep.methods)
+    outside = sweep.outside(variant.domain)
+    extra = {"outside_domain": [list(c) for c in outside], "domain": variant.domain.describe()} if outside else {}
     return {
         "format": FORMAT,
         "variant": variant.name,
@@ -227,4 +245,5 @@ def _assemble(variant: Variant, sweep: Sweep, cells: list[dict[str, Any]], saved
         "runs": runs,
         "gradients": gradients,
         "saved_bytes": saved,
+        **extra,
     }

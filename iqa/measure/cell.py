@@ -1,23 +1,25 @@
 """Measure one cell of a sweep: solves, certificates, rates, and (optionally) gradients.
 
 For the layer and input batch of a :class:`~iqa.measure.sweep.Cell`, every
-solver method runs from the layer's y0 with the sweep's tol and max_iter. Each
-batch element gives one *run* record::
+solver method runs from the layer's y0 with the sweep's tol and max_iter. The
+solves, rho and the rates are about the fixed-point state y (x's shape, or a
+slot variant's [B, K, D_y]); the gradients about the layer's output, its
+readout g(y*, x). Each batch element gives one *run* record::
 
-    {"tokens", "dim", "scale", "seed", "element",
+    {"tokens", "dim", "scale", "seed", "element", ("slots": K, for a slot variant)
      "kappa": {"inf", "F", "weights", "best"} | None,   # certificates (None: not of the form softmax(A Y^T) V)
      "rho": float | None,              # spectral radius of df/dy at y* (None: no converged y*, or it failed)
      "rho_failed": bool,               # the eigenvalue solver failed on the cell's Jacobian
      "rho_consensus": float | None,    # rho at the token mean 1 mean(x)^T, for layers that fix it
-     "consensus_distance": float | None,   # ||y* - 1 mean(x)^T||_F / ||x - 1 mean(x)^T||_F
+     "consensus_distance": float | None,   # ||y* - 1 mean(x)^T||_F / ||x - 1 mean(x)^T||_F (None: y* is not x's shape)
      "<method>": {"status", "steps", "residual", "rate", "history" (picard only)}}
 
 ``rate`` is the observed contraction rate (:func:`iqa.analysis.empirical_rate`
 of the absolute residuals r_t = ||f(y_t) - y_t||; for Picard r_t = ||y_{t+1} - y_t||).
 y* is Picard's converged iterate, else Anderson's, else None.
 
-The gradient record (cells with ``gradients``) compares, for L = <G, y*> with a
-fixed G ~ N(0, 1), the gradient over every input of f (x and each weight):
+The gradient record (cells with ``gradients``) compares, for L = <G, g(y*, x)> with a
+fixed G ~ N(0, 1) of the output's shape, the gradient over every input of the layer (x and each weight):
 
     unrolled_error[T] = ||g_unrolled(T) - g_implicit|| / ||g_implicit||
     phantom_error[k, lam] = ||g_phantom(k, lam) - g_implicit|| / ||g_implicit||
@@ -66,7 +68,9 @@ def inputs(cell: Cell, sweep: Sweep) -> Tensor:
 
 
 def make_layer(variant: Variant, cell: Cell, sweep: Sweep, **options: Any) -> FixedPointLayer:
-    """The cell's layer (same weights for every call with the same cell)."""
+    """The cell's layer (same weights for every call with the same cell); a slot cell's K as ``slots=K``."""
+    if cell.slots is not None:
+        options = {"slots": cell.slots, **options}
     return variant.make(cell.dim, scale=cell.scale, seed=cell.weight_seed, dtype=sweep.torch_dtype, **options)
 
 
@@ -89,8 +93,10 @@ def measure_cell(variant: Variant, cell: Cell, sweep: Sweep) -> dict[str, Any]:
             timing[method] = [time.perf_counter() - start, float(solutions[method].n_steps)]
         kappa = certificates(layer, x) if supports_certificates(layer) else None
         y_star, found = _fixed_point(solutions, y0)
-        spread = consensus_distance(x, x)
-        distance = consensus_distance(y_star, x) / spread.clamp_min(torch.finfo(x.dtype).tiny)
+        distance = None
+        if y_star.shape == x.shape:  # the token mean is a point of the state space only for x-shaped states
+            spread = consensus_distance(x, x)
+            distance = consensus_distance(y_star, x) / spread.clamp_min(torch.finfo(x.dtype).tiny)
         rho_c = _consensus_radius(layer, x)
     rho, rho_failed = None, False
     if variant.has(Tag.BATCH_INDEPENDENT) and any(found):
@@ -105,12 +111,13 @@ def measure_cell(variant: Variant, cell: Cell, sweep: Sweep) -> dict[str, Any]:
             "dim": cell.dim,
             "scale": cell.scale,
             "seed": cell.seed,
+            **({} if cell.slots is None else {"slots": cell.slots}),
             "element": b,
             "kappa": None,
             "rho": _finite(rho[b]) if rho is not None and found[b] else None,
             "rho_failed": rho_failed and found[b],
             "rho_consensus": _finite(rho_c[b]) if rho_c is not None else None,
-            "consensus_distance": _finite(float(distance[b])) if found[b] else None,
+            "consensus_distance": _finite(float(distance[b])) if distance is not None and found[b] else None,
         }
         if kappa is not None:
             run["kappa"] = {
@@ -146,6 +153,12 @@ def _fixed_point(solutions: dict[str, Solution], y0: Tensor) -> tuple[Tensor, li
                 y_star[b] = solution.y[b]
                 found[b] = True
     return y_star, found
+
+
+def _output_shape(layer: FixedPointLayer, x: Tensor) -> torch.Size:
+    """The shape of the layer's output for x: its readout at the start (x's shape unless it reads out)."""
+    with torch.no_grad():
+        return layer.readout(layer.initial_point(x), x).shape
 
 
 def _consensus_radius(layer: FixedPointLayer, x: Tensor) -> list[float] | None:
@@ -187,7 +200,8 @@ def measure_gradients(
     if x is None:
         x = inputs(cell, sweep)
     generator = torch.Generator().manual_seed(cell.input_seed + 1)
-    G = torch.randn(x.shape, dtype=torch.float64, generator=generator).to(x.dtype)
+    G = torch.randn(_output_shape(make_layer(variant, cell, sweep), x), dtype=torch.float64, generator=generator)
+    G = G.to(x.dtype)
     floor = GRADIENT_FLOOR * float(torch.linalg.vector_norm(G))
 
     def gradient(**options: Any) -> tuple[Tensor, int, FixedPointLayer]:
@@ -223,12 +237,13 @@ def measure_gradients(
         "phantom_error": {},
     }
     usable = forward_ok and adjoint is not None and adjoint.converged
-    # Unrolled: the seed's loop for max(T) steps from y0, one backward per depth T through the shared graph.
+    # Unrolled: the seed's loop for max(T) steps from y0, one backward per depth T through the shared graph;
+    # the output at depth T is the readout of the T-th state.
     unrolled = make_layer(variant, cell, sweep, n_iters=max(sweep.unrolled_T))
     xg = x.clone().requires_grad_(True)
     _, history = unrolled(xg, track=True)
     for T in sorted(sweep.unrolled_T):
-        g = _flat_grad((G * history[T]).sum(), [xg, *unrolled.parameters()], retain=True)
+        g = _flat_grad((G * unrolled.readout(history[T], xg)).sum(), [xg, *unrolled.parameters()], retain=True)
         record["unrolled_error"][str(T)] = _relative(g, implicit, floor) if usable else None
     for k, lam in sweep.phantom:
         g, _, _ = gradient(backward="phantom", phantom_steps=k, phantom_damping=lam, **solver)

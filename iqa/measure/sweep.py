@@ -2,10 +2,16 @@
 
 A :class:`Sweep` is plain data (it travels to worker processes as a dict and
 is stored with the results). Every case of the grid is a :class:`Cell`
-(tokens N, dim D, weight scale s, seed); its weights and inputs come from
-seeds derived from the cell alone (:meth:`Cell.weight_seed`,
-:meth:`Cell.input_seed`), so a cell gives the same numbers whichever process
-measures it and in whatever order.
+(tokens N, dim D, weight scale s, seed, and K for a variant with slots); its
+weights and inputs come from seeds derived from the cell alone
+(:meth:`Cell.weight_seed`, :meth:`Cell.input_seed`), so a cell gives the same
+numbers whichever process measures it and in whatever order.
+
+A variant measures only the cells inside its shape domain (:meth:`Sweep.cells`
+with the variant's :class:`~iqa.variants.domain.Domain`): a D that is not a
+multiple of its heads, or an N it does not take, is not drawn. A slot variant
+(``Domain.slots = (lo, hi)``) gets one cell per slot count K of ``Sweep.slots``
+inside (lo, hi), or, when the sweep names none, K = lo and K = hi.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import torch
 
 from iqa.solvers import METHODS
 from iqa.validation import check_positive, check_positive_int
+from iqa.variants.domain import Domain
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 #: Sweep fields renamed since stored files were written: old name -> new name.
@@ -47,6 +54,8 @@ class Sweep:
         gradient_seeds: how many of ``seeds`` (the first ones) also get the gradient checks.
         saved_bytes_shape: (N, D) of the bytes-saved-for-backward measurement.
         saved_bytes_scale: its weight scale.
+        slots: the slot counts K of a slot variant's cells (empty: the ends of its domain's range). Stored
+            only when given, so that sweeps without it keep their stored form.
     """
 
     tokens: tuple[int, ...]
@@ -63,6 +72,7 @@ class Sweep:
     gradient_seeds: int = 1
     saved_bytes_shape: tuple[int, int] = (8, 8)
     saved_bytes_scale: float = 0.5
+    slots: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("tokens", "dims", "scales", "seeds", "methods", "unrolled_T"):
@@ -99,6 +109,10 @@ class Sweep:
         check_positive_int("Sweep.saved_bytes_shape N", self.saved_bytes_shape[0])
         check_positive_int("Sweep.saved_bytes_shape D", self.saved_bytes_shape[1])
         check_positive("Sweep.saved_bytes_scale", self.saved_bytes_scale)
+        if not isinstance(self.slots, tuple) or len(set(self.slots)) != len(self.slots):
+            raise ValueError(f"Sweep.slots must be a tuple without repeats, got {self.slots!r}")
+        for k in self.slots:
+            check_positive_int("Sweep.slots entry", k)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -110,16 +124,44 @@ class Sweep:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         return dataclasses.replace(self, seeds=tuple(seed + i for i in range(len(self.seeds))))
 
-    def cells(self) -> Iterator[Cell]:
-        """Every (N, D, s, seed) of the grid, in a fixed order."""
+    def slot_counts(self, domain: Domain | None) -> tuple[int | None, ...]:
+        """The K values of a variant with this domain: (None,) without slots; else ``slots`` inside the
+        domain's range, or the range's ends when ``slots`` is empty."""
+        if domain is None or domain.slots is None:
+            return (None,)
+        low, high = domain.slots
+        if not self.slots:
+            return tuple(sorted({low, high}))
+        return tuple(k for k in self.slots if low <= k <= high)
+
+    def cells(self, domain: Domain | None = None) -> Iterator[Cell]:
+        """Every (N, D, s, seed[, K]) of the grid inside ``domain`` (default: every shape), in a fixed order."""
         for n in self.tokens:
             for d in self.dims:
-                for s in self.scales:
-                    for i, seed in enumerate(self.seeds):
-                        yield Cell(n, d, s, seed, gradients=i < self.gradient_seeds)
+                for k in self.slot_counts(domain):
+                    if domain is not None and not domain.contains(n, d, k):
+                        continue
+                    for s in self.scales:
+                        for i, seed in enumerate(self.seeds):
+                            yield Cell(n, d, s, seed, gradients=i < self.gradient_seeds, slots=k)
+
+    def outside(self, domain: Domain | None) -> list[tuple[int, int]]:
+        """The (N, D) of the grid that ``domain`` excludes (not measured), in grid order."""
+        if domain is None:
+            return []
+        return [
+            (n, d)
+            for n in self.tokens
+            for d in self.dims
+            if not any(domain.contains(n, d, k) for k in self.slot_counts(domain))
+        ]
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {
+            f.name: _plain(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if not (f.name == "slots" and not self.slots)
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Sweep:
@@ -140,21 +182,25 @@ class Sweep:
 
 @dataclass(frozen=True)
 class Cell:
-    """One point of the grid; ``gradients`` says whether it also gets the gradient checks."""
+    """One point of the grid; ``gradients`` says whether it also gets the gradient checks; ``slots`` is K for
+    a slot variant (None: the state has one row per token)."""
 
     tokens: int
     dim: int
     scale: float
     seed: int
     gradients: bool = False
+    slots: int | None = None
 
     @property
-    def key(self) -> tuple[int, int, float, int]:
-        return (self.tokens, self.dim, self.scale, self.seed)
+    def key(self) -> tuple[int, int, float, int] | tuple[int, int, float, int, int]:
+        base = (self.tokens, self.dim, self.scale, self.seed)
+        return base if self.slots is None else (*base, self.slots)
 
     def _derived(self, purpose: str) -> int:
         # crc32 of the cell's text: stable across processes and Python runs (hash() is salted).
-        return zlib.crc32(f"{purpose}:{self.tokens}:{self.dim}:{self.scale!r}:{self.seed}".encode())
+        slots = "" if self.slots is None else f":K{self.slots}"
+        return zlib.crc32(f"{purpose}:{self.tokens}:{self.dim}:{self.scale!r}:{self.seed}{slots}".encode())
 
     @property
     def weight_seed(self) -> int:

@@ -18,7 +18,7 @@ from tabulate import tabulate
 from iqa import metrics as names
 from iqa.grad import BACKWARD_MODES
 from iqa.metrics import phantom_name
-from iqa.verdicts import BAD_VERDICTS, FAIL, UNEXPECTED_PASS, VERDICTS, property_verdicts
+from iqa.verdicts import BAD_VERDICTS, FAIL, NOT_REACHED, UNEXPECTED_PASS, VERDICTS, property_verdicts
 from iqa.verdicts import counts as verdict_counts
 
 #: Images of a variant page: file name -> (section title, alt text).
@@ -90,6 +90,24 @@ def _provenance(context: Context, result: dict[str, Any] | None = None) -> list[
             f"{sweep['batch']} inputs x ~ N(0, 1) per cell, {sweep['dtype']}; solvers {', '.join(sweep['methods'])} "
             f"from the layer's y₀, tol = {sweep['tol']:g} on ‖f(y) − y‖, max_iter = {sweep['max_iter']}.",
         ]
+        lines += _state_lines(result)
+    return lines
+
+
+def _state_lines(result: dict[str, Any]) -> list[str]:
+    """What a slot variant's state is and which grid shapes its domain left out (nothing for other variants)."""
+    lines = []
+    slots = sorted({run["slots"] for run in result["runs"] if "slots" in run})
+    if slots:
+        lines += [
+            "",
+            f"State: K ∈ {_set(slots)} slots per input (the fixed-point state y is [B, K, D], not x's shape): "
+            "ρ and the observed rates are about y; the gradients about the layer's output, its readout of y*.",
+        ]
+    outside = result.get("outside_domain")
+    if outside:
+        shapes = ", ".join(f"(N = {n}, D = {d})" for n, d in outside)
+        lines += ["", f"Not measured, outside the variant's domain ({result['domain']}): {shapes}."]
     return lines
 
 
@@ -204,6 +222,15 @@ def properties_section(tests: list[dict[str, Any]] | None, context: Context, err
         verdict = f"**{row['verdict']}**" if row["verdict"] in BAD_VERDICTS else row["verdict"]
         table.append([f"`{row['property']}`", row["file"], verdict + cases, _one_line(row["detail"])])
     lines += [_table(table, ["property", "file", "verdict", "why / message"]), ""]
+    unreached = [row for row in rows if row["verdict"] == NOT_REACHED]
+    if unreached:
+        lines += [
+            "Not reached: the layer gave these properties nothing to check (every draw lacked what the property "
+            "needs, as said); neither a pass nor a fail.",
+            "",
+            *(f"- `{row['property']}`: {clean(row['detail'])}" for row in unreached),
+            "",
+        ]
     for row in rows:
         t = row["record"]
         if row["verdict"] == UNEXPECTED_PASS:
@@ -397,6 +424,12 @@ def index_page(
             for row in property_verdicts(tests)
             if row["verdict"] in BAD_VERDICTS
         ]
+        unreached = [
+            (name, row)
+            for name, tests in sorted(properties.items(), key=lambda kv: str(kv[0]))
+            for row in property_verdicts(tests)
+            if row["verdict"] == NOT_REACHED
+        ]
         lines += ["## Property failures", ""]
         if bad:
             lines += [
@@ -411,8 +444,25 @@ def index_page(
                 "Each variant's page gives the minimal falsifying example and the command that reproduces it.",
                 "",
             ]
+        elif unreached:
+            lines += [
+                "None: every property that ran passed, failed as declared, did not apply, or was not reached.",
+                "",
+            ]
         else:
             lines += ["None: every property that ran passed, failed as declared, or did not apply.", ""]
+        if unreached:
+            lines += [
+                "## Properties not reached",
+                "",
+                "The layer gave these properties nothing to check (neither a pass nor a fail):",
+                "",
+                _table(
+                    [[f"`{name}`", f"`{row['property']}`", _one_line(row["detail"], 200)] for name, row in unreached],
+                    ["variant", "property", "why"],
+                ),
+                "",
+            ]
     elif error is not None:
         lines += [
             "## Property failures",

@@ -390,7 +390,8 @@ def saved_bytes_plot(variant: str, saved: dict[str, Any]) -> Figure:
     ax.set_ylabel("KiB saved for backward")
     ax.set_title(
         f"{variant}: memory kept for backward (B = {saved['batch']}, N = {saved['tokens']}, D = {saved['dim']}, "
-        f"s = {saved['scale']:g})"
+        + (f"K = {saved['slots']}, " if "slots" in saved else "")
+        + f"s = {saved['scale']:g})"
     )
     ax.legend(title="backward mode")
     return fig

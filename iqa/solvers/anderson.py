@@ -6,10 +6,12 @@ Each step mixes the last m pairs (x_i, f(x_i)): with g_i = f(x_i) - x_i,
     x_next = beta sum_i alpha_i f(x_i) + (1 - beta) sum_i alpha_i x_i      (beta = mixing),
 
 alpha from (G G^T + lam I) w = 1, alpha = w / sum(w), lam = ridge trace(G G^T) / m.
-The pairs live in preallocated ring buffers [B, m, n] (X, F and G = F - X), and
-G G^T is kept up to date by one new row per step, so a step costs two
-length-n products per pair (the new Gram row and alpha F), one batched m x m
-solve, and a fixed number of small operations, whatever B is. Per-element
+The pairs live in ring buffers [B, m, n], F and G = F - X, grown to m slots as
+pairs arrive (a solve that stops early never holds m pairs), and X only where
+the mix needs it (beta < 1: with beta = 1 the step is alpha F). G G^T is kept up
+to date by one new row per step, so a step costs two length-n products per
+pair (the new Gram row and alpha F), one batched m x m solve, and a fixed
+number of small operations, whatever B is. Per-element
 bookkeeping (best residual, stall counter, usable pairs) is vectorised on the
 host, where the tracker already has the residuals.
 
@@ -93,19 +95,22 @@ class Anderson(Solver):
 
 
 class _Pairs:
-    """The last m pairs of every element in ring buffers [B, m, n], with G G^T [B, m, m] kept current.
+    """The last m pairs of every element in ring buffers [B, c, n] (c <= m slots), with G G^T [B, m, m] kept
+    current: f(x) and g = f(x) - x, and x itself only with ``store_x`` (the mix of a step with mixing < 1).
 
     Slots fill from 0, so the first ``count`` slots are the valid ones; ``head`` is the newest. While a graph
     is recorded (unrolled mode) the buffers are replaced, never written in place, so that autograd keeps the
     versions it saved.
     """
 
-    def __init__(self, y0: Tensor, m: int, differentiable: bool) -> None:
+    def __init__(self, y0: Tensor, m: int, differentiable: bool, store_x: bool = True) -> None:
         batch, n = y0.shape[0], y0[0].numel()
         self.m = m
-        self.X = y0.new_zeros(batch, m, n)
-        self.F = y0.new_zeros(batch, m, n)
-        self.G = y0.new_zeros(batch, m, n)
+        # One slot to start with; push() doubles the capacity (up to m) when the ring is full, so that a solve
+        # that stops after k < m pairs holds about k of them (at most 2k), not m.
+        self.F = y0.new_zeros(batch, 1, n)
+        self.G = y0.new_zeros(batch, 1, n)
+        self.X = y0.new_zeros(batch, 1, n) if store_x else None
         # torch has no float16/bfloat16 LU on the CPU, and squared norms overflow there: the m x m system is float32
         self.work = y0.dtype if y0.dtype in (torch.float32, torch.float64) else torch.float32
         self.gram = torch.zeros(batch, m, m, dtype=self.work, device=y0.device)
@@ -117,19 +122,25 @@ class _Pairs:
         self.differentiable = differentiable
 
     def push(self, x: Tensor, fx: Tensor, g: Tensor, residual: np.ndarray) -> None:
-        """Store (x, f(x), g = f(x) - x), all [B, n], in the oldest slot, and its row of G G^T."""
+        """Store (x, f(x), g = f(x) - x), all [B, n], in the oldest slot (x only with ``store_x``), and its row of
+        G G^T; ``residual`` is ||g|| per element."""
         slot = (self.head + 1) % self.m
+        if slot == self.F.shape[1]:
+            self.F, self.G = self._grown(self.F), self._grown(self.G)
+            self.X = None if self.X is None else self._grown(self.X)
         self.head = slot
         self.count = min(self.count + 1, self.m)
         self.residual[slot] = residual
         k = self.count
         if self.differentiable:
-            index = torch.tensor([slot], device=x.device)
-            self.X = self.X.index_copy(1, index, x.unsqueeze(1))
+            index = torch.tensor([slot], device=g.device)
+            if self.X is not None:
+                self.X = self.X.index_copy(1, index, x.unsqueeze(1))
             self.F = self.F.index_copy(1, index, fx.unsqueeze(1))
             self.G = self.G.index_copy(1, index, g.unsqueeze(1))
         else:
-            self.X[:, slot] = x
+            if self.X is not None:
+                self.X[:, slot] = x
             self.F[:, slot] = fx
             self.G[:, slot] = g
         G = self.G[:, :k]
@@ -138,13 +149,23 @@ class _Pairs:
         # [B, 1, k]: g_new . g_i (this orientation is a fast batched row-times-matrix product; G g is not)
         row = torch.bmm(g.unsqueeze(1), G.transpose(1, 2))
         if self.differentiable:
-            index = torch.tensor([slot], device=x.device)
+            index = torch.tensor([slot], device=g.device)
             column = torch.nn.functional.pad(row.transpose(1, 2), (0, 0, 0, self.m - k))
             gram = self.gram.index_copy(2, index, column)
             self.gram = gram.index_copy(1, index, gram[:, :, slot].unsqueeze(1))
         else:
             self.gram[:, :k, slot] = row.squeeze(1)
             self.gram[:, slot, :k] = row.squeeze(1)
+
+    def _grown(self, buffer: Tensor) -> Tensor:
+        """``buffer`` [B, c, n] with its capacity doubled (at most m), its c slots copied to the front."""
+        batch, capacity, n = buffer.shape
+        more = min(self.m, 2 * capacity) - capacity
+        if self.differentiable:
+            return torch.cat((buffer, buffer.new_zeros(batch, more, n)), 1)
+        grown = buffer.new_empty(batch, capacity + more, n)  # the new slots are written before they are read
+        grown[:, :capacity] = buffer
+        return grown
 
     def ages(self) -> np.ndarray:
         """Age of each valid slot (0 = newest), [count]."""
@@ -212,11 +233,15 @@ class _Pairs:
         a = alpha.unsqueeze(1)
         new = torch.bmm(a, self.F[:, :k]).squeeze(1)
         if mixing != 1.0:
+            if self.X is None:
+                raise ValueError("an Anderson step with mixing < 1 needs the stored iterates (store_x=True)")
             new = mixing * new + (1 - mixing) * torch.bmm(a, self.X[:, :k]).squeeze(1)
         # One transfer for the three checks. sum |alpha| <= ALPHA_LIMIT is False for NaN and Inf too (it checks
-        # that alpha is finite); amax propagates NaN, so isfinite(amax |new|) is isfinite(new).all(-1).
+        # that alpha is finite); max |new| = max(max new, -min new) in one pass over new without a |new| copy,
+        # and it propagates NaN, so isfinite(max |new|) is isfinite(new).all(-1).
         work = self.work
-        checks = torch.stack((info.to(work), alpha.abs().sum(-1).to(work), new.abs().amax(-1).to(work)))
+        low, high = torch.aminmax(new, dim=-1)
+        checks = torch.stack((info.to(work), alpha.abs().sum(-1).to(work), torch.maximum(high, -low).to(work)))
         info_h, alpha_h, peak = checks.detach().cpu().numpy()
         return new, (info_h == 0) & (alpha_h <= ALPHA_LIMIT) & np.isfinite(peak)
 
@@ -260,7 +285,7 @@ class _AndersonRun:
             if step == 1:
                 # The first step after giving up is the Picard step from y0, whose f(y0) is already known.
                 self.restart_point = relaxed(y0, fy, mixing)
-                self.pairs = _Pairs(y0, history, fy.requires_grad or y0.requires_grad)
+                self.pairs = _Pairs(y0, history, fy.requires_grad or y0.requires_grad, store_x=mixing != 1.0)
             assert self.pairs is not None
             improved = was_open & (metric < self.best)
             if improved.any():
@@ -286,6 +311,8 @@ class _AndersonRun:
             self.deviated |= (self.usable > 1) & ~fell_back
             if (step + 1) % MAX_PERIOD == 0:  # the tracker reads it at its next cycle check only
                 track.may_cycle = self.gave_up | ~self.deviated
+            if track.recent and not self.may_cycle_at_next_check(step):
+                track.forget_recent()
             if gave_up_any or fell_back.any():
                 # Count only elements still being solved: a decided element's step is discarded by the freeze.
                 self.fallbacks += int(((fell_back | self.gave_up) & track.open).sum())
@@ -300,3 +327,12 @@ class _AndersonRun:
             track.stop_history[track.steps[b] - 1][b] if converged[b] else float(self.best[b]) for b in range(batch)
         ]
         return track.solution(y_out, options.name, final, self.fallbacks)
+
+    def may_cycle_at_next_check(self, step: int) -> bool:
+        """Whether the tracker's next cycle check (at the next multiple of MAX_PERIOD) may let an open element
+        be CYCLE: one on Picard's trajectory (never deviated, or gave up), or one that may give up before it
+        (its stall counter, up by at most one a step, can reach STALL_STEPS by the step before). When none
+        may, the iterates kept for the check are not needed. Deviation and giving up are never undone."""
+        check = (step // MAX_PERIOD + 1) * MAX_PERIOD
+        may = self.gave_up | ~self.deviated | (self.stalled + (check - 1 - step) >= STALL_STEPS)
+        return bool((may & self.track.open).any())

@@ -114,6 +114,12 @@ class Tracker:
                 self.check_cycles(step)
         return metric
 
+    def forget_recent(self) -> None:
+        """Drop the iterates kept for the cycle check (up to MAX_PERIOD + 1 of them alive). For a solver that
+        knows its next check cannot mark any element (``may_cycle`` will refuse each): that check is then
+        skipped, as it is while fewer than MAX_PERIOD + 1 iterates are kept."""
+        self.recent.clear()
+
     def decide(self, metric: list[float], step: int, check_divergence: bool = False) -> None:
         """Give a status to each element that converged or went non-finite at this step.
 

@@ -33,8 +33,11 @@ DATA_STREAM, PROBE_STREAM = 0, 1
 
 
 def build_layer(variant: Variant, run: Run, config: TrainConfig, seed: int) -> FixedPointLayer:
-    """The variant's layer at weight scale ``config.weight_scale`` from ``seed``, in ``run``'s mode (float64)."""
+    """The variant's layer at weight scale ``config.weight_scale`` from ``seed``, in ``run``'s mode (float64);
+    a slot variant gets the lowest K of its domain (``slots=K``)."""
     k, lam = config.phantom
+    slots = variant.domain.slots
+    options: dict[str, Any] = {} if slots is None else {"slots": slots[0]}
     return variant.make(
         config.dim,
         scale=config.weight_scale,
@@ -44,6 +47,7 @@ def build_layer(variant: Variant, run: Run, config: TrainConfig, seed: int) -> F
         tol=config.tol,
         max_iter=config.unrolled_steps if run.mode == "unrolled" else config.max_iter,
         backward=Phantom(steps=k, damping=lam) if run.mode == "phantom" else run.mode,
+        **options,
     )
 
 
@@ -82,11 +86,12 @@ def train_run(variant: Variant, task: Task, run: Run, config: TrainConfig, seed:
         for step in range(1, config.steps + 1):
             x, target = task.sample(config.batch, data)
             optimiser.zero_grad()
-            y = layer(x)
-            assert isinstance(y, torch.Tensor)
+            state = layer.solve_state(x)  # y*: the regulariser's point; the loss is on the output g(y*, x)
+            assert isinstance(state, torch.Tensor)
+            y = layer.readout(state, x)
             forward = layer.last_solution
             loss = task_loss(y, target)
-            reg = regulariser(layer.fixed_point_map(x), y, probes) if run.gamma > 0 else None
+            reg = regulariser(layer.fixed_point_map(x), state, probes) if run.gamma > 0 else None
             total = loss + run.gamma * reg if reg is not None else loss
             finite = bool(torch.isfinite(total))
             if finite:

@@ -1,7 +1,8 @@
 """The converged reference gradient, by a dense solve independent of iqa's backward modes.
 
 At a fixed point y* = f(y*; theta), tightly solved, the exact gradient of
-L(y*) is dL/dtheta = g^T df/dtheta with (I - J)^T g = dL/dy* per batch element,
+L(g(y*, x; theta)) (g the layer's readout, the identity by default) is
+dL/dtheta = u^T df/dtheta + dL/dg dg/dtheta with (I - J)^T u = (dg/dy*)^T dL/dg per batch element,
 J = df/dy at y* built densely (n = N * D is small here) and the linear system
 solved by LAPACK. Where the tight solve does not converge there is no
 reference (None): there is no fixed point to differentiate. J is built for
@@ -51,7 +52,9 @@ def reference(layer: FixedPointLayer, x: Tensor, target: Tensor, *, tol: float, 
     if not solution.converged:
         return Reference(solution, J, rho, None)
     y_req = y.clone().requires_grad_(True)
-    (v,) = torch.autograd.grad(task_loss(y_req, target), y_req)
+    with torch.enable_grad():
+        readout_loss = task_loss(layer.readout(y_req, x), target)
+        v, *direct = torch.autograd.grad(readout_loss, [y_req, *params], allow_unused=True)
     batch, n = y.shape[0], math.prod(y.shape[1:])
     eye = torch.eye(n, dtype=J.dtype).expand(batch, n, n)
     try:
@@ -61,5 +64,13 @@ def reference(layer: FixedPointLayer, x: Tensor, target: Tensor, *, tol: float, 
     with torch.enable_grad():
         fy = layer.fixed_point_map(x)(y)
     grads = torch.autograd.grad(fy, params, g, allow_unused=True)
-    gradient = [torch.zeros_like(p) if gr is None else gr.detach() for p, gr in zip(params, grads)]
+    gradient = [_total(p, through_f, readout) for p, through_f, readout in zip(params, grads, direct)]
     return Reference(solution, J, rho, gradient)
+
+
+def _total(p: Tensor, through_f: Tensor | None, readout: Tensor | None) -> Tensor:
+    """One parameter's gradient: its part through f plus its part through the readout (None: no such part)."""
+    parts = [t.detach() for t in (through_f, readout) if t is not None]
+    if not parts:
+        return torch.zeros_like(p)
+    return parts[0] if len(parts) == 1 else parts[0] + parts[1]

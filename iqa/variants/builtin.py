@@ -18,6 +18,8 @@ from torch import Tensor, nn
 
 from iqa.layer import ImplicitQueryAttention
 from iqa.solvers import Map
+from iqa.variants.causal import CausalQueryAttention
+from iqa.variants.multihead import MultiHeadHopfieldAttention
 from iqa.variants.protocol import Tag, Variant
 
 #: The property that a layer with a consensus fixed point is known to fail.
@@ -36,6 +38,7 @@ _CONSENSUS_TAGS = {
     Tag.SCALE_COVARIANT,
     Tag.ORTHOGONAL_EQUIVARIANT,
     Tag.DETERMINISTIC,
+    Tag.PADDING_INVARIANT,  # padded tokens: score -inf, value 0 on the softmax axis
 }
 
 
@@ -63,8 +66,8 @@ class DampedQueryAttention(ImplicitQueryAttention):
             raise ValueError(f"relaxation must be in (0, 1], got {relaxation!r}")
         self.relaxation = relaxation
 
-    def fixed_point_map(self, x: Tensor) -> Map:
-        g = super().fixed_point_map(x)
+    def fixed_point_map(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Map:
+        g = super().fixed_point_map(x, key_padding_mask)
         a = self.relaxation
 
         def f(y: Tensor) -> Tensor:
@@ -83,11 +86,17 @@ class HopfieldAttention(ImplicitQueryAttention):
     #: Scores s_ij = Omega y_i . k_j = y_i . a_j: Y A^T with the seed's A (iqa.analysis.certificates).
     score_form = "Y A^T"
 
-    def fixed_point_map(self, x: Tensor) -> Map:
+    def fixed_point_map(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Map:
         K = self.keys(x)
+        V, padded = x, None
+        if key_padding_mask is not None:  # padded keys: score -inf and value 0 (never read)
+            V, padded = x.masked_fill(key_padding_mask[:, :, None], 0.0), key_padding_mask[:, None, :]
 
         def f(y: Tensor) -> Tensor:
-            return F.softmax(self.Omega_Q(y) @ K.transpose(-2, -1), dim=-1) @ x
+            scores = self.Omega_Q(y) @ K.transpose(-2, -1)
+            if padded is not None:
+                scores = scores.masked_fill(padded, float("-inf"))
+            return F.softmax(scores, dim=-1) @ V
 
         return f
 
@@ -109,12 +118,18 @@ class PositionalQueryAttention(ImplicitQueryAttention):
     so the token mean stops being a fixed point and the weights matter.
     """
 
-    def fixed_point_map(self, x: Tensor) -> Map:
+    def fixed_point_map(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Map:
         K = self.keys(x)
         P = sinusoidal_positions(x.shape[-2], x.shape[-1], x.dtype, x.device)
+        V, padded = x, None
+        if key_padding_mask is not None:  # the softmax axis (the y index, as in the seed): score -inf, value 0
+            V, padded = x.masked_fill(key_padding_mask[:, :, None], 0.0), key_padding_mask[:, None, :]
 
         def f(y: Tensor) -> Tensor:
-            return F.softmax(K @ self.Omega_Q(y + P).transpose(-2, -1), dim=-1) @ x
+            scores = K @ self.Omega_Q(y + P).transpose(-2, -1)
+            if padded is not None:
+                scores = scores.masked_fill(padded, float("-inf"))
+            return F.softmax(scores, dim=-1) @ V
 
         return f
 
@@ -136,8 +151,8 @@ class InjectedQueryAttention(ImplicitQueryAttention):
     def weight_roles(self) -> dict[str, Tensor]:
         return {**super().weight_roles(), "value": self.W_V.weight}
 
-    def fixed_point_map(self, x: Tensor) -> Map:
-        attend = super().fixed_point_map(x)  # softmax(K Q(y)^T) W_V(x)
+    def fixed_point_map(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Map:
+        attend = super().fixed_point_map(x, key_padding_mask)  # softmax(K Q(y)^T) W_V(x)
 
         def f(y: Tensor) -> Tensor:
             return attend(y) + x
@@ -165,13 +180,21 @@ BUILTIN_VARIANTS: tuple[Variant, ...] = (
             Tag.ORTHOGONAL_EQUIVARIANT,
             Tag.SCORE_MATRIX,
             Tag.DETERMINISTIC,
+            Tag.PADDING_INVARIANT,  # padded tokens: score -inf, value 0 on the softmax axis
         },
         expected_failures={},
     ),
     Variant.from_layer(
         PositionalQueryAttention,
         name="positional",
-        tags={Tag.CONVEX_HULL, Tag.BATCH_INDEPENDENT, Tag.WEIGHT_DEPENDENT, Tag.SCORE_MATRIX, Tag.DETERMINISTIC},
+        tags={
+            Tag.CONVEX_HULL,
+            Tag.BATCH_INDEPENDENT,
+            Tag.WEIGHT_DEPENDENT,
+            Tag.SCORE_MATRIX,
+            Tag.DETERMINISTIC,
+            Tag.PADDING_INVARIANT,
+        },
         expected_failures={},
     ),
     Variant.from_layer(
@@ -185,6 +208,7 @@ BUILTIN_VARIANTS: tuple[Variant, ...] = (
             Tag.ORTHOGONAL_EQUIVARIANT,
             Tag.SCORE_MATRIX,
             Tag.DETERMINISTIC,
+            Tag.PADDING_INVARIANT,  # padded tokens: score -inf, value 0 on the softmax axis
         },
         expected_failures={},
     ),
@@ -199,5 +223,44 @@ BUILTIN_VARIANTS: tuple[Variant, ...] = (
         name="damped",
         tags=_CONSENSUS_TAGS | {Tag.SCORE_MATRIX},
         expected_failures=CONSENSUS_FAILURES,
+    ),
+    Variant.from_layer(
+        MultiHeadHopfieldAttention,
+        name="multihead",
+        tags={
+            Tag.PERMUTATION_EQUIVARIANT,
+            Tag.BATCH_INDEPENDENT,
+            Tag.WEIGHT_DEPENDENT,  # each head is a Hopfield update: every token moves on its own
+            Tag.SCORE_MATRIX,  # sum_h softmax(Y A_h^T) U_h, per head through head_score_matrices/head_values
+            Tag.DETERMINISTIC,
+            Tag.PADDING_INVARIANT,  # padded keys: score -inf in every head (docs/theory.md#masks)
+        },
+        expected_failures={},
+        description="h Hopfield heads (layer option heads, default 2) with values and an output projection: "
+        "y_i <- W_O concat_h softmax_j(W_Q^h y_i . W_K^h x_j) W_V^h x_j",
+    ),
+    Variant.from_layer(
+        CausalQueryAttention,
+        name="causal",
+        tags={
+            Tag.CONVEX_HULL,
+            Tag.BATCH_INDEPENDENT,
+            Tag.WEIGHT_DEPENDENT,  # the mask breaks the consensus: equal rows give row i the mean of x_0..x_i
+            Tag.SCALE_COVARIANT,
+            Tag.ORTHOGONAL_EQUIVARIANT,
+            Tag.SCORE_MATRIX,  # a masked softmax over fewer tokens: the seed's certificates still bound it
+            Tag.DETERMINISTIC,
+            Tag.CAUSAL,  # the mask is on the softmax (y) axis: row i reads y_0..y_i, x_0..x_i (docs/theory.md#masks)
+            Tag.PADDING_INVARIANT,
+        },
+        expected_failures={
+            "test_zero_weights_give_the_mean": "under the causal mask, uniform attention gives row i the mean of "
+            "x_0..x_i, not of every token",
+            "test_jacobian_regularisation_lowers_rho": "under the causal mask J is block lower-triangular, so rho(J*) "
+            "is that of the diagonal blocks alone while the regulariser penalises ||J||_F^2, mostly off the "
+            "diagonal: on the property's run it lowers ||J*||_F^2 (3.09 -> 1.84 against gamma = 0) and rho(J*) "
+            "still ends higher (0.573 against 0.487)",
+        },
+        description="the seed with a causal mask on the softmax (y) axis: y_i <- softmax_{k <= i}(K_i . Q(y_k)) x_k",
     ),
 )

@@ -71,6 +71,10 @@ class LinearMap(nn.Module):
 
         return f
 
+    def readout(self, y: Tensor, x: Tensor) -> Tensor:
+        """The output is the state, as for a FixedPointLayer without a readout of its own."""
+        return y
+
     def forward(self, x: Tensor) -> Tensor:
         eye = torch.eye(self.W.shape[0], dtype=x.dtype)
         rhs = self.b * x.flatten(1).T - (self.W @ x.flatten(1).T if self.centered else 0)
@@ -132,6 +136,21 @@ def rounding(layer: LinearMap) -> float:
 def _close(actual: Tensor, expected: Tensor, scale: float, relative: float, what: str) -> None:
     err = float(torch.linalg.vector_norm(actual - expected))
     assert err <= relative * scale, f"{what}: off by {err:.3e} > {relative:.1e} x {scale:.3e}"
+
+
+class ReadoutLinearMap(LinearMap):
+    """The linear map with a readout of its own: the output is r(y*, x) = s y* + x with a parameter s (after W and
+    b in module order), so the gradient has a part through the readout (s, x) besides the one through f."""
+
+    def __init__(self, W: Tensor, b: float, s: float) -> None:
+        super().__init__(W, b)
+        self.s = nn.Parameter(torch.tensor([s], dtype=W.dtype))
+
+    def readout(self, y: Tensor, x: Tensor) -> Tensor:
+        return self.s * y + x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.readout(super().forward(x), x)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -391,3 +410,22 @@ def test_max_iter_reaches_tol64_at_the_edge_of_the_hard_band() -> None:
         y = y_next
     else:
         pytest.fail(f"Picard at rho 0.97 did not reach TOL64 = {TOL64:g} in MAX_ITER = {MAX_ITER} steps")
+
+
+@given(problem=linear_problems(), s=st.sampled_from([-1.5, 0.5, 2.0]))
+def test_reference_through_a_readout(problem: tuple[LinearMap, Tensor, Tensor], s: float) -> None:
+    """With a readout r(y*, x) = s y* + x, analyse pulls v back through r ((dr/dy)^T v = s v into the adjoint)
+    and adds v^T dr/d(s, x): its reference equals autograd through the layer's exact dense solve and readout
+    (layer_grads, no adjoint), to the rounding of two dense solves. A reference that left out either part of the
+    readout is off by O(1) (checked: the readout's own part alone is that large)."""
+    linear, x, v = problem
+    layer = ReadoutLinearMap(linear.W.detach(), float(linear.b.detach()), s)
+    with torch.no_grad():
+        layer(x)
+    an = analyse_solved(layer, x, v)
+    exact = layer_grads(layer, x, v)
+    tol = rounding(layer)
+    scale = float(exact.all.norm()) + float(v.norm()) * (1 + float(an.y.norm()))
+    _close(an.reference.all, exact.all, scale, 4 * tol, "readout reference vs autograd through the dense solve")
+    own = float(v.flatten() @ an.y.flatten())  # dL/ds, the readout's own part of the weight gradient
+    assert abs(float(exact.weights[-1]) - own) <= 4 * tol * scale, "dL/ds is not <v, y*>"

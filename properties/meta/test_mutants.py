@@ -13,6 +13,7 @@ at the end of the session (``properties/meta/score.py``).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
@@ -35,6 +36,7 @@ from properties.meta.score import ENV_VARIABLE as SCORE_VARIABLE
 from properties.meta.score import FORMAT as SCORE_FORMAT
 from properties.meta.score import RECORD_KEY
 from properties.mutants import BY_NAME, MUTANTS, Mutant
+from properties.strategies import use_domain
 from properties.tags import required_tags
 
 #: A mutant that survives this many generated examples counts as escaped.
@@ -126,8 +128,9 @@ def run_property(
     unknown = [name for name in wanted if name not in available]
     if unknown:
         return Outcome("error", f"{prop.__name__} needs fixtures the meta test does not provide: {unknown}")
+    domain = use_domain(variant.domain) if variant is not None else contextlib.nullcontext()
     try:
-        with _meta_settings(prop, min_examples):
+        with _meta_settings(prop, min_examples), domain:  # draws inside the variant's domain, as the suite's do
             prop(**{name: available[name] for name in wanted})
     except BaseException as error:
         if isinstance(error, (KeyboardInterrupt, SystemExit)):

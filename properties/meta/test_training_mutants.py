@@ -22,7 +22,7 @@ def test_flipped_implicit_gradient_is_caught(monkeypatch: pytest.MonkeyPatch) ->
 
     def flipped(*args: Any, **kwargs: Any) -> Any:
         hook = original(*args, **kwargs)
-        return lambda v: -hook(v)
+        return lambda v, *rest: -hook(v, *rest)
 
     monkeypatch.setattr(iqa.grad, "_adjoint_hook", flipped)
     with pytest.raises(AssertionError, match="differ by more than"):

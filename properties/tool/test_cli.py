@@ -113,6 +113,13 @@ def _record(outcome: str, **fields: Any) -> dict[str, Any]:
         (_record("xfailed", reason="why", expected_failure="why"), verdicts.EXPECTED_FAILURE),
         (_record("xpassed", reason="why"), verdicts.UNEXPECTED_PASS),
         (_record("skipped", reason="v does not claim convex_hull"), verdicts.NOT_APPLICABLE),
+        # nothing to check: the plugin records the reason; a record without that key is read from the prefix
+        (
+            _record("skipped", reason="not reached: no converged fixed point", not_reached="no converged fixed point"),
+            verdicts.NOT_REACHED,
+        ),
+        (_record("skipped", reason="not reached: no converged fixed point"), verdicts.NOT_REACHED),
+        (_record("passed", not_reached="stale"), verdicts.PASS),
     ],
 )
 def test_verdict_of_each_outcome(record: dict[str, Any], expected: str) -> None:
@@ -128,6 +135,17 @@ def test_details_say_why() -> None:
     held = _record("failed", phase="call", call_raised=False, expected_failure="why")
     assert "why" in verdicts.detail(held, verdicts.UNEXPECTED_PASS)
     assert verdicts.detail(_record("failed", message="AssertionError: x"), verdicts.FAIL) == "AssertionError: x"
+    unreached = _record("skipped", reason="not reached: no converged fixed point in 50 draws")
+    assert verdicts.detail(unreached, verdicts.NOT_REACHED) == "no converged fixed point in 50 draws"
+
+
+def test_not_reached_outweighs_pass_but_not_fail() -> None:
+    """A property with a case that had nothing to check did not test all it is for: that shows; a fail still wins."""
+    unreached = _record("skipped", not_reached="no converged fixed point in 50 draws")
+    (row,) = verdicts.property_verdicts([_record("passed"), unreached, _record("skipped", not_applicable="r")])
+    assert (row["verdict"], row["detail"]) == (verdicts.NOT_REACHED, "no converged fixed point in 50 draws")
+    (row,) = verdicts.property_verdicts([unreached, _record("failed", message="m")])
+    assert row["verdict"] == verdicts.FAIL
 
 
 def test_a_property_gets_its_worst_verdict() -> None:
@@ -210,7 +228,7 @@ def test_check_end_to_end_pass_expected_failure_not_applicable(
     assert "divides the scores by sqrt(D)" in _verdict_line(out, "test_layer_equals_seed_bitwise")
     assert " pass " in _verdict_line(out, "test_same_seed_same_layer") + " "
     assert "not applicable" in _verdict_line(out, "test_same_input_same_output")
-    assert "honest: 0 fail, 0 unexpected pass, 1 pass, 1 expected failure, 1 not applicable" in out
+    assert "honest: 0 fail, 0 unexpected pass, 0 not reached, 1 pass, 1 expected failure, 1 not applicable" in out
 
 
 def test_check_end_to_end_fail_and_unexpected_pass(

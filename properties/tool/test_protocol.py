@@ -160,8 +160,8 @@ def test_a_key_padding_mask_reaches_the_map_and_bad_masks_are_errors() -> None:
         layer(x, key_padding_mask=mask[:, :3])
     with pytest.raises(ValueError, match=r"pads every token of batch element\(s\) \[1\]"):
         layer(x, key_padding_mask=torch.tensor([[False] * 4, [True] * 4]))
-    with pytest.raises(TypeError, match="ImplicitQueryAttention takes no key_padding_mask"):
-        resolve("reference").make(3)(x, key_padding_mask=mask)
+    with pytest.raises(TypeError, match="SlotToy takes no key_padding_mask"):
+        SLOT_TOY.make(4)(torch.randn(2, 4, 4, dtype=torch.float64), key_padding_mask=mask)
 
 
 def test_the_contractive_tag_needs_its_scales() -> None:

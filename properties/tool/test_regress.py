@@ -19,7 +19,7 @@ from iqa import cli, metrics, regress
 from iqa.baseline import Baseline, BaselineError
 from iqa.measure import Sweep, measure_variant
 from iqa.metrics import LOWER
-from iqa.verdicts import EXPECTED_FAILURE, FAIL, NOT_APPLICABLE, PASS, UNEXPECTED_PASS
+from iqa.verdicts import EXPECTED_FAILURE, FAIL, NOT_APPLICABLE, NOT_REACHED, PASS, UNEXPECTED_PASS
 
 TINY = Sweep(
     tokens=(4,),
@@ -339,3 +339,20 @@ def test_property_verdicts_fail_only_when_they_turn_bad() -> None:
         "f": regress.SHOWN,  # gone from the suite: not the variant's doing
         "g": regress.WORSE,  # a new property that fails
     }
+
+
+def test_a_property_that_is_no_longer_reached_regresses() -> None:
+    """Reached in the baseline (even failing), "not reached" now: the property lost what it checks. Reached again
+    (pass or as declared): better. Not reached on both sides, or not applicable before: nothing to judge."""
+    before = {"a": PASS, "b": FAIL, "c": EXPECTED_FAILURE, "d": NOT_REACHED, "e": NOT_REACHED, "f": NOT_APPLICABLE}
+    after = {"a": NOT_REACHED, "b": NOT_REACHED, "c": NOT_REACHED, "d": PASS, "e": NOT_REACHED, "f": NOT_REACHED}
+    rows = {r.name.split()[-1]: r for r in regress.compare_verdicts(before, after)}
+    assert {name: row.status for name, row in rows.items()} == {
+        "a": regress.WORSE,
+        "b": regress.WORSE,
+        "c": regress.WORSE,
+        "d": regress.BETTER,
+        "e": regress.OK,
+        "f": regress.OK,
+    }
+    assert rows["a"].reason == "reached in the baseline, nothing to check now"

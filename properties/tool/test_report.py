@@ -31,7 +31,7 @@ from iqa.atomic import atomic_open, write_json, write_text
 from iqa.report import Options, build, configure_parser, main, markdown
 from iqa.suite import start
 from iqa.variants import resolve
-from iqa.verdicts import EXPECTED_FAILURE, FAIL, NOT_APPLICABLE, PASS, UNEXPECTED_PASS
+from iqa.verdicts import EXPECTED_FAILURE, FAIL, NOT_APPLICABLE, NOT_REACHED, PASS, UNEXPECTED_PASS
 from properties.strategies import TINY_SWEEP as TINY
 
 VARIANTS = ("reference", "hopfield")
@@ -228,6 +228,9 @@ import pytest
 class Named:
     def __init__(self, name):
         self.name = name
+        # "bad" claims to contract at weight scales [0, 1] (iqa.rejections.refuted_claim reads these two)
+        self.tags = {"contractive"} if name == "bad" else set()
+        self.contractive_scales = (0.0, 1.0) if name == "bad" else None
     def __repr__(self):
         return f"Named({self.name!r})"
 
@@ -242,7 +245,18 @@ def pytest_generate_tests(metafunc):  # --variant is iqa.pytest_plugin's option
 
 FAKE_TESTS = """
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
+from iqa.rejections import reject
+
+@settings(derandomize=True, database=None)
+@given(n=st.integers(0, 1000))
+def test_nothing_converges(variant, n):
+    reject("no converged fixed point", solver="Picard", status="max_iter", rho=1.0, scale=0.5, convergence=True)
+
+@settings(derandomize=True, database=None)
+@given(n=st.integers(0, 1000))
+def test_filters_without_a_reason(variant, n):
+    assume(False)
 
 @settings(derandomize=True, database=None, max_examples=200)
 @given(n=st.integers(0, 1000))
@@ -304,8 +318,11 @@ def test_plugin_records_every_outcome(fake_run) -> None:
         **{(v, "test_declared_but_holds"): "failed" for v in ("good", "bad")},
         ("good", "test_small_numbers"): "passed",
         ("bad", "test_small_numbers"): "failed",
+        ("good", "test_nothing_converges"): "skipped",  # not reached
+        ("bad", "test_nothing_converges"): "failed",  # not reached would hide a refuted contractive claim
+        **{(v, "test_filters_without_a_reason"): "failed" for v in ("good", "bad")},  # Hypothesis's error stands
     }  # test_without_variant lies outside variant/: not selected
-    assert run.results["summary"] == {"passed": 3, "failed": 5, "skipped": 2, "xfailed": 4, "xpassed": 0}
+    assert run.results["summary"] == {"passed": 3, "failed": 8, "skipped": 3, "xfailed": 4, "xpassed": 0}
     verdicts = {(t["variant"], t["function"]): t["verdict"] for t in run.results["tests"]}
     assert verdicts == {
         **{(v, "test_passes"): PASS for v in ("good", "bad")},
@@ -316,9 +333,54 @@ def test_plugin_records_every_outcome(fake_run) -> None:
         **{(v, "test_declared_but_holds"): UNEXPECTED_PASS for v in ("good", "bad")},
         ("good", "test_small_numbers"): PASS,
         ("bad", "test_small_numbers"): FAIL,
+        ("good", "test_nothing_converges"): NOT_REACHED,
+        ("bad", "test_nothing_converges"): FAIL,
+        **{(v, "test_filters_without_a_reason"): FAIL for v in ("good", "bad")},
     }
     declared = [t for t in run.results["tests"] if t["function"].startswith("test_declared")]
     assert {t["expected_failure"] for t in declared} == {"declared"}  # the reason as data, no prefix
+
+
+def test_plugin_turns_a_property_with_nothing_checked_into_not_reached(fake_run) -> None:
+    """Every draw rejected, each saying why: "not reached" with the tally's one line, recorded as data. The same
+    rejections at scales where the variant claims to contract fail instead; rejections that give no reason leave
+    Hypothesis's error standing (nothing says what the layer lacked)."""
+    _, run = fake_run
+    tests = {(t["variant"], t["function"]): t for t in run.results["tests"]}
+    good = tests["good", "test_nothing_converges"]
+    # one line: the reason, how many draws (Hypothesis gives up after 50 rejected; its first draw comes on top),
+    # the solver's statuses and the range of rho at the last iterate
+    pattern = (
+        r"no converged fixed point in (\d+) draws; Picard: \1 out of steps; rho at the last iterate 1.00-1.00; "
+        r"weight scales 0.50-0.50"
+    )
+    found = re.fullmatch(pattern, good["not_reached"])
+    assert found is not None and int(found[1]) >= 50, good["not_reached"]
+    assert good["reason"] == "not reached: " + good["not_reached"]
+    bad = tests["bad", "test_nothing_converges"]
+    assert bad["not_reached"] is None
+    assert re.match(
+        r"Failed: the variant claims contractive at weight scales \[0, 1\], yet \d+ draws there had", bad["message"]
+    )
+    unlabelled = tests["good", "test_filters_without_a_reason"]
+    assert unlabelled["not_reached"] is None and "FailedHealthCheck" in unlabelled["message"]
+    assert re.search(r"\d+ rejected by an assumption that gave no reason", unlabelled["longrepr"])
+
+
+def test_index_lists_the_properties_not_reached() -> None:
+    """The index counts "not reached" in its properties column and lists each such property with its reason."""
+    context = markdown.Context("iqa report", {}, 0, "custom", "cmd", "ci")
+
+    def record(function: str, **fields: object) -> dict[str, object]:
+        return {"nodeid": f"p/variant/t.py::{function}[v]", "file": "p/variant/t.py", "function": function, **fields}
+
+    reason = "no converged fixed point in 51 draws; Picard: 51 out of steps; rho at the last iterate 1.00-1.00"
+    tests = [record("test_a", outcome="skipped", not_reached=reason), record("test_b", outcome="passed")]
+    text = markdown.index_page([], {"v": tests}, context, {})
+    assert "fail / unexpected pass / not reached / pass / expected failure / not applicable" in text
+    assert "## Properties not reached" in text and f"| `v`       | `test_a`   | {reason} |" in text
+    assert "did not apply, or was not reached." in text
+    assert "## Properties not reached" not in markdown.index_page([], {"v": tests[1:]}, context, {})
 
 
 def test_failure_has_minimal_example_and_a_command_that_reproduces_it(fake_run) -> None:
@@ -344,3 +406,6 @@ def test_property_section_shows_the_failure(fake_run) -> None:
     assert f"**{FAIL}**" in text and "not applicable here" in text
     assert f"**{UNEXPECTED_PASS}**" in text and "### Unexpected pass: `test_declared_but_holds`" in text
     assert "| failed" not in text and "xfailed" not in text  # the verdicts, not pytest's outcomes
+    good = "\n".join(markdown.properties_section(run.by_variant["good"], context, run.error))
+    assert "| not reached " in good  # the table's verdict, and the reason below it
+    assert re.search(r"- `test_nothing_converges`: no converged fixed point in \d+ draws; Picard: \d+ out of", good)

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from hypothesis import assume, event, given, note
+from hypothesis import HealthCheck, assume, event, given, note, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
@@ -32,33 +32,35 @@ from iqa.analysis.spectral import TIE, eig_blocks
 from iqa.layer import FixedPointLayer
 from iqa.solvers import Solution
 from iqa.variants import Tag, Variant
-from properties.regimes import observe, reached, requires_share, solve_and_observe
+from properties.fixed_points import require_converged
+from properties.regimes import observe, require, requires_share, solve_and_observe
 from properties.strategies import ANY_SCALE, FACTORED_ELEMENTS, Case, cases
 from properties.tags import requires
 
 
 def analytic_jacobian(layer: FixedPointLayer, x: Tensor, y: Tensor) -> Tensor:
-    """The Jacobian of docs/theory.md#jacobian at y, [B, N D, N D], from the softmax weights f actually computes at
-    y."""
+    """The Jacobian of docs/theory.md#jacobian at y, [B, K D, K D] over the state's K rows (K = N for scores
+    A Y^T), from the softmax weights f actually computes at y; a multi-head layer's is the sum of its heads'
+    (docs/theory.md#multi-head), from the per-head A_h and U_h."""
     weights = analysis.attention_weights(layer.fixed_point_map(x), y)
     assert len(weights) == 1, f"expected one softmax in f, found {len(weights)}"
-    p = weights[0].to(torch.float64)
     with torch.no_grad():
-        A = layer.score_matrix(x).to(torch.float64)  # type: ignore[operator]
-        V = layer.values(x).to(torch.float64)  # type: ignore[operator]
-    B, N, D = x.shape
-    g = p @ V  # the attention average g_i = sum_j p_ij v_j
-    spread = V[:, None, :, :] - g[:, :, None, :]  # [B, i, j, d] = v_j - g_i
+        A, U = (t.to(torch.float64) for t in analysis.head_terms(layer, x))  # [B, h, N, .]
+    B, K, D = y.shape  # the state's rows and width (its Jacobian's index set); K = N for scores A Y^T
+    N = x.shape[-2]
+    p = weights[0].to(torch.float64).reshape(B, A.shape[1], K, N)  # one softmax over every head's rows at once
+    g = p @ U  # the attention average g_i = sum_j p_ij v_j, per head
+    spread = U[:, :, None, :, :] - g[:, :, :, None, :]  # [B, h, i, j, d] = v_j - g_i
     if analysis.score_form(layer) == analysis.SCORES_A_YT:
-        J = torch.einsum("bij,bijd,bie->bidje", p, spread, A)
+        J = torch.einsum("bhij,bhijd,bhie->bidje", p, spread, A)
     else:
-        blocks = torch.einsum("bij,bijd,bje->bide", p, spread, A)
-        J = torch.zeros(B, N, D, N, D, dtype=torch.float64, device=x.device)
-        index = torch.arange(N, device=x.device)
+        blocks = torch.einsum("bhij,bhijd,bhje->bide", p, spread, A)
+        J = torch.zeros(B, K, D, K, D, dtype=torch.float64, device=x.device)
+        index = torch.arange(K, device=x.device)
         J[:, index, :, index, :] = blocks.permute(1, 0, 2, 3)
-    J = J.reshape(B, N * D, N * D)
+    J = J.reshape(B, K * D, K * D)
     a = analysis.relaxation(layer)
-    eye = torch.eye(N * D, dtype=torch.float64, device=x.device)
+    eye = torch.eye(K * D, dtype=torch.float64, device=x.device)
     return (1 - a) * eye + a * J
 
 
@@ -68,7 +70,8 @@ def test_analytic_jacobian_matches_autograd(variant: Variant, case: Case, temper
     layer = case.layer(variant, device)
     x = case.inputs(device)
     solve_and_observe(layer, x)
-    mixing = torch.softmax(temperature * torch.randn(case.tokens, case.tokens, generator=case.generator(3)), dim=-1)
+    rows = layer.initial_point(x).shape[-2]  # the state's rows: N, or a slot state's K
+    mixing = torch.softmax(temperature * torch.randn(rows, case.tokens, generator=case.generator(3)), dim=-1)
     y = mixing.to(device=device, dtype=x.dtype) @ x  # a point of the hull, where the iterates live
     expected = analytic_jacobian(layer, x, y)
     actual = analysis.jacobian(layer.fixed_point_map(x), y).to(torch.float64)
@@ -95,13 +98,14 @@ REMAINDER_MAX = 0.5
 
 def picard_to_rounding(layer: FixedPointLayer, x: Tensor) -> Solution:
     """Picard from the layer's start, iterates kept, observed (regime events), stopped 1e3 x above the rounding
-    floor 2 sqrt(N) eps_f of the residual: below it the rate is noise."""
-    eps_f = float(map_rounding(layer, x, x).max())
+    floor 2 sqrt(K) eps_f of the residual (K: the state's rows): below it the rate is noise."""
+    y0 = layer.initial_point(x)
+    eps_f = float(map_rounding(layer, x, y0).max())
     with torch.no_grad():
         solution = solve(
             layer.fixed_point_map(x),
-            layer.initial_point(x),
-            tol=2e3 * math.sqrt(x.shape[-2]) * eps_f,
+            y0,
+            tol=2e3 * math.sqrt(y0.shape[-2]) * eps_f,
             max_iter=500,
             keep_iterates=True,
         )
@@ -140,7 +144,7 @@ def rate_check(layer: FixedPointLayer, x: Tensor, solution: Solution, b: int, rh
     None where the window has fewer than MIN_POINTS residuals.
     """
     eps = torch.finfo(torch.float64).eps
-    N, n = x.shape[-2], x.shape[-2] * x.shape[-1]
+    N, n = solution.y.shape[-2], solution.y[0].numel()  # the state's rows and size
     assert solution.iterates is not None
     ys = [y[b].to(torch.float64).cpu() for y in solution.iterates]
     x_b, y_end = x[b : b + 1], solution.y[b : b + 1]
@@ -203,6 +207,10 @@ RATE_SHARE = 0.2
 
 @requires(Tag.SCORE_MATRIX)
 @requires_share(RATE_LABEL, RATE_SHARE)
+# requires_share judges how many draws reach the regime (and names it in one line when too few do); Hypothesis's own
+# filter health check would stop first on a variant whose rho(J*) is mostly below RATE_RHO_MIN at these scales
+# (multihead: its values pass through two weight matrices, rho ~ s^4; 68% of the ci draws filtered, 32% informative)
+@settings(suppress_health_check=[HealthCheck.filter_too_much])
 @given(case=rate_cases)
 def test_observed_rate_matches_spectral_radius(variant: Variant, case: Case, device) -> None:
     """The rate of the solver's own residual history (what measure reports) is rho(J*) of the dense Jacobian
@@ -211,7 +219,7 @@ def test_observed_rate_matches_spectral_radius(variant: Variant, case: Case, dev
     layer = case.layer(variant, device)
     x = case.inputs(device)
     solution = picard_to_rounding(layer, x)
-    assume(solution.converged)  # no asymptotic rate to compare otherwise
+    require_converged(solution, layer.fixed_point_map(x), case.scale)  # no asymptotic rate to compare otherwise
     rhos = analysis.spectrum(layer.fixed_point_map(x), solution.y, "dense").rho.tolist()
     checks = []
     for b, rho in enumerate(rhos):
@@ -225,7 +233,7 @@ def test_observed_rate_matches_spectral_radius(variant: Variant, case: Case, dev
         else:
             checks.append(check)
     # some element must tell rho from rho / 2; how often one does is asserted (requires_share), not hoped for
-    assume(reached(RATE_LABEL, any(check.tolerance < INFORMATIVE for check in checks)))
+    require(any(check.tolerance < INFORMATIVE for check in checks), RATE_LABEL)
     for check in checks:
         gap = abs(math.log(check.rate / check.rho))
         event(tolerance_bucket(check.tolerance))
@@ -244,7 +252,7 @@ def test_picard_follows_its_linearization(variant: Variant, case: Case, device) 
     layer = case.layer(variant, device)
     x = case.inputs(device)
     solution = picard_to_rounding(layer, x)
-    assume(solution.converged)  # no asymptotic rate to compare otherwise
+    require_converged(solution, layer.fixed_point_map(x), case.scale)  # no asymptotic rate to compare otherwise
     assert solution.iterates is not None
     spectrum = analysis.spectrum(layer.fixed_point_map(x), solution.y)
     intervals = rate_intervals(layer, x, solution.iterates)
@@ -286,12 +294,13 @@ def test_arnoldi_matches_dense_spectral_radius(variant: Variant, case: Case, dev
     dense = analysis.spectrum(f, solution.y, "dense")
     # half of n, to force restarts; at least 4, below which a restart keeps one Ritz vector and may lock onto a
     # smaller eigenvalue (iqa.analysis.spectral: Case(2, 4, 1, float64, 3.4375, 3) on reference did, with m = 2)
-    arnoldi = analysis.spectrum(f, solution.y, "arnoldi", krylov_dim=max(4, case.tokens * case.dim // 2))
+    n = solution.y[0].numel()  # the state's size: N D, or K D_y for a slot state
+    arnoldi = analysis.spectrum(f, solution.y, "arnoldi", krylov_dim=max(4, n // 2))
     J = analysis.jacobian(f, solution.y).to(torch.float64)
     eps = torch.finfo(x.dtype).eps
     norm_J = torch.linalg.matrix_norm(J, 2).cpu()
     # a computed residual J u - theta u is itself off by up to (n + 2) eps (||J||_2 + |theta|)
-    residual_rounding = (case.tokens * case.dim + 2) * eps * (norm_J + dense.rho.cpu())
+    residual_rounding = (n + 2) * eps * (norm_J + dense.rho.cpu())
     jacobian_error = jacobian_rounding(layer, x, solution.y).cpu()
     assert dense.eigenvalues is not None
     moduli = dense.eigenvalues.abs().to(torch.float64).cpu()

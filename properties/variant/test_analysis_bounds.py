@@ -33,7 +33,9 @@ def test_attention_weights_are_the_softmax_of_the_map(variant: Variant, case: Ca
     x = case.inputs(device)
     f = layer.fixed_point_map(x)
     weights = analysis.attention_weights(f, x)
-    assert len(weights) == 1 and weights[0].shape == (case.batch, case.tokens, case.tokens)
+    heads = analysis.head_terms(layer, x)[0].shape[-3]  # one softmax over every head's rows at once
+    shape = (case.batch, case.tokens, case.tokens) if heads == 1 else (case.batch, heads, case.tokens, case.tokens)
+    assert len(weights) == 1 and weights[0].shape == shape
     eps = torch.finfo(case.dtype).eps
     assert bool(((weights[0].sum(-1) - 1).abs() <= (case.tokens + 2) * eps).all())
     gap = analysis.saturation_gap(f, x)
@@ -47,9 +49,10 @@ def test_second_order_constant_bounds_the_taylor_remainder(variant: Variant, cas
     """||f(y + d) - f(y) - J(y) d||_row <= H / 2 ||d||^2_(2,inf) (+ the rounding of two f and one J d)."""
     layer = case.layer(variant, device)
     x = case.inputs(device)
-    mixing = torch.softmax(torch.randn(case.tokens, case.tokens, generator=case.generator(4), dtype=torch.float64), -1)
+    rows = layer.initial_point(x).shape[-2]  # the state's rows: N, or a slot state's K
+    mixing = torch.softmax(torch.randn(rows, case.tokens, generator=case.generator(4), dtype=torch.float64), -1)
     y = mixing.to(device) @ x
-    d = step * torch.randn(x.shape, generator=case.generator(6), dtype=torch.float64).to(device)
+    d = step * torch.randn(y.shape, generator=case.generator(6), dtype=torch.float64).to(device)
     f = layer.fixed_point_map(x)
     with torch.no_grad():
         remainder = f(y + d) - f(y) - analysis.jvp(f, y, d)
@@ -78,10 +81,11 @@ def test_certified_solve_bound_holds(variant: Variant, case: Case, device) -> No
     wide.load_state_dict(layer.state_dict())
     wide = wide.to(torch.float64)
     with torch.no_grad():
-        reference = solve(wide.fixed_point_map(x.double()), x.double(), tol=1e-13, max_iter=10_000)
+        x64 = x.double()
+        reference = solve(wide.fixed_point_map(x64), wide.initial_point(x64), tol=1e-13, max_iter=10_000)
     assert reference.converged
     # the float64 reference is itself within (1e-13 + its rounding) / (1 - kappa) of y*
-    slack = analysis.in_norm(torch.full_like(kappa, 1e-13), result.norm, case.tokens) / (1 - kappa)
+    slack = analysis.in_norm(torch.full_like(kappa, 1e-13), result.norm, result.y.shape[-2]) / (1 - kappa)
     error = analysis.token_norm(result.y.double() - reference.y, result.norm).cpu()
     target(float((error / result.error_bound).max()), label="error / proven bound")
     assert bool((error <= result.error_bound + slack).all()), (

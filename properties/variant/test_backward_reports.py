@@ -6,7 +6,9 @@ warns when it fails (``BackwardConvergenceWarning``) and raises under
 ``raise_on_failure``; a gradient taken after a forward that did not converge
 warns (``NonConvergedForwardWarning``). Failures are provoked by cutting the
 adjoint to one step. Double backward and maps built without a variant are in
-properties/tool/test_backward_modes.py.
+properties/tool/test_backward_modes.py. The losses here are on the fixed-point state
+(``layer.solve_state``, whatever its shape), which is what the hook differentiates; a
+readout's part of the gradient is test_gradients' business.
 
 pyproject turns iqa's warnings into errors, so a test without ``pytest.warns``
 also proves that no warning was raised.
@@ -52,10 +54,11 @@ report_cases = cases(
 
 
 def backward_of(layer: FixedPointLayer, x: Tensor, v: Tensor, with_x: bool = False) -> list[Tensor]:
-    """Run L = <v, layer(x)> backward; return the parameter gradients (and dL/dx last, ``with_x``)."""
+    """Run L = <v, y*> backward, y* = layer.solve_state(x) (the state the hook differentiates, before any
+    readout); return the parameter gradients (and dL/dx last, ``with_x``)."""
     params = list(layer.parameters())
     x_leaf = x.detach().clone().requires_grad_(True)
-    y = layer(x_leaf)
+    y = layer.solve_state(x_leaf)
     assert isinstance(y, Tensor)
     return list(torch.autograd.grad((v * y).sum(), params + [x_leaf] * with_x, materialize_grads=True))
 
@@ -81,7 +84,7 @@ def test_adjoint_solution_is_kept_and_its_residual_holds(variant: Variant, case:
     """After backward, last_backward_solution is CONVERGED, and the returned g satisfies
     ||g - v - J^T g|| <= tol ||v + J^T g|| per batch element, recomputed here with an independent vjp."""
     layer = converged_layer(case, variant, device, solver=solver)
-    x, v = case.inputs(device), cotangent(case, device)
+    x, v = case.inputs(device), cotangent(case, device, layer=layer, of="state")
     returned = torch.cat([t.flatten() for t in backward_of(layer, x, v, with_x=True)])
     adjoint, forward = layer.last_backward_solution, layer.last_solution
     assert adjoint is not None and forward is not None
@@ -93,8 +96,8 @@ def test_adjoint_solution_is_kept_and_its_residual_holds(variant: Variant, case:
     dims = tuple(range(1, g.dim()))
     residual = torch.linalg.vector_norm(g - v - jtg, dim=dims)
     image = torch.linalg.vector_norm(v + jtg, dim=dims)
-    # Rounding of v + J^T g: n eps (||v|| + ||J^T g||), n = N D terms per row product.
-    n = case.tokens * case.dim
+    # Rounding of v + J^T g: n eps (||v|| + ||J^T g||), n = the state's size (N D, or K D_y) terms per row product.
+    n = g[0].numel()
     rounding = n * EPS * (torch.linalg.vector_norm(v, dim=dims) + torch.linalg.vector_norm(jtg, dim=dims))
     note(f"relative residuals {(residual / image).tolist()}, reported {adjoint.residual.tolist()}")
     assert bool((residual <= adjoint.tol * image + rounding).all())
@@ -121,7 +124,7 @@ def test_adjoint_cut_short_warns_and_keeps_its_solution(variant: Variant, case: 
     and the gradient is the finite, nonzero one-step iterate, not silently zero. Nonzero over (weights, x): at a
     consensus fixed point (reference, scaled) the weight part is exactly 0 whatever g is (docs/theory.md#consensus)."""
     layer = converged_layer(case, variant, device, adjoint=AdjointOptions(max_iter=1))
-    x, v = case.inputs(device), cotangent(case, device)
+    x, v = case.inputs(device), cotangent(case, device, layer=layer, of="state")
     forward = layer.last_solution
     assert forward is not None
     with torch.no_grad():
@@ -130,7 +133,7 @@ def test_adjoint_cut_short_warns_and_keeps_its_solution(variant: Variant, case: 
     # One step from g0 = v leaves the relative residual ||J^T v|| / ||v + J^T v||: above tol, the solve must fail.
     assume(bool((relative > TOL).any()))
     x_leaf = x.clone().requires_grad_(True)
-    y = layer(x_leaf)
+    y = layer.solve_state(x_leaf)
     assert isinstance(y, Tensor)
     with pytest.warns(BackwardConvergenceWarning, match="adjoint solve"):
         grads = torch.autograd.grad((v * y).sum(), [*layer.parameters(), x_leaf], materialize_grads=True)
@@ -150,7 +153,7 @@ def test_adjoint_failure_raises_under_raise_on_failure(variant: Variant, case: C
     else:
         options = dict(adjoint=AdjointOptions(max_iter=1, raise_on_failure=True))
     layer = converged_layer(case, variant, device, **options)
-    x, v = case.inputs(device), cotangent(case, device)
+    x, v = case.inputs(device), cotangent(case, device, layer=layer, of="state")
     forward = layer.last_solution
     assert forward is not None
     with torch.no_grad():
@@ -168,7 +171,7 @@ def test_gradient_after_nonconverged_forward_warns(variant: Variant, case: Case,
     adjoint at that point may fail too (rho(J) >= 1 there): then it warns as well, and only then."""
     mode = Implicit(adjoint=AdjointOptions(max_iter=500)) if backward == "implicit" else Phantom()
     layer = case.layer(variant, device, backward=mode, tol=TOL, max_iter=1)
-    x, v = case.inputs(device), cotangent(case, device)
+    x, v = case.inputs(device), cotangent(case, device, layer=layer, of="state")
     with torch.no_grad():
         layer(x)
     forward = layer.last_solution
@@ -191,4 +194,4 @@ def test_unrolled_gradient_of_a_nonconverged_forward_is_silent(variant: Variant,
     """The unrolled gradient is the exact gradient of the steps taken: no warning (warnings are errors here).
     Two steps: the solver returns the last iterate whose residual it measured, y_1 = f(y_0)."""
     layer = case.layer(variant, device, backward="unrolled", tol=TOL, max_iter=2)
-    backward_of(layer, case.inputs(device), cotangent(case, device))
+    backward_of(layer, case.inputs(device), cotangent(case, device, layer=layer, of="state"))

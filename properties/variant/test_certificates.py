@@ -28,10 +28,11 @@ from torch import Tensor
 from iqa import analysis, solve
 from iqa.analysis.certified_solution import CERTIFICATE_NORMS, in_norm, steps_needed, token_norm
 from iqa.analysis.rounding import jacobian_rounding, map_rounding
+from iqa.layer import FixedPointLayer
 from iqa.variants import Tag, Variant
 from properties.fixed_points import element_jacobian
 from properties.regimes import solve_and_observe
-from properties.strategies import ANY_SCALE, FACTORED_ELEMENTS, Case, cases
+from properties.strategies import ANY_SCALE, FACTORED_ELEMENTS, Case, active_domain, cases
 from properties.tags import requires
 
 #: hull_points draws B N^2 logits through Hypothesis: N <= 16 keeps that under 800 values (3 x 16^2).
@@ -39,16 +40,24 @@ HULL_TOKENS = 16
 
 
 @st.composite
-def hull_points(draw: st.DrawFn, case: Case, count: int) -> list[Tensor]:
-    """``count`` points W x with W row-stochastic: logits (Hypothesis-controlled) times a temperature,
-    from near-uniform mixing to nearly one-hot rows, so corners and interiors of the hull both occur."""
+def hull_points(draw: st.DrawFn, case: Case, count: int, rows: int | None = None) -> list[Tensor]:
+    """``count`` points W x with W [rows, N] row-stochastic (rows: the state's, N by default): logits
+    (Hypothesis-controlled) times a temperature, from near-uniform mixing to nearly one-hot rows, so corners and
+    interiors of the hull both occur."""
     B, N = case.batch, case.tokens
+    K = N if rows is None else rows
     points = []
     for _ in range(count):
-        logits = draw(st.lists(st.floats(-4, 4), min_size=B * N * N, max_size=B * N * N))
+        logits = draw(st.lists(st.floats(-4, 4), min_size=B * K * N, max_size=B * K * N))
         temperature = draw(st.sampled_from([0.1, 1.0, 3.0, 10.0]))
-        points.append(torch.tensor(logits, dtype=torch.float64).reshape(B, N, N) * temperature)
+        points.append(torch.tensor(logits, dtype=torch.float64).reshape(B, K, N) * temperature)
     return points
+
+
+def state_rows(layer: FixedPointLayer, x: Tensor) -> int:
+    """The rows of the layer's state for x: N, or K for a slot state (scores Y A^T)."""
+    with torch.no_grad():
+        return int(layer.initial_point(x).shape[-2])
 
 
 def mix(logits: Tensor, x: Tensor) -> Tensor:
@@ -71,20 +80,21 @@ def test_lipschitz_certificates_are_sound(variant: Variant, case: Case, data: st
     is too small by any factor fails."""
     extremal = data.draw(st.integers(0, 3), label="extremal configuration") == 0
     event(f"extremal configuration: {extremal}")
-    if extremal:
-        case = dataclasses.replace(case, batch=1, tokens=2, dim=1)
+    if extremal:  # in the narrowest width the variant's domain allows (D = 1, or the number of heads)
+        case = dataclasses.replace(case, batch=1, tokens=2, dim=active_domain().smallest_dim(1) or 1)
     layer = case.layer(variant, device)
-    x = extremal_tokens(1.0, case.dtype, device) if extremal else case.inputs(device)
+    x = extremal_tokens(1.0, case.dtype, device, case.dim) if extremal else case.inputs(device)
     solve_and_observe(layer, x)
-    logits1, logits2 = data.draw(hull_points(case, 2), label="mixing logits")
+    rows = state_rows(layer, x)
+    logits1, logits2 = data.draw(hull_points(case, 2, rows), label="mixing logits")
     shrink = data.draw(st.sampled_from([1.0, 1e-1, 1e-2]), label="y2 - y1 shrink")
     along_top = extremal or data.draw(st.booleans(), label="step along J's top singular vector")
     f = layer.fixed_point_map(x)
-    y1 = torch.zeros_like(x) if extremal else mix(logits1, x)
+    y1 = torch.zeros_like(x[:, :1]).expand(-1, rows, -1).contiguous() if extremal else mix(logits1, x)
     if along_top:
         # the direction that J(y1) stretches most: there ||f(y2) - f(y1)|| ~ ||J(y1)||_2 ||y2 - y1||
         _, _, Vh = torch.linalg.svd(analysis.jacobian(f, y1))
-        top = Vh[:, 0, :].reshape(x.shape)
+        top = Vh[:, 0, :].reshape(y1.shape)
         y2 = y1 + shrink * token_norm(x, "fro").to(x.dtype)[:, None, None] * top
     else:
         y2 = y1 + shrink * (mix(logits2, x) - y1)
@@ -98,7 +108,7 @@ def test_lipschitz_certificates_are_sound(variant: Variant, case: Case, data: st
             continue
         lhs, dy = token_norm(df, which).cpu(), token_norm(y2 - y1, which).cpu()
         # two evaluations of f each off by `rounding` per row; kappa itself carries a relative rounding
-        slack = 2 * in_norm(rounding, which, case.tokens).cpu() + kappa * certificate_rounding(case) * dy
+        slack = 2 * in_norm(rounding, which, rows).cpu() + kappa * certificate_rounding(case) * dy
         allowed = kappa * dy + slack
         ratio = torch.where(allowed > 0, lhs / allowed, torch.zeros_like(dy))
         target(float(ratio.max()), label=f"{name}: observed / (certified + slack)")
@@ -112,14 +122,14 @@ def test_jacobian_norm_within_kappa_F(variant: Variant, case: Case, data: st.Dat
     layer = case.layer(variant, device)
     x = case.inputs(device)
     solve_and_observe(layer, x)
-    (logits,) = data.draw(hull_points(case, 1), label="mixing logits")
+    (logits,) = data.draw(hull_points(case, 1, state_rows(layer, x)), label="mixing logits")
     y = mix(logits, x)
     J_norm = analysis.jacobian_norm(layer.fixed_point_map(x), y, method="dense").to(torch.float64).cpu()
     # jacobian_norm itself is the largest singular value of J, here from a Jacobian built by reverse mode
     # (independent of iqa.analysis): singular values are perfectly conditioned (Weyl: |sigma(J + E) - sigma(J)|
     # <= ||E||_2), so the two differ by at most both Jacobians' rounding and the SVDs' (n + 2) eps ||J||.
     f = layer.fixed_point_map(x)
-    n = case.tokens * case.dim
+    n = y[0].numel()  # the state's size
     eps = torch.finfo(case.dtype).eps
     for b in range(case.batch):
         J_b = element_jacobian(f, y, b).cpu()
@@ -152,9 +162,11 @@ def test_contraction_gives_one_fixed_point(variant: Variant, case: Case, data: s
     assume(bool((best < 1).all()))  # about 5% of these scales have no certificate < 1
     solve_and_observe(layer, x)
     spread = data.draw(st.sampled_from([1.0, 10.0]), label="far start spread")
-    far = spread * torch.randn(x.shape, generator=case.generator(7), dtype=torch.float64).to(x.dtype).to(device)
+    y0 = layer.initial_point(x)
+    far = spread * torch.randn(y0.shape, generator=case.generator(7), dtype=torch.float64).to(x.dtype).to(device)
     f = layer.fixed_point_map(x)
-    starts = (layer.initial_point(x), far)
+    starts = (y0, far)
+    rows = y0.shape[-2]  # the state's rows: N, or a slot state's K
     # the largest per-row rounding of f along either trajectory (it grows with ||y||, largest at a start)
     eps_rows = torch.stack([map_rounding(layer, x, y0) for y0 in starts]).amax(dim=0).cpu()
     for name, which in CERTIFICATE_NORMS.items():
@@ -163,15 +175,15 @@ def test_contraction_gives_one_fixed_point(variant: Variant, case: Case, data: s
             continue
         k = float(kappa.max())
         # the Frobenius residual can sink to about sqrt(N) 2 eps_f / (1 - kappa) (rounding); stop 10x above that
-        tol = 10 * math.sqrt(case.tokens) * 2 * float(eps_rows.max()) / (1 - k)
+        tol = 10 * math.sqrt(rows) * 2 * float(eps_rows.max()) / (1 - k)
         with torch.no_grad():
             start_gap = max(float(token_norm(f(y0) - y0, "fro").max()) for y0 in starts)
-            budget = steps_needed(k, math.sqrt(case.tokens) * start_gap, tol)
+            budget = steps_needed(k, math.sqrt(rows) * start_gap, tol)
             runs = [solve(f, y0, tol=tol, max_iter=budget, keep_iterates=True) for y0 in starts]
         for run in runs:
             assert run.converged, f"{name} = {k:.3g} < 1 but Picard did not converge in {budget} steps: {run.statuses}"
         ys = [run.y for run in runs]
-        eps_f = in_norm(eps_rows, which, case.tokens)
+        eps_f = in_norm(eps_rows, which, rows)
         with torch.no_grad():
             residual = [token_norm(f(y) - y, which).cpu() for y in ys]
         # Banach: ||y - y*|| <= (r + eps_f) / (1 - kappa) for each computed endpoint
@@ -217,9 +229,11 @@ TIGHTNESS = 0.5
 TIGHT_GRID = 41
 
 
-def extremal_tokens(c: float, dtype: torch.dtype, device: torch.device | str) -> Tensor:
-    """x = (c, -c): two antipodal one-dimensional tokens, [1, 2, 1]."""
-    return torch.tensor([[[c], [-c]]], dtype=torch.float64).to(dtype=dtype, device=device)
+def extremal_tokens(c: float, dtype: torch.dtype, device: torch.device | str, dim: int = 1) -> Tensor:
+    """x = (c e_1, -c e_1): two antipodal tokens along the first axis, [1, 2, dim]."""
+    x = torch.zeros(1, 2, dim, dtype=torch.float64)
+    x[0, :, 0] = torch.tensor([c, -c], dtype=torch.float64)
+    return x.to(dtype=dtype, device=device)
 
 
 def local_lipschitz_rows(layer, x: Tensor, grid: int, a: float = 1.0) -> Tensor:  # type: ignore[no-untyped-def]

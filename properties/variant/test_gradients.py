@@ -32,7 +32,7 @@ from iqa.grad import AdjointOptions
 from iqa.layer import FixedPointLayer
 from iqa.solvers import Solution
 from iqa.variants import Tag, Variant
-from properties.fixed_points import BAND_LABEL, cotangent, fixed_map, hard_case, stable_fixed_point
+from properties.fixed_points import BAND_LABEL, cotangent, fixed_map, hard_case, output_shape, stable_fixed_point
 from properties.gradient_reference import (
     F64,
     MAX_ITER,
@@ -51,7 +51,7 @@ from properties.gradient_reference import (
     rel_err,
     solve_options,
 )
-from properties.regimes import SATURATION_GAP, requires_share
+from properties.regimes import SATURATION_GAP, require, requires_share
 from properties.strategies import CONTRACTIVE_SCALES, WEIGHT_JACOBIAN_ELEMENTS, Case, cases
 from properties.tags import requires
 
@@ -94,7 +94,7 @@ def solved(case: Case, variant: Variant, device: torch.device, **options: object
     event(f"saturated attention: {gap <= SATURATION_GAP}")
     # Nearly one-hot attention (regimes.py's "saturated") has J* ~ 0 and weight gradients at the rounding level:
     # no gradient comparison has a signal there, so those cases are rejected, not compared.
-    assume(not gap <= SATURATION_GAP)
+    require(not gap <= SATURATION_GAP, f"attention not saturated (1 - max_j p_ij > {SATURATION_GAP:g})")
     return layer, x
 
 
@@ -111,7 +111,7 @@ def test_implicit_matches_dense_reference(variant: Variant, case: Case, hard: bo
     examples in the hard band rho(J*) in [0.7, 0.97]."""
     case = drawn(case, variant, hard)
     layer, x = solved(case, variant, device)
-    v = cotangent(case, device)
+    v = cotangent(case, device, layer=layer)
     grads = layer_grads(layer, x, v)
     an = analyse_solved(layer, x, v)
     note(an.describe())
@@ -183,7 +183,7 @@ def test_implicit_matches_unrolled(variant: Variant, case: Case, hard: bool, dev
     examples in the hard band rho(J*) in [0.7, 0.97], where T is hundreds of steps (the rho^T budget)."""
     case = drawn(case, variant, hard)
     layer, x = solved(case, variant, device, solver="picard")
-    v = cotangent(case, device)
+    v = cotangent(case, device, layer=layer)
     implicit = layer_grads(layer, x, v)
     history = seed_residuals(layer, x)
     T = len(history)
@@ -193,7 +193,7 @@ def test_implicit_matches_unrolled(variant: Variant, case: Case, hard: bool, dev
     solution = layer.last_solution
     assert solution is not None
     with torch.no_grad():
-        y_T = unrolled_layer(x)
+        y_T = unrolled_layer.solve_state(x)  # the state after T steps (the output is its readout)
     assert isinstance(y_T, Tensor)
     an = analyse(layer, x, solution.y, v)
     an_T = analyse(layer, x, y_T, v)
@@ -260,12 +260,12 @@ def test_unrolled_error_falls_at_rate_rho(variant: Variant, case: Case, device) 
     """e_T = ||grad unrolled-T - grad implicit|| falls like C(T) rho^T with C of low degree: the slope of
     log e_T over the asymptotic window matches log rho(J*). Picard from the seed's start: the same branch."""
     layer, x = solved(case, variant, device, solver="picard")
-    v = cotangent(case, device)
+    v = cotangent(case, device, layer=layer)
     an = analyse_solved(layer, x, v)
     rho = float(an.rho.max())
     event(f"rho in [{math.floor(rho * 5) / 5:.1f}, {math.floor(rho * 5) / 5 + 0.2:.1f})")
     note(an.describe())
-    assume(rho >= RATE_RHO_MIN)  # see the fuller precondition below; checked first so no floor is tested for it
+    require(rho >= RATE_RHO_MIN, f"rho(J*) >= {RATE_RHO_MIN}", rho=rho)  # checked first: no floor is tested for it
     reference = an.reference.weights
     floor = floor_of(x, v)
     ref_norm = float(torch.linalg.vector_norm(reference))
@@ -275,7 +275,8 @@ def test_unrolled_error_falls_at_rate_rho(variant: Variant, case: Case, device) 
     # the depth (log(TOL64) / log(rho) ~ 134 steps) affordable.
     # Below RATE_RHO_MIN the error falls through the ~13 decades above rounding in a handful of steps, all of
     # them in the forward's nonlinear transient, where C(T) is not yet of low degree: no asymptotic slope to fit.
-    assume(max(RATE_RHO_MIN, SIGNAL_OVER_NOISE * noise / ref_norm) <= rho <= 0.8)
+    low = max(RATE_RHO_MIN, SIGNAL_OVER_NOISE * noise / ref_norm)
+    require(low <= rho <= 0.8, "rho(J*) in [max(0.1, 100 x the noise), 0.8]", rho=rho)
     # Past the depth where the seed loop has converged, e_T sits at the noise; a few steps more show the floor.
     t_max = converged_depth(layer, x) + 5
     assume(t_max <= MAX_ITER)
@@ -333,7 +334,8 @@ FD_RESIDUAL_LIMIT = 1e-10
 def perturbed_loss(
     layer: FixedPointLayer, x: Tensor, v: Tensor, y_start: Tensor, directions: list[Tensor], dx: Tensor, h: float
 ) -> tuple[float, Solution]:
-    """<v, y*(theta + h d, x + h dx)>, solved warm from y_start (the unperturbed y*: the same branch)."""
+    """<v, g(y*(theta + h d, x + h dx), x + h dx)> (g the readout, at the perturbed weights too), solved warm
+    from y_start (the unperturbed y*: the same branch)."""
     from iqa.solvers import solve
 
     params = list(layer.parameters())
@@ -345,10 +347,11 @@ def perturbed_loss(
             # Picard, warm from y*: a contraction at rate rho < 1 reaches FD_TOL in log(FD_TOL / r0) / log(rho)
             # steps, while Anderson's least-squares step can stall at this tol's rounding floor (|y| ~ 4, n = 2).
             solution = solve(f, y_start, "picard", tol=FD_TOL, max_iter=MAX_ITER)
+            loss = float((v * layer.readout(solution.y, x + h * dx)).sum())
         finally:
             for p, d in zip(params, directions):
                 p.sub_(d, alpha=h)
-    return float((v * solution.y).sum()), solution
+    return loss, solution
 
 
 def probe_direction(reference: Tensor, generator: torch.Generator, floor: float, what: str) -> Tensor:
@@ -393,7 +396,8 @@ def check_central_difference(
         return (plus - minus) / (2 * step)
 
     d_h, d_2h = central(h), central(2 * h)
-    loss_scale = float((v.abs() * an.y.abs()).sum())
+    with torch.no_grad():
+        loss_scale = float((v.abs() * layer.readout(an.y, x).abs()).sum())
     # L sums v.numel() products (v.numel() eps sum|v y|); each solve's y is within cond sqrt(B) r of its y*, r the
     # residual it stopped at (FD_TOL, or the rounding floor it stalled at just above it).
     error_L = v.numel() * eps(F64) * loss_scale + an.worst_cond * math.sqrt(v.shape[0]) * max(reached) * float(v.norm())
@@ -414,7 +418,7 @@ def test_implicit_matches_finite_differences(variant: Variant, case: Case, hard:
     Half the examples in the hard band rho(J*) in [0.7, 0.97]."""
     case = drawn(case, variant, hard)
     layer, x = solved(case, variant, device)
-    v = cotangent(case, device)
+    v = cotangent(case, device, layer=layer)
     grads = layer_grads(layer, x, v)
     an = analyse_solved(layer, x, v)
     note(an.describe())
@@ -442,7 +446,7 @@ def test_phantom_error_within_bound(variant: Variant, case: Case, k: int, dampin
     # ~0.6 r at r = 1e-13, ~1e-16 at r = 1e-16), so this property solves to PHANTOM_TOL, 100x below TOL64.
     # The adjoint keeps TOL64 (a relative 1e-15 is not always reachable; the slack below budgets TOL64).
     layer, x = solved(case, variant, device, tol=PHANTOM_TOL, adjoint=AdjointOptions(tol=TOL64))
-    v = cotangent(case, device)
+    v = cotangent(case, device, layer=layer)
     implicit = layer_grads(layer, x, v).weights
     phantom_layer = case.layer(
         variant,
@@ -454,10 +458,10 @@ def test_phantom_error_within_bound(variant: Variant, case: Case, k: int, dampin
     )
     phantom = layer_grads(phantom_layer, x, v).weights
     an = analyse_solved(layer, x, v)
-    assume(float(an.rho.max()) >= PHANTOM_RHO_MIN)
+    require(float(an.rho.max()) >= PHANTOM_RHO_MIN, f"rho(J*) >= {PHANTOM_RHO_MIN}", rho=float(an.rho.max()))
     eye = torch.eye(an.n, dtype=F64, device=an.J.device)
     B_T = ((1 - damping) * eye + damping * an.J).transpose(1, 2)
-    e = (torch.linalg.matrix_power(B_T, k) @ an.g.flatten(1).unsqueeze(-1)).reshape(v.shape)
+    e = (torch.linalg.matrix_power(B_T, k) @ an.g.flatten(1).unsqueeze(-1)).reshape(an.y.shape)
     predicted = pullback(layer, x, an.y, e).weights
     bound = float(torch.linalg.matrix_norm(an.dtheta, ord=2)) * float(e.norm())
     error = phantom - implicit
@@ -491,6 +495,21 @@ def round_to_float32(layer: FixedPointLayer) -> None:
 F32_SOURCES = 4
 
 
+def mixed_derivative_norm(layer: FixedPointLayer, x: Tensor, y: Tensor, g: Tensor) -> float:
+    """||d/dy (g^T df(y; x)/dtheta)||_2 at y, dense (float64 autograd, a double backward): how fast the weight
+    gradient's pullback moves when the point it is taken at moves."""
+    params = list(layer.parameters())
+    f = layer.fixed_point_map(x.detach())
+
+    def pullback_at(z: Tensor) -> Tensor:
+        grads = torch.autograd.grad(f(z), params, g.detach(), create_graph=True, materialize_grads=True)
+        return torch.cat([t.flatten() for t in grads])
+
+    with torch.enable_grad():
+        M = torch.autograd.functional.jacobian(pullback_at, y.detach().clone())
+    return float(torch.linalg.matrix_norm(M.reshape(M.shape[0], -1), ord=2))
+
+
 @requires(Tag.WEIGHT_DEPENDENT)
 @given(case=small_cases)
 def test_float32_gradients_match_float64(variant: Variant, case: Case, device) -> None:
@@ -510,7 +529,7 @@ def test_float32_gradients_match_float64(variant: Variant, case: Case, device) -
     rho = float(spectral_radius(fixed_map(layer, x), solution.y).max())
     assume(rho < 1)  # the implicit gradient is defined at a locally stable fixed point (properties.fixed_points)
     assume(not float(saturation_gap(fixed_map(layer, x), solution.y).max()) <= SATURATION_GAP)
-    v = cotangent(case, device).to(F32).to(F64)
+    v = cotangent(case, device, layer=layer).to(F32).to(F64)
     an = analyse_solved(layer, x, v)
     n = an.n
     layer32 = copy.deepcopy(layer).to(F32)
@@ -523,8 +542,16 @@ def test_float32_gradients_match_float64(variant: Variant, case: Case, device) -
     assume(solution32.converged)  # a float32 forward that stalls above n eps32 has no fixed point to compare at
     relative = F32_SOURCES * float((an.cond * n * eps(F32) * (1 + torch.linalg.matrix_norm(an.J, ord=2))).max())
     floor = floor_of(x, v)
+    # The float32 fixed point sits up to cond n eps32 ||y*|| from y* (its relative stop, then the conditioning), and
+    # g^T df/dtheta moves with y by the mixed derivative d/dy (g^T df/dtheta): near uniform attention df/dtheta is
+    # small while that derivative is not (found on causal, N = 2, D = 1, p = (0.498, 0.502): 3x the budget without it).
+    offset = F32_SOURCES * float((an.cond * n * eps(F32)).max()) * float(solution.y.norm())
     assert_close(
-        grads32.weights, an.reference.weights, an.scale_weights * relative, floor, "dL/dW float32 vs dense float64"
+        grads32.weights,
+        an.reference.weights,
+        an.scale_weights * relative + mixed_derivative_norm(layer, x, solution.y, an.g) * offset,
+        floor,
+        "dL/dW float32 vs dense float64",
     )
     assert_close(grads32.x, an.reference.x, an.scale_x * relative, floor, "dL/dx float32 vs dense float64")
     assert rel_err(grads32.weights, an.reference.weights, floor, "dL/dW float32") <= F32_REL_TOL, "issue 3 target"
@@ -542,7 +569,7 @@ def test_gradient_is_linear_in_the_loss(variant: Variant, case: Case, alpha: flo
     compared with itself would pass any wrong but linear adjoint), down to alpha = 1e-12 and up to 1e12, where
     the relative adjoint stop meets the solver's absolute floors unless the hook rescales v."""
     layer, x = solved(case, variant, device)
-    v = cotangent(case, device)
+    v = cotangent(case, device, layer=layer)
     scaled = layer_grads(layer, x, alpha * v).all
     an = analyse_solved(layer, x, v)
     assert bool(torch.isfinite(scaled).all()), f"grad({alpha:g} L) is not finite"
@@ -560,7 +587,7 @@ def test_zero_cotangent_gives_zero_gradient(variant: Variant, case: Case, backwa
     with torch.no_grad():
         layer(x)
     assume(layer.last_solution is not None and layer.last_solution.converged)
-    grads = layer_grads(layer, x, torch.zeros(case.shape, dtype=case.dtype, device=device)).all
+    grads = layer_grads(layer, x, torch.zeros(output_shape(layer, x), dtype=case.dtype, device=device)).all
     assert bool((grads == 0).all())
     if backward == "implicit":
         adjoint = layer.last_backward_solution
@@ -570,25 +597,26 @@ def test_zero_cotangent_gives_zero_gradient(variant: Variant, case: Case, backwa
 @requires(Tag.WEIGHT_DEPENDENT)
 @given(case=small_cases, spread=st.sampled_from([1e-3, 1e-1]))
 def test_gradient_does_not_depend_on_y0(variant: Variant, case: Case, spread: float, device) -> None:
-    """y0 only picks the branch: started from x and from a perturbation of y* (the same branch), the implicit
-    gradient is the dense reference at that branch both times, and none of it reaches y0 (zero, not absent:
-    y0 requires grad). A hook that used y0 (or the start's own f(y0)) in place of y* fails the first part."""
+    """y0 only picks the branch: started from the layer's own y0 and from a perturbation of y* (the same
+    branch), the implicit gradient is the dense reference at that branch both times, and none of it reaches y0
+    (zero, not absent: y0 requires grad). A hook that used y0 (or the start's own f(y0)) in place of y* fails the
+    first part. The loss is on the layer's output, its readout g(y*, x)."""
     from iqa import fixed_point
 
     layer, x = solved(case, variant, device)
-    v = cotangent(case, device)
+    v = cotangent(case, device, layer=layer)
     an = analyse_solved(layer, x, v)
-    noise = torch.randn(x.shape, dtype=F64, generator=case.generator(5)).to(x)
+    noise = torch.randn(an.y.shape, dtype=F64, generator=case.generator(5)).to(an.y)
     floor = floor_of(x, v)
     params = list(layer.parameters())
-    for label, start in (("from x", x), ("near y*", an.y + spread * noise)):
+    for label, start in (("from y0", layer.initial_point(x)), ("near y*", an.y + spread * noise)):
         y0 = start.detach().clone().requires_grad_(True)
         y = fixed_point(layer.fixed_point_map(x), y0, "implicit", method="anderson", tol=TOL64, max_iter=MAX_ITER)
         distance = float((y.detach() - an.y).norm())
         same_branch = float((an.cond * (an.residual + TOL64)).norm()) * 2
         note(f"{label}: ||y* - y*_layer|| = {distance:.2e}")
         assume(distance <= same_branch)  # this start reached the layer's branch (a perturbation may leave it)
-        grads = torch.autograd.grad((v * y).sum(), [y0, *params], materialize_grads=True)
+        grads = torch.autograd.grad((v * layer.readout(y, x)).sum(), [y0, *params], materialize_grads=True)
         assert bool((grads[0] == 0).all()), f"{label}: the gradient reaches y0"
         weights = torch.cat([g.flatten() for g in grads[1:]])
         # the dense reference at this solve's own y* (within TOL64 of the layer's: the same fixed point, but a
@@ -607,7 +635,7 @@ def test_consensus_gradients_where_contractive(variant: Variant, case: Case, dev
     kappa = certificates(layer, x).best
     event(f"certificate < 1: {bool((kappa < 1).all())}")
     assume(bool((kappa < 1).all()))
-    v = cotangent(case, device)
+    v = cotangent(case, device, layer=layer)
     grads = layer_grads(layer, x, v)
     solution, adjoint = layer.last_solution, layer.last_backward_solution
     assert solution is not None and adjoint is not None and adjoint.converged
@@ -663,7 +691,7 @@ def test_fixed_point_depends_on_weights(variant: Variant, case: Case, device) ->
         rho = spectral_radius(fixed_map(layer, x), solution.y)
         note(f"rho {rho.tolist()}")
         assume(bool((rho < 1).all()))
-    v = cotangent(case, device)
+    v = cotangent(case, device, layer=layer)
     weights = layer_grads(layer, x, v).weights
     norm, floor = float(weights.norm()), floor_of(x, v)
     note(f"||dL/dW|| = {norm:.3e}, floor {floor:.3e}")

@@ -4,10 +4,10 @@ Bitwise in every regime (seed mode, exact operations only): duplicate tokens
 give equal rows, (2^k x, W / 2^k) gives 2^k y.
 
 To rounding, where the fixed point is unique: token permutation, batch
-independence, orthogonal change of basis, W_K -> G W_K with Omega -> G^-T Omega,
-zero weights give the mean. Both problems are solved the same way; each
-solution's defect (residual plus the rounding of f) bounds its distance to its
-map's fixed point, and the invariance says those fixed points correspond
+independence, orthogonal change of basis, key -> G key with query -> G^-T query
+(the weights the layer names with ``weight_roles()``), zero weights give the mean.
+Both problems are solved the same way; each solution's defect (residual plus the
+rounding of f) bounds its distance to its map's fixed point, and the invariance says those fixed points correspond
 exactly, so the outputs may differ by (defect + defect') / divisor:
 
 - a variant claiming ``score_matrix`` is solved under its certificate
@@ -24,7 +24,8 @@ Identical rows give y = x in every regime (the convex hull is one point).
 How the weights transform (nn.Linear computes x W^T): for x -> x R, every
 weight W -> R^T W R gives K -> K R, Q -> Q R and unchanged scores; for
 W_K -> G W_K, Omega -> G^-T Omega the scores x W_K^T G^T G^-T Omega y^T are
-unchanged; for (2^k x, W / 2^k) every product W x is unchanged bitwise.
+unchanged (per head, with G block-diagonal over the heads' row blocks); for
+(2^k x, W / 2^k) every product W x is unchanged bitwise.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ from iqa.analysis.rounding import map_rounding
 from iqa.layer import FixedPointLayer
 from iqa.solvers import Solution
 from iqa.variants import Tag, Variant
+from iqa.variants.weights import scaled_parameters
+from properties.fixed_points import require_converged
 from properties.regimes import observation_tol, observe
 from properties.strategies import ANY_SCALE, FACTORED_ELEMENTS, Case, cases
 from properties.tags import requires
@@ -98,25 +101,29 @@ def solve_reference(variant: Variant, layer: FixedPointLayer, x: Tensor) -> Refe
     return Reference(y, "fro", sigma, defect, False, f"local: sigma_min(I - J) {sigma.tolist()}")
 
 
-def local_solve(layer: FixedPointLayer, x: Tensor) -> tuple[Tensor, Tensor, Solution]:
-    """Picard to observation_tol(x) (Frobenius); rejects a case that does not converge."""
+def local_solve(layer: FixedPointLayer, x: Tensor, y0: Tensor | None = None) -> tuple[Tensor, Tensor, Solution]:
+    """Picard from y0 (default the layer's start) to observation_tol(x) (Frobenius); rejects a case that does
+    not converge."""
     f = layer.fixed_point_map(x)
     tol = observation_tol(x)
     with torch.no_grad():
-        solution = solve(f, layer.initial_point(x), tol=tol, max_iter=LOCAL_MAX_ITER)
-        assume(solution.converged)
+        solution = solve(f, layer.initial_point(x) if y0 is None else y0, tol=tol, max_iter=LOCAL_MAX_ITER)
+        require_converged(solution, f)
         y = solution.y
         residual = token_norm(f(y) - y, "fro").cpu()
-    return y, residual + in_norm(map_rounding(layer, x, y).cpu(), "fro", x.shape[-2]), solution
+    return y, residual + in_norm(map_rounding(layer, x, y).cpu(), "fro", y.shape[-2]), solution
 
 
-def other_defect(layer: FixedPointLayer, x: Tensor, reference: Reference) -> tuple[Tensor, Tensor]:
-    """Solve the transformed problem the same way as the reference: (its y, its defect in the reference's norm)."""
+def other_defect(
+    layer: FixedPointLayer, x: Tensor, reference: Reference, y0: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Solve the transformed problem the same way as the reference, from y0 (default the layer's start): (its y,
+    its defect in the reference's norm)."""
     if reference.certified:
-        second = certified_solve(layer, x)
+        second = certified_solve(layer, x, y0)
         assume(second.norm == reference.norm)  # its best certificate is the reference's, up to rounding
         return second.y, second.residual + second.rounding
-    y, defect, _ = local_solve(layer, x)
+    y, defect, _ = local_solve(layer, x, y0)
     return y, defect
 
 
@@ -133,7 +140,7 @@ def assert_same_fixed_point(
 def data_rounding(layer: FixedPointLayer, x: Tensor, y: Tensor, reference: Reference) -> Tensor:
     """Rounded transformed data (x R, R^T W R, G W: products of length D) perturb the scores by no
     more than one evaluation's rounding does: one more eps_f in the defect."""
-    return in_norm(map_rounding(layer, x, y).cpu(), reference.norm, x.shape[-2])
+    return in_norm(map_rounding(layer, x, y).cpu(), reference.norm, y.shape[-2])
 
 
 @requires(Tag.PERMUTATION_EQUIVARIANT)
@@ -155,7 +162,9 @@ def test_batch_independence(variant: Variant, case: Case, device) -> None:
     layer = case.layer(variant, device)
     x = case.inputs(device)
     reference = solve_reference(variant, layer, x)
-    alone = [other_defect(layer, x[b : b + 1], reference) for b in range(case.batch)]
+    # each element alone from its own row of the batch's start (a noise start is drawn for the whole batch)
+    y0 = layer.initial_point(x)
+    alone = [other_defect(layer, x[b : b + 1], reference, y0[b : b + 1]) for b in range(case.batch)]
     others = torch.cat([y for y, _ in alone])
     defects = torch.cat([d for _, d in alone])
     assert_same_fixed_point(reference, others, defects, torch.zeros_like(defects), "each element alone vs in the batch")
@@ -249,48 +258,76 @@ def random_invertible(dim: int, condition: float, generator: torch.Generator) ->
     return U @ torch.diag(s) @ V.T
 
 
-@requires(Tag.SCORE_MATRIX)
+def key_and_query(layer: FixedPointLayer) -> tuple[Tensor, Tensor, int]:
+    """The layer's key and query weights (``weight_roles()``) and its number of heads; not applicable (skip, with
+    the reason) for a layer that names no key and query, or names one parameter for both."""
+    roles = layer.weight_roles()
+    missing = [role for role in ("key", "query") if role not in roles]
+    if missing:
+        pytest.skip(
+            f"{type(layer).__name__}.weight_roles() names no {' and no '.join(missing)} weight: nothing to "
+            "reparametrize (a layer declares the roles its scores depend on through W_key^T W_query)"
+        )
+    key, query = roles["key"], roles["query"]
+    heads = int(getattr(layer, "heads", 1))
+    if key is query:
+        pytest.skip(f"{type(layer).__name__} names one parameter as both key and query: G and G^-T cannot both act")
+    if key.dim() != 2 or query.dim() != 2 or key.shape[0] != query.shape[0] or key.shape[0] % heads:
+        pytest.fail(
+            f"{type(layer).__name__}.weight_roles(): key {tuple(key.shape)} and query {tuple(query.shape)} must be "
+            f"matrices with the same number of rows, a multiple of heads = {heads}"
+        )
+    return key, query, heads
+
+
 @given(case=cases(scales=CERTIFIED_SCALES, max_elements=FACTORED_ELEMENTS), condition=st.floats(1.0, 10.0))
 def test_key_query_reparametrization(variant: Variant, case: Case, condition: float, device) -> None:
-    """W_K -> G W_K, Omega -> G^-T Omega leaves M = W_K^T Omega, hence every score and y, unchanged."""
+    """key -> G key, query -> G^-T query leaves every head's W_key^T W_query, hence every score and y, unchanged:
+    G is block-diagonal, one invertible block per head (the rows of each role split into ``heads`` blocks). The
+    roles come from ``layer.weight_roles()``; a layer that names none is not applicable."""
     layer = case.layer(variant, device)
-    if not (
-        isinstance(getattr(layer, "W_K", None), torch.nn.Linear)
-        and isinstance(getattr(layer, "Omega_Q", None), torch.nn.Linear)
-    ):
-        pytest.skip(f"{variant.name} has no W_K and Omega_Q linear maps to reparametrize")
+    key, query, heads = key_and_query(layer)
     x = case.inputs(device)
     reference = solve_reference(variant, layer, x)
-    G = random_invertible(case.dim, condition, case.generator(13))
+    rows = key.shape[0]
+    G = torch.block_diag(
+        *(random_invertible(rows // heads, condition, case.generator(13 + h)) for h in range(heads))
+    ).to(device)
     moved = copy.deepcopy(layer)
+    moved_key, moved_query, _ = key_and_query(moved)
     with torch.no_grad():
-        moved.W_K.weight.copy_((G @ layer.W_K.weight.to(torch.float64)).to(case.dtype))
-        moved.Omega_Q.weight.copy_((torch.linalg.inv(G).T @ layer.Omega_Q.weight.to(torch.float64)).to(case.dtype))
+        moved_key.copy_((G @ key.to(torch.float64)).to(case.dtype))
+        moved_query.copy_((torch.linalg.inv(G).T @ query.to(torch.float64)).to(case.dtype))
     y_moved, defect = other_defect(moved, x, reference)
     extra = data_rounding(moved, x, y_moved, reference)
-    assert_same_fixed_point(reference, y_moved, defect, extra, "y with (G W_K, G^-T Omega) vs y")
+    assert_same_fixed_point(reference, y_moved, defect, extra, "y with (G key, G^-T query) vs y")
 
 
 @requires(Tag.SCORE_MATRIX, Tag.CONVEX_HULL)
-@given(case=cases(scales=ANY_SCALE), which=st.sampled_from(["W_K", "Omega_Q"]))
-def test_zero_weights_give_the_mean(variant: Variant, case: Case, which: str, device) -> None:
-    """A zero key or query map makes every score 0: uniform attention, every row the token mean."""
+@given(case=cases(scales=ANY_SCALE))
+def test_zero_weights_give_the_mean(variant: Variant, case: Case, device) -> None:
+    """Zero every weight the weight scale reaches (``iqa.variants.weights.scaled_parameters``: every weight
+    matrix, whatever it is called, but the variant's ``unscaled`` ones): every score is 0, the attention
+    uniform, every row the token mean."""
     layer = case.layer(variant, device)
-    if not isinstance(getattr(layer, which, None), torch.nn.Linear):
-        pytest.skip(f"{variant.name} has no linear map {which}")
+    zeroed = scaled_parameters(layer, variant.unscaled)
+    if not zeroed:
+        pytest.skip(f"{variant.name}: the weight scale reaches no parameter of {type(layer).__name__}")
     with torch.no_grad():
-        getattr(layer, which).weight.zero_()
+        for _, p in zeroed:
+            p.zero_()
     x = case.inputs(device)
     scores_source = layer.score_matrix(x)  # type: ignore[operator]
-    assert not bool(scores_source.any()), f"zeroing {which} left a nonzero score matrix"
+    names = ", ".join(name for name, _ in zeroed)
+    assert not bool(scores_source.any()), f"zeroing {names} left a nonzero score matrix"
     result = certified_solve(layer, x)  # kappa = 1 - relaxation < 1: the scores no longer depend on y
     observe(layer, x, result.solution)
     eps = torch.finfo(case.dtype).eps
     # the computed mean carries N eps max|x_j| per entry, so N eps max ||x_j|| per row
     mean_rounding = in_norm(case.tokens * eps * token_norm(x, "rows").cpu(), result.norm, case.tokens)
     gap = token_norm(result.y - analysis.consensus_point(x), result.norm).cpu()
-    note(f"zero {which}: ||y - 1 mean(x)^T|| {gap.tolist()}, proven {result.error_bound.tolist()}")
-    assert bool((gap <= result.error_bound + mean_rounding).all()), f"zero {which}: y is not the token mean"
+    note(f"zero {names}: ||y - 1 mean(x)^T|| {gap.tolist()}, proven {result.error_bound.tolist()}")
+    assert bool((gap <= result.error_bound + mean_rounding).all()), f"zero {names}: y is not the token mean"
 
 
 @requires(Tag.CONVEX_HULL)

@@ -2,7 +2,7 @@
 
 - convex hull: every output row is a convex combination of the rows of x
   (variants tagged ``convex_hull``), up to a rounding bound derived below;
-- N = 1 gives y == x and n_iters = 0 gives x, bit for bit (seed mode);
+- N = 1 gives y == x, and n_iters = 0 gives the readout of the variant's own start y0, bit for bit (seed mode);
 - where a certificate kappa < 1 (docs/theory.md#certificates) proves contraction, Picard converges
   within the a-priori step count and Picard and Anderson reach the same fixed
   point within 2 (tol + delta) / (1 - kappa);
@@ -28,7 +28,7 @@ from iqa import Status, analysis
 from iqa.layer import FixedPointLayer
 from iqa.solvers import MAX_PERIOD, Map
 from iqa.variants import Tag, Variant
-from properties.regimes import reached, requires_share
+from properties.regimes import require, requires_share
 from properties.strategies import CONTRACTIVE_SCALES, Case, cases
 from properties.tags import requires
 
@@ -118,14 +118,23 @@ def test_single_token_is_fixed(variant: Variant, case: Case, n_iters: int, devic
 
 
 @given(case=cases())
-def test_zero_iterations_return_x(variant: Variant, case: Case, device):
-    """n_iters = 0 returns the starting point, x itself (as a copy), bit for bit, in every variant."""
+def test_zero_iterations_return_the_start(variant: Variant, case: Case, device):
+    """n_iters = 0 takes no step: the state is the variant's own start y0 = initial_point(x) (x itself for the seed,
+    a learned or seeded start for a slot layer), not x's storage, the history is [y0], and the output is the
+    readout g(y0, x), bit for bit, in every variant. The start is the same on every call (a noise start draws
+    from the layer's start_generator, never from torch's global RNG)."""
     layer = case.layer(variant, device, n_iters=0)
     x = case.inputs(device)
-    y, history = layer(x, track=True)
-    assert torch.equal(y, x)
-    assert y.data_ptr() != x.data_ptr()
-    assert len(history) == 1 and torch.equal(history[0], x)
+    with torch.no_grad():
+        y0 = layer.initial_point(x)
+        assert torch.equal(layer.initial_point(x), y0), "initial_point(x) differs between two calls"
+        state, history = layer.solve_state(x, track=True)
+        y = layer(x)
+        readout = layer.readout(y0, x)
+    assert torch.equal(state, y0), "n_iters = 0: the state is not the layer's own start initial_point(x)"
+    assert state.data_ptr() != x.data_ptr(), "n_iters = 0 returns x's own storage, not a copy"
+    assert len(history) == 1 and torch.equal(history[0], y0), "the tracked history is not [y0]"
+    assert torch.equal(y, readout), "n_iters = 0: the output is not the readout g(y0, x) of the start"
 
 
 # --- solves under a certificate -----------------------------------------------------------------------------------
@@ -163,25 +172,29 @@ def rescale_to(layer: FixedPointLayer, x: Tensor, target: float) -> tuple[Tensor
     return xt, analysis.certificates(twin, xt.double())
 
 
-def rounding(layer: FixedPointLayer, x: Tensor) -> Tensor:
+def rounding(layer: FixedPointLayer, x: Tensor, rows: int | None = None) -> Tensor:
     """delta: a bound on ||fl(f(y)) - f(y)||_F for y in the region the iterates visit, per batch element.
 
     Entry (i, d) of softmax(A (Y + C)^T) V (+ B) sums N products of probabilities and values after D-term
     score sums: it rounds by <= eps (N + D) (1 + max|s|) (max|V| + max|x|), with |s_ij| <= ||a_i|| (max||v|| +
     max||x|| + sqrt(D)) bounding the scores (iterates stay within reach of the values and x; sqrt(D) covers a
-    bounded offset C such as sinusoidal positions); sqrt(N D) entries give the Frobenius norm.
+    bounded offset C such as sinusoidal positions); sqrt(N D) entries give the Frobenius norm (sqrt(K D) for a
+    state of ``rows`` = K rows, scores Y A^T; the sums still run over N).
     """
     twin = float64_twin(layer)
     xd = x.double()
     with torch.no_grad():
-        A = twin.score_matrix(xd)  # type: ignore[operator]
-        V = twin.values(xd)  # type: ignore[operator]
+        heads_A, heads_V = analysis.head_terms(twin, xd)  # [B, h, N, .]: one head for a single-head layer
     _, n, d = x.shape
-    reach = rows_norm(V) + rows_norm(xd) + math.sqrt(d)
-    scores = rows_norm(A) * reach
-    magnitude = V.abs().amax(dim=(-2, -1)) + xd.abs().amax(dim=(-2, -1))
+    total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    for A, V in zip(heads_A.unbind(-3), heads_V.unbind(-3)):  # a multi-head map rounds by the sum of its heads'
+        reach = rows_norm(V) + rows_norm(xd) + math.sqrt(d)
+        scores = rows_norm(A) * reach
+        magnitude = V.abs().amax(dim=(-2, -1)) + xd.abs().amax(dim=(-2, -1))
+        total = total + (1 + scores) * magnitude
     eps = torch.finfo(x.dtype).eps
-    return math.sqrt(n * d) * (n + d) * eps * (1 + scores) * magnitude
+    # (+ h - 1 additions over the heads per entry: n + d + h - 1 terms in all)
+    return math.sqrt((n if rows is None else rows) * d) * (n + d + heads_A.shape[-3] - 1) * eps * total
 
 
 @requires(Tag.SCORE_MATRIX)
@@ -205,8 +218,8 @@ def test_solvers_agree_under_certificate(variant: Variant, case: Case, target: f
     y0 = layer.initial_point(x)
     with torch.no_grad():
         r0 = f(y0) - y0
-    delta = rounding(layer, x).cpu()
-    tokens = case.tokens
+    tokens = y0.shape[-2]  # the state's rows: N, or a slot state's K
+    delta = rounding(layer, x, tokens).cpu()
     # each certificate below 1 bounds the Frobenius residual as kappa^k R0 + its floor 2 delta / (1 - kappa)
     chains = [
         (certs.kappa_F.double().cpu(), frobenius(r0).cpu() + delta),
@@ -229,9 +242,9 @@ def test_solvers_agree_under_certificate(variant: Variant, case: Case, target: f
     event(f"kappa {'< 0.5' if float(kappa.max()) < 0.5 else 'in [0.5, 1)'}, bound from {which[0]}, {case.dtype}")
     with torch.no_grad():
         picard_layer = case.layer(variant, device, solver="picard", tol=tol, max_iter=max_iter)
-        y_p = picard_layer(x)
+        y_p = picard_layer.solve_state(x)
         anderson_layer = case.layer(variant, device, solver="anderson", tol=tol, max_iter=max_iter)
-        y_a = anderson_layer(x)
+        y_a = anderson_layer.solve_state(x)
     picard, anderson = picard_layer.last_solution, anderson_layer.last_solution
     assert picard is not None and anderson is not None
     note(
@@ -286,7 +299,8 @@ CYCLE_MAX_ITER = 200
 
 def cycling_case(case: Case, variant: Variant) -> Case:
     """A case (the drawn one, or a seed offset of it, batch 1) whose Picard orbit the independent check finds
-    periodic from t0 <= CYCLE_START; rejected (assume) when none of CYCLE_ATTEMPTS is, counted under CYCLE_LABEL."""
+    periodic from t0 <= CYCLE_START; rejected when none of CYCLE_ATTEMPTS is (counted under CYCLE_LABEL, named as
+    the reason: properties.regimes.require)."""
     for attempt in range(CYCLE_ATTEMPTS):
         candidate = dataclasses.replace(case, batch=1, seed=case.seed + 7919 * attempt)
         layer, x = candidate.layer(variant), candidate.inputs()
@@ -295,8 +309,7 @@ def cycling_case(case: Case, variant: Variant) -> Case:
             break
     else:
         found = None
-    reached(CYCLE_LABEL, found is not None)
-    assume(found is not None)
+    require(found is not None, CYCLE_LABEL)
     return candidate
 
 

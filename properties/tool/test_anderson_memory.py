@@ -1,0 +1,161 @@
+"""What Anderson keeps alive changes nothing it computes.
+
+- The tracker's cycle check keeps the last MAX_PERIOD + 1 iterates; Anderson drops them (Tracker.forget_recent)
+  while no open element may be declared CYCLE at the next check. The same solve with the iterates always kept
+  (forget_recent a no-op: the tracker's plain rule) must give the same statuses, steps, fallbacks, residuals
+  and output, bit for bit, on maps where Anderson gives up and Picard cycles.
+- The history buffers grow with the pairs stored: never above what the pushes so far need (the next power of
+  two, at most m), and a push that grows them keeps the stored pairs (the same step as with buffers of m).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, event, given
+from hypothesis import strategies as st
+
+from iqa import Anderson, Status, solve
+from iqa.solvers import MAX_PERIOD
+from iqa.solvers.anderson import _AndersonRun, _Pairs
+from iqa.solvers.tracker import Tracker
+from iqa.variants import resolve
+from properties.strategies import Case
+
+F64 = torch.float64
+
+
+def solve_both(name, batch, tokens, dim, scale, seed, history, mixing):
+    """Anderson's solve as it is, and with every iterate kept for the cycle check (forget_recent a no-op)."""
+    case = Case(batch=batch, tokens=tokens, dim=dim, dtype=F64, scale=scale, seed=seed)
+    layer = case.layer(resolve(name))
+    x = case.inputs()
+    f, y0 = layer.fixed_point_map(x), layer.initial_point(x)
+    solver = Anderson(history=history, mixing=mixing)
+    with torch.no_grad():
+        ours = solve(f, y0, solver, tol=1e-10, max_iter=150)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(Tracker, "forget_recent", lambda self: None)
+            kept = solve(f, y0, solver, tol=1e-10, max_iter=150)
+    return ours, kept
+
+
+def assert_same(ours, kept) -> None:
+    assert (ours.statuses, ours.steps, ours.fallbacks) == (kept.statuses, kept.steps, kept.fallbacks), (
+        f"forgetting the cycle window changed a decision: {ours.statuses} {ours.steps} {ours.fallbacks} "
+        f"against {kept.statuses} {kept.steps} {kept.fallbacks} with every iterate kept"
+    )
+    assert torch.equal(ours.residuals, kept.residuals) and torch.equal(ours.y, kept.y)
+
+
+@given(
+    name=st.sampled_from(["hopfield", "positional", "injection", "reference", "scaled", "damped"]),
+    batch=st.integers(1, 3),
+    tokens=st.integers(2, 6),
+    dim=st.integers(2, 6),
+    scale=st.floats(1.5, 3.0),
+    seed=st.integers(0, 10**6),
+    history=st.integers(1, 8),
+    mixing=st.sampled_from([1.0, 0.5]),
+)
+def test_forgetting_the_cycle_window_changes_no_decision(
+    name, batch, tokens, dim, scale, seed, history, mixing
+) -> None:
+    ours, kept = solve_both(name, batch, tokens, dim, scale, seed, history, mixing)
+    event(f"statuses {sorted({s.name for s in kept.statuses})}, fallbacks {'>0' if kept.fallbacks else '0'}")
+    assert_same(ours, kept)
+
+
+@pytest.mark.parametrize(("name", "scale", "seed"), [("hopfield", 3.0, 3), ("positional", 2.0, 13)])
+def test_forgetting_keeps_cycles_found_after_giving_up(name, scale, seed) -> None:
+    """Maps (found by a search over seeds) where Anderson gives up and the tracker then declares CYCLE, which
+    needs the iterates kept: the property above on cases where forgetting them too early shows."""
+    ours, kept = solve_both(name, 3, 4, 4, scale, seed, 8, 1.0)
+    assert Status.CYCLE in kept.statuses and kept.fallbacks > 0, (kept.statuses, kept.fallbacks)
+    assert_same(ours, kept)
+
+
+@given(
+    m=st.integers(1, 9),
+    pushes=st.integers(1, 20),
+    n=st.integers(1, 5),
+    store_x=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_buffers_grow_with_the_pairs_and_keep_them(m, pushes, n, store_x, seed) -> None:
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(pushes, 2, n, dtype=F64, generator=g)
+    F = X + torch.randn(pushes, 2, n, dtype=F64, generator=g)
+    pairs = _Pairs(X[0], m, differentiable=False, store_x=store_x)
+    for t in range(pushes):
+        pairs.push(X[t], F[t], F[t] - X[t], np.ones(2))
+        capacity = pairs.F.shape[1]
+        needed = min(t + 1, m)
+        assert needed <= capacity <= min(m, 1 << (needed - 1).bit_length()), f"{capacity} slots for {needed} pairs"
+        assert (pairs.X is not None) == store_x
+        for age in range(needed):  # the pair pushed `age` pushes ago sits in slot (head - age) mod m
+            slot = (pairs.head - age) % m
+            assert torch.equal(pairs.F[:, slot], F[t - age]) and torch.equal(pairs.G[:, slot], F[t - age] - X[t - age])
+            if pairs.X is not None:
+                assert torch.equal(pairs.X[:, slot], X[t - age])
+
+
+@given(
+    name=st.sampled_from(["hopfield", "positional", "injection", "reference"]),
+    scale=st.floats(1.5, 3.0),
+    seed=st.integers(0, 10**6),
+    history=st.integers(2, 8),
+)
+def test_forgetting_only_where_no_element_may_cycle(name, scale, seed, history) -> None:
+    """The rule behind forget_recent, checked step by step: where Anderson says at step s that the next check
+    (at t, the next multiple of MAX_PERIOD) can mark no element, the tracker's check at t finds every open
+    element refused by may_cycle. Giving up inside the window is what makes this fail if the rule ignores the
+    stall counter; the draws are at cycling scales, where elements give up."""
+    case = Case(batch=3, tokens=4, dim=4, dtype=F64, scale=scale, seed=seed)
+    layer = case.layer(resolve(name))
+    x = case.inputs()
+    said: dict[int, bool] = {}
+    checked: dict[int, list[bool]] = {}
+    rule, check = _AndersonRun.may_cycle_at_next_check, Tracker.check_cycles
+
+    def recording_rule(self: _AndersonRun, step: int) -> bool:
+        said[step] = rule(self, step)
+        return said[step]
+
+    def recording_check(self: Tracker, step: int) -> None:
+        may = self.may_cycle if self.may_cycle is not None else np.ones(len(self.statuses), dtype=bool)
+        checked[step] = [s is None and bool(m) for s, m in zip(self.statuses, may)]
+        check(self, step)
+
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_AndersonRun, "may_cycle_at_next_check", recording_rule)
+        patch.setattr(Tracker, "check_cycles", recording_check)
+        solution = solve(layer.fixed_point_map(x), layer.initial_point(x), Anderson(history=history), max_iter=150)
+    event(f"fallbacks {'>0' if solution.fallbacks else '0'}")
+    for step, may in said.items():
+        t = (step // MAX_PERIOD + 1) * MAX_PERIOD
+        if not may and t in checked:
+            assert not any(checked[t]), f"step {step} said no element may cycle at {t}, but {checked[t]} may"
+
+
+@given(name=st.sampled_from(["hopfield", "positional", "injection"]), seed=st.integers(0, 10**6))
+def test_accelerated_solve_keeps_one_iterate_for_the_cycle_check(name, seed) -> None:
+    """The memory the rule saves: once every element takes accelerated steps (from step 2) and none can give up
+    before the next check, the tracker holds only the iterate it was just given, not MAX_PERIOD + 1 of them."""
+    case = Case(batch=2, tokens=4, dim=4, dtype=F64, scale=0.5, seed=seed)
+    layer = case.layer(resolve(name))
+    x = case.inputs()
+    kept: list[int] = []
+    observe = Tracker.observe
+
+    def recording(self: Tracker, *args, **kwargs):
+        out = observe(self, *args, **kwargs)
+        kept.append(len(self.recent))
+        return out
+
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Tracker, "observe", recording)
+        solution = solve(layer.fixed_point_map(x), layer.initial_point(x), Anderson(), tol=1e-12, max_iter=100)
+    assume(solution.fallbacks == 0 and len(kept) > MAX_PERIOD)  # every element accelerated throughout
+    assert max(kept[2:]) == 1, f"iterates kept per step: {kept}"
