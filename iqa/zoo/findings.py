@@ -11,7 +11,8 @@ a batch of 2 inputs x ~ N(0, 1) in float64:
   (adjoint solve, tol 1e-12) against the gradient unrolled through the same converged Picard solve, and its
   cosine with the gradient the package trains with (autograd through its own number of iterations).
 
-Every number is a deterministic function of the seeds: the same command prints the same Markdown.
+Every number is a deterministic function of the seeds: the same command prints the same Markdown
+(``--out reports/zoo/findings.md`` also writes it there).
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from iqa import analysis
+from iqa.atomic import write_text
 from iqa.grad import IQAWarning
 from iqa.layer import FixedPointLayer
 from iqa.runtime import configure_threads
@@ -203,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m iqa.zoo.findings", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=4, help="seeds per cell (default 4)")
     parser.add_argument("--variant", action="append", choices=sorted(ZOO), help="default: every zoo variant")
+    parser.add_argument("--out", type=Path, help="also write the Markdown to this file (atomically)")
     args = parser.parse_args(argv)
     configure_threads()
     out = [f"Measured by `python -m iqa.zoo.findings --seeds {args.seeds}` (float64, batch 2 per seed).", ""]
@@ -211,7 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if GRADIENT_CELLS[name]:
             rows = [gradients(name, c, 2 * args.seeds) for c in GRADIENT_CELLS[name]]
             out += [f"Gradients ({2 * args.seeds} seeds, one input each):", "", *gradient_table(rows), ""]
-    print("\n".join(out))
+    text = "\n".join(out)
+    print(text)
+    if args.out is not None:
+        write_text(args.out, text + "\n")
     return 0
 
 

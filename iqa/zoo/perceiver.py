@@ -51,8 +51,10 @@ class PerceiverLayer(FixedPointLayer):
         "weight_dependent",
         "deterministic",
     )
-    #: LayerNorms over D (constant at D = 1); any N; K slots drawn on their own, passed as ``slots=K``.
-    domain = Domain(min_dim=2, slots=(1, 5))
+    #: D >= 3 for the LayerNorms: over D = 1 feature a LayerNorm is constant, over D = 2 it is a smoothed sign,
+    #: (a, b) -> ±(1, -1) scaled by the gain, whose Jacobian is ~0 except within |a - b| ~ sqrt(eps) of the switch,
+    #: where it reaches ~1 / sqrt(eps) (~300). Any N; K slots drawn on their own, passed as ``slots=K``.
+    domain = Domain(min_dim=3, slots=(1, 5))
     #: The learned latents are the start, not a weight of the map: the weight scale leaves them alone.
     unscaled = frozenset({"module.latents"})
 

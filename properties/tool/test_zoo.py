@@ -16,6 +16,8 @@ skips its untied first block. Skipped, with the reason, where the ``zoo`` extra 
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -27,7 +29,7 @@ from torch import Tensor
 
 from iqa.layer import FixedPointLayer
 from iqa.variants import Variant
-from iqa.zoo import ZOO
+from iqa.zoo import ZOO, spec
 
 SLOT, PERCEIVER = "zoo-slot-attention", "zoo-perceiver"
 
@@ -58,7 +60,7 @@ def assert_bitwise(y: Tensor, reference: Tensor, what: str) -> None:
     assert torch.equal(y, reference), f"{what}: differs from the package's own forward by up to {gap:.3g}"
 
 
-shapes = st.tuples(st.integers(1, 3), st.integers(1, 6), st.integers(2, 8))  # B, N, D (D >= 2: LayerNorm)
+shapes = st.tuples(st.integers(1, 3), st.integers(1, 6), st.integers(3, 8))  # B, N, D inside the domains (D >= 3)
 seeds = st.integers(1, 2**31 - 1)
 dtypes = st.sampled_from([torch.float64, torch.float32])
 scales = st.sampled_from([0.25, 1.0, 4.0])
@@ -197,3 +199,34 @@ def test_the_oracle_catches(name: str, mutant: str, dtype: torch.dtype) -> None:
     x = inputs(shape, seed, dtype)
     with pytest.raises(AssertionError, match="differs from the package's own forward"):
         assert_bitwise(layer(x), package_forward(layer, x), f"{name} mutant {mutant}")
+
+
+# --- without the extra ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_a_missing_package_is_an_error_naming_the_extra(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importing an adapter whose package is absent raises an ImportError that says how to install it (run here
+    with the package hidden: None in sys.modules makes its import fail, installed or not)."""
+    module, requirement, top = spec(name).partition(":")[0], ZOO[name][1], ZOO[name][2]
+    for key in [key for key in sys.modules if key == top or key.startswith(top + ".")] or [top]:
+        monkeypatch.setitem(sys.modules, key, None)
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    with pytest.raises(ImportError, match=rf'{requirement}, which is not installed; .*extra "zoo"'):
+        importlib.import_module(module)
+
+
+def test_zoo_names_resolve_to_specs_and_others_are_errors() -> None:
+    assert spec("zoo-slot-attention") == "iqa.zoo.slot_attention:SLOT_ATTENTION"
+    assert spec("zoo-perceiver") == "iqa.zoo.perceiver:PERCEIVER"
+    with pytest.raises(KeyError, match="zoo-slot-attention, zoo-perceiver"):
+        spec("slot-attention")
+
+
+def test_importing_iqa_imports_no_zoo_package() -> None:
+    """``import iqa`` (and the CLI) must work without the extra: it imports neither wrapped package."""
+    code = "import iqa, iqa.cli, sys; print(sorted(m for m in sys.modules if m.split('.')[0] in {TOPS!r}))"
+    tops = {top for _, _, top in ZOO.values()}
+    out = subprocess.run([sys.executable, "-c", code.replace("{TOPS!r}", repr(tops))], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
