@@ -16,6 +16,8 @@ also proves that no warning was raised.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import warnings
 
 import pytest
@@ -33,8 +35,9 @@ from iqa import (
     Phantom,
     Status,
 )
-from iqa.analysis import vjp
+from iqa.analysis import spectral_radius, vjp
 from iqa.layer import FixedPointLayer
+from iqa.rejections import reject
 from iqa.variants import Variant
 from properties.fixed_points import cotangent, stable_fixed_point
 from properties.strategies import CONTRACTIVE_SCALES, Case, cases
@@ -73,10 +76,36 @@ def pullback(layer: FixedPointLayer, x: Tensor, y: Tensor, g: Tensor) -> list[Te
 
 def converged_layer(case: Case, variant: Variant, device: torch.device, **options: object) -> FixedPointLayer:
     """The case's layer in implicit mode (tol TOL, MAX_ITER steps, then ``options``) after a forward that reached
-    a locally stable fixed point (:func:`properties.fixed_points.stable_fixed_point`)."""
+    a locally stable fixed point (:func:`properties.fixed_points.stable_fixed_point`); without adjoint ``options``,
+    its adjoint budget sized from rho(J*) (:func:`sized_adjoint`)."""
     defaults: dict[str, object] = {"backward": "implicit", "tol": TOL, "max_iter": MAX_ITER}
-    layer, _ = stable_fixed_point(case, variant, device, **{**defaults, **options})
+    layer, x = stable_fixed_point(case, variant, device, **{**defaults, **options})
+    if "adjoint" not in options:  # a caller that sets the adjoint's options (cut short on purpose) keeps them
+        sized_adjoint(layer, x)
     return layer
+
+
+#: The most adjoint steps a draw may need (ADJOINT_MARGIN log(TOL) / log rho <= this: rho <= ~0.99).
+ADJOINT_CAP = 6000
+#: The adjoint iteration contracts at rho(J*) per step (Picard; Anderson at least as fast), from a relative residual
+#: ~1 at g0 = v: log(TOL) / log(rho) steps, doubled for the transient of a non-normal J (||J^k|| / rho^k up to TOL^-1).
+ADJOINT_MARGIN = 2
+
+
+def sized_adjoint(layer: FixedPointLayer, x: Tensor) -> None:
+    """Give the layer's adjoint solve at least ADJOINT_MARGIN log(TOL) / log(rho(J*)) steps (MAX_ITER at least),
+    so that a slow but converging adjoint (rho(J*) ~ 0.95 needs ~540 steps to TOL) is not failed for its budget;
+    reject the draw (reason recorded) where that exceeds ADJOINT_CAP."""
+    forward = layer.last_solution
+    assert forward is not None and isinstance(layer.backward, Implicit)
+    with torch.no_grad():
+        rho = float(spectral_radius(layer.fixed_point_map(x.detach()), forward.y).max())
+    steps = math.ceil(ADJOINT_MARGIN * math.log(TOL) / math.log(rho)) if rho > 0 else 1
+    event(f"adjoint budget above MAX_ITER: {steps > MAX_ITER}")
+    if steps > ADJOINT_CAP:
+        reject(f"adjoint budget {ADJOINT_MARGIN} log(tol) / log rho(J*) <= {ADJOINT_CAP} steps", rho=rho)
+    options = dataclasses.replace(layer.backward.options, max_iter=max(MAX_ITER, steps))
+    layer.backward = dataclasses.replace(layer.backward, adjoint=options)
 
 
 @given(case=report_cases, solver=st.sampled_from(["picard", "anderson"]))
