@@ -14,6 +14,7 @@ On the toy slot variant (properties/toy_slots.py: K slots, noise start, readout 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from iqa.report import Options, build, configure_parser
 from iqa.solvers import Map, solve
 from iqa.variants import Domain, Tag, Variant
 from properties.fixed_points import element_jacobian
+from properties.strategies import TINY_SWEEP
 from properties.toy_slots import TOY_SLOTS
 
 SPEC = "properties.toy_slots:TOY_SLOTS"
@@ -200,17 +202,7 @@ def test_bytes_saved_on_a_slot_state() -> None:
 
 # --- measure, report, regress --------------------------------------------------------------------------------------
 
-SLOT_SWEEP = Sweep(
-    tokens=(2, 5),
-    dims=(2,),
-    scales=(0.5, 3.0),
-    seeds=(0,),
-    batch=2,
-    max_iter=60,
-    unrolled_T=(1, 4),
-    phantom=((1, 1.0),),
-    saved_bytes_shape=(3, 2),
-)
+SLOT_SWEEP = dataclasses.replace(TINY_SWEEP, tokens=(2, 5), saved_bytes_shape=(3, 2))
 
 
 @pytest.fixture(scope="module")
