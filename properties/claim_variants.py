@@ -61,31 +61,36 @@ DRIFTING = Variant.from_layer(
     description="y + DRIFT exp(Hopfield update): a residual that never vanishes, no fixed point",
 )
 
+
+def claiming(variant: Variant, scales: tuple[float, float], name: str, description: str | None = None) -> Variant:
+    """``variant`` renamed, with the contractive claim at weight scales ``scales`` added to its tags."""
+    return dataclasses.replace(
+        variant,
+        name=name,
+        tags=variant.tags | {Tag.CONTRACTIVE},
+        contractive_scales=scales,
+        description=variant.description if description is None else description,
+    )
+
+
 #: The reference claiming to contract at weight scales [2, 4], where it cycles or stalls: a false claim.
-FALSE_CONTRACTIVE = dataclasses.replace(
+FALSE_CONTRACTIVE = claiming(
     _REFERENCE,
-    name="reference-claims-2-4",
-    tags=_REFERENCE.tags | {Tag.CONTRACTIVE},
-    contractive_scales=(2.0, 4.0),
-    description="the reference, falsely claiming contractive at weight scales [2, 4]",
+    (2.0, 4.0),
+    "reference-claims-2-4",
+    "the reference, falsely claiming contractive at weight scales [2, 4]",
 )
 
 #: The reference claiming to contract at weight scales [0.05, 0.5] (near-uniform attention: rho(J*) well below 1).
-HONEST_CONTRACTIVE = dataclasses.replace(
+HONEST_CONTRACTIVE = claiming(
     _REFERENCE,
-    name="reference-claims-0.05-0.5",
-    tags=_REFERENCE.tags | {Tag.CONTRACTIVE},
-    contractive_scales=(0.05, 0.5),
-    description="the reference, claiming contractive at weight scales [0.05, 0.5]",
+    (0.05, 0.5),
+    "reference-claims-0.05-0.5",
+    "the reference, claiming contractive at weight scales [0.05, 0.5]",
 )
 
 #: DRIFTING claiming to contract where it never converges: "not reached" must not hide it.
-DRIFTING_CONTRACTIVE = dataclasses.replace(
-    DRIFTING,
-    name="drifting-claims-contractive",
-    tags=DRIFTING.tags | {Tag.CONTRACTIVE},
-    contractive_scales=(0.05, 4.0),
-)
+DRIFTING_CONTRACTIVE = claiming(DRIFTING, (0.05, 4.0), "drifting-claims-contractive")
 
 
 class UnstableStart(HopfieldAttention):
