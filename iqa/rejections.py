@@ -11,8 +11,10 @@ When Hypothesis gives up on a property (:func:`gave_up`: ``Unsatisfiable``, or t
 health check after 50 rejected draws) and no draw was checked, :func:`not_reached_reason` says why in one
 line, e.g. "no converged fixed point in 50 draws; Picard: 50 out of steps; rho at the last iterate
 1.00-1.00", and the plugin turns the error into the verdict "not reached" (:mod:`iqa.verdicts`): the layer
-gave the property nothing to check, which is neither a pass nor a fail. Where some draw was checked, or no
-rejection said why (only unlabelled ``assume`` calls), Hypothesis's error stands, with the tally as a note.
+gave the property nothing to check, which is neither a pass nor a fail. So it does, with "too few draws
+checked", where a few draws were checked and held but every other draw was rejected with a reason (a layer that
+converges in a few draws only). Where some rejection said no reason (an unlabelled ``assume``), Hypothesis's
+error stands, with the tally as a note.
 
 A variant that claims to contract (tag ``contractive``, ``Variant.contractive_scales``) must converge at those
 scales: :func:`refuted_claim` names a rejection for lack of convergence at a claimed scale, and the plugin
@@ -153,7 +155,7 @@ def tallying(test: Any) -> Iterator[Tally]:
     """Count the draws of the Hypothesis test ``test`` (a @given function, or a wrapper whose ``hypothesis``
     handle is the @given one's) while the block runs, by wrapping the handle's ``inner_test``, the function
     Hypothesis calls once per draw (it exists for plugins to wrap). Any other test just gets an empty tally."""
-    from hypothesis.errors import UnsatisfiedAssumption
+    from hypothesis.errors import StopTest, UnsatisfiedAssumption
 
     tally = Tally()
     handle = getattr(test, "hypothesis", None)
@@ -169,6 +171,10 @@ def tallying(test: Any) -> Iterator[Tally]:
                 tally.unexplained += 1
             else:
                 tally.rejections.append(tally.pending)
+            raise
+        except StopTest:
+            # Hypothesis abandoned the draw (its choice budget ran out mid-test): neither checked nor rejected.
+            tally.draws -= 1
             raise
         except BaseException:
             tally.checked += 1
@@ -197,11 +203,17 @@ def gave_up(error: BaseException) -> bool:
 
 
 def not_reached_reason(tally: Tally) -> str | None:
-    """The one-line reason of a run in which no draw was checked and some rejection said why; else None
-    (a run whose rejections all came from unlabelled ``assume`` calls cannot say what the layer lacked)."""
-    if tally.checked or not tally.rejections:
+    """The one-line reason of a run on which Hypothesis gave up: where no draw was checked and some rejection said
+    why, the tally's summary; where a few draws were checked (each held, or Hypothesis would have reported that
+    failure instead) and every rejection said why, the same prefixed with "too few draws checked" (a layer that
+    converges in a few draws only); else None (an unlabelled ``assume`` cannot say what the layer lacked)."""
+    if not tally.rejections:
         return None
-    return tally.summary()
+    if not tally.checked:
+        return tally.summary()
+    if tally.unexplained:
+        return None
+    return f"too few draws checked, each held; {tally.summary()}"
 
 
 def refuted_claim(tally: Tally, scales: tuple[float, float] | None) -> str | None:

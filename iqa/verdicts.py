@@ -16,8 +16,9 @@ six verdicts, the only vocabulary ``iqa check``, ``iqa report`` and
     expected failure   it failed, as declared (pytest: xfailed)
     unexpected pass    declared as failing, but the property held (pytest: a strict xfail whose call
                        did not raise is "failed"; a non-strict one is "xpassed")
-    not reached        nothing to check: every draw lacked what the property needs (a converged fixed
-                       point, a regime), with a one-line reason; neither a pass nor a fail of the variant
+    not reached        nothing (or too little) to check: every draw, or all but a few that held, lacked
+                       what the property needs (a converged fixed point, a regime), with a one-line
+                       reason; neither a pass nor a fail of the variant
     not applicable     skipped: the variant does not claim the tags the property needs
 
 and gives one verdict per property (test function): the worst over its test cases.

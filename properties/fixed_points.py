@@ -173,12 +173,16 @@ def band_scale(case: Case, variant: Variant) -> tuple[float, float] | None:
     """A weight scale at which the case's layer (its seed, shape and x) has a fixed point, reached by Anderson from
     its own start, with rho(J*) in HARD_BAND; with that rho. A scan over BAND_GRID scales (geometric over
     BAND_SCALES) finds the first one in the band, or the first pair below and above it, which a bisection on
-    log(scale) then narrows (BAND_STEPS). None when rho jumps over the band (a branch change, or a fixed point lost)."""
+    log(scale) then narrows (BAND_STEPS). None when rho jumps over the band (a branch change, or a fixed point lost),
+    and at once when there is no fixed point at the smallest, most contractive scale: a layer that does not
+    converge there (e.g. a residual stream that drifts at every scale) would cost the whole scan for nothing."""
     lo, hi = (math.log(s) for s in BAND_SCALES)
     grid = [math.exp(lo + (hi - lo) * i / (BAND_GRID - 1)) for i in range(BAND_GRID)]
     below = None
     for scale in grid:
         rho = band_rho(case, variant, scale)
+        if rho == math.inf and scale == grid[0]:
+            return None
         if HARD_BAND[0] <= rho <= HARD_BAND[1]:
             return scale, rho
         if rho < HARD_BAND[0]:

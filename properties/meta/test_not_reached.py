@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from hypothesis.errors import UnsatisfiedAssumption
+from hypothesis.errors import StopTest, UnsatisfiedAssumption
 
 from iqa import cli
 from iqa.pytest_plugin import read_results
@@ -57,9 +58,20 @@ def test_several_reasons_are_grouped_and_unlabelled_rejections_counted() -> None
     )
 
 
-def test_nothing_is_not_reached_when_a_draw_was_checked_or_no_rejection_said_why() -> None:
-    assert not_reached_reason(Tally(draws=4, checked=1, rejections=[picard_out_of_steps(1.0)] * 3)) is None
+def test_nothing_is_not_reached_when_no_rejection_said_why() -> None:
     assert not_reached_reason(Tally(draws=4, unexplained=4)) is None
+    assert (
+        not_reached_reason(Tally(draws=4, checked=1, rejections=[picard_out_of_steps(1.0)] * 2, unexplained=1)) is None
+    )
+
+
+def test_a_few_checked_draws_among_labelled_rejections_are_too_few() -> None:
+    """Hypothesis gives up after 50 rejections even where some draws were checked (found on the Perceiver: 7 of
+    57 converged): each held, or Hypothesis would report that failure, so the run is "not reached", saying so."""
+    reason = not_reached_reason(Tally(draws=4, checked=1, rejections=[picard_out_of_steps(1.0)] * 3))
+    assert reason is not None and reason.startswith(
+        "too few draws checked, each held; 3 of 4 draws rejected (1 checked)"
+    )
 
 
 def test_a_contractive_claim_is_refuted_only_by_draws_at_its_scales() -> None:
@@ -90,6 +102,26 @@ def test_the_tally_counts_each_draw_and_why_it_was_rejected() -> None:
     assert tally.checked >= EXAMPLES and labelled and tally.unexplained
     assert all(r.rho is not None and r.rho % 3 == 0 for r in labelled)
     assert prop.hypothesis.inner_test.__name__ == "prop"  # the handle is given back
+
+
+def test_a_draw_hypothesis_abandons_is_neither_checked_nor_rejected() -> None:
+    """Hypothesis stops a draw whose choices ran out (StopTest) mid-test: counted as checked, it would turn a run
+    in which nothing was checked into a Hypothesis error instead of "not reached" (found on the Perceiver)."""
+    outcomes = [UnsatisfiedAssumption, StopTest, UnsatisfiedAssumption]
+
+    def draw() -> None:
+        outcome = outcomes.pop(0)
+        if outcome is StopTest:
+            raise StopTest(0)
+        reject("no converged fixed point")
+
+    handle = SimpleNamespace(hypothesis=SimpleNamespace(inner_test=draw))
+    with tallying(handle) as tally:
+        for expected in list(outcomes):
+            with pytest.raises(expected):
+                handle.hypothesis.inner_test()
+    assert (tally.draws, tally.checked, len(tally.rejections)) == (2, 0, 2)
+    assert not_reached_reason(tally) == "no converged fixed point in 2 draws"
 
 
 @settings(max_examples=1, database=None)
