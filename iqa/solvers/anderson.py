@@ -11,9 +11,12 @@ pairs arrive (a solve that stops early never holds m pairs), and X only where
 the mix needs it (beta < 1: with beta = 1 the step is alpha F). G G^T is kept up
 to date by one new row per step, so a step costs two length-n products per
 pair (the new Gram row and alpha F), one batched m x m solve, and a fixed
-number of small operations, whatever B is. Per-element
-bookkeeping (best residual, stall counter, usable pairs) is vectorised on the
-host, where the tracker already has the residuals.
+number of small operations, whatever B is. When no graph is recorded (every
+mode but unrolled) and the tensors are on the CPU, G G^T lives on the host in float64 and the m x m system is
+solved there by numpy: a dozen torch calls on m x m tensors (the LU alone
+~25 us) cost more than the whole step at small n. Per-element bookkeeping (best
+residual, stall counter, usable pairs) is vectorised on the host too, where the
+tracker already has the residuals.
 
 Safeguards, each per batch element:
 
@@ -100,7 +103,9 @@ class _Pairs:
 
     Slots fill from 0, so the first ``count`` slots are the valid ones; ``head`` is the newest. While a graph
     is recorded (unrolled mode) the buffers are replaced, never written in place, so that autograd keeps the
-    versions it saved.
+    versions it saved, and G G^T is a tensor on the map's device, differentiated through; otherwise, for CPU
+    tensors, it is a float64 numpy array on the host (``gram_host``; ``gram`` is None), where the m x m system is
+    solved (module docs).
     """
 
     def __init__(self, y0: Tensor, m: int, differentiable: bool, store_x: bool = True) -> None:
@@ -113,7 +118,12 @@ class _Pairs:
         self.X = y0.new_zeros(batch, 1, n) if store_x else None
         # torch has no float16/bfloat16 LU on the CPU, and squared norms overflow there: the m x m system is float32
         self.work = y0.dtype if y0.dtype in (torch.float32, torch.float64) else torch.float32
-        self.gram = torch.zeros(batch, m, m, dtype=self.work, device=y0.device)
+        # On a GPU the host system would cost a second synchronisation per step: there it stays on the device.
+        on_host = not differentiable and y0.device.type == "cpu"
+        self.gram_host = np.zeros((batch, m, m))
+        self.gram = None if on_host else torch.zeros(batch, m, m, dtype=self.work, device=y0.device)
+        self.diagonals = [np.arange(k) for k in range(m + 1)]
+        self.ones_host = np.ones((batch, m, 1))
         self.ones = torch.ones(batch, m, 1, dtype=self.work, device=y0.device)
         self.eye = torch.eye(m, dtype=self.work, device=y0.device)
         self.residual = np.zeros((m, batch))  # the absolute residual of each stored pair's x
@@ -148,14 +158,15 @@ class _Pairs:
             G, g = G.to(self.work), g.to(self.work)
         # [B, 1, k]: g_new . g_i (this orientation is a fast batched row-times-matrix product; G g is not)
         row = torch.bmm(g.unsqueeze(1), G.transpose(1, 2))
-        if self.differentiable:
+        if self.gram is not None:
             index = torch.tensor([slot], device=g.device)
             column = torch.nn.functional.pad(row.transpose(1, 2), (0, 0, 0, self.m - k))
             gram = self.gram.index_copy(2, index, column)
             self.gram = gram.index_copy(1, index, gram[:, :, slot].unsqueeze(1))
         else:
-            self.gram[:, :k, slot] = row.squeeze(1)
-            self.gram[:, slot, :k] = row.squeeze(1)
+            row_host = row.squeeze(1).numpy()  # a CPU tensor: a view, no copy
+            self.gram_host[:, :k, slot] = row_host
+            self.gram_host[:, slot, :k] = row_host
 
     def _grown(self, buffer: Tensor) -> Tensor:
         """``buffer`` [B, c, n] with its capacity doubled (at most m), its c slots copied to the front."""
@@ -209,6 +220,8 @@ class _Pairs:
         k = self.count
         if k == 1 or int(usable.max()) == 1:
             return None
+        if self.gram is None:
+            return self._step_on_host(k, mixing, ridge, usable)
         gram = self.gram[:, :k, :k]
         keep = None
         n_kept: Tensor | float = float(k)
@@ -244,6 +257,57 @@ class _Pairs:
         checks = torch.stack((info.to(work), alpha.abs().sum(-1).to(work), torch.maximum(high, -low).to(work)))
         info_h, alpha_h, peak = checks.detach().cpu().numpy()
         return new, (info_h == 0) & (alpha_h <= ALPHA_LIMIT) & np.isfinite(peak)
+
+    def _step_on_host(self, k: int, mixing: float, ridge: float, usable: np.ndarray) -> tuple[Tensor, np.ndarray]:
+        """:meth:`step` with G G^T and its m x m system on the host (float64, numpy): the same system, the same
+        rules for dropped pairs, the ridge and the three checks; only the mix alpha F (and alpha X) is a torch
+        product."""
+        # A diverging element brings Inf and NaN into its system: its step is refused below, no warning needed.
+        with np.errstate(all="ignore"):
+            diagonal = self.diagonals[k]
+            keep: np.ndarray | None = None
+            if int(usable.min()) < k:
+                # Dropped pairs get alpha_i = 0: their rows and columns of the system are zeroed, 1 on the diagonal.
+                keep = self.ages()[None, :] < usable[:, None]
+                system = self.gram_host[:, :k, :k] * (keep[:, :, None] & keep[:, None, :])
+                scale = np.maximum(np.einsum("bii->b", system), NORM_FLOOR) / np.maximum(usable, 1)
+                system[:, diagonal, diagonal] += (ridge * scale)[:, None] + ~keep
+            else:
+                system = self.gram_host[:, :k, :k].copy()
+                scale = np.maximum(np.einsum("bii->b", system), NORM_FLOOR) / k
+                system[:, diagonal, diagonal] += (ridge * scale)[:, None]
+            w, solved = _solve_each(system, self.ones_host[:, :k])
+            if keep is not None:
+                w = w * keep
+            alpha_h = w / w.sum(-1, keepdims=True)
+            sound = solved & (np.abs(alpha_h).sum(-1) <= ALPHA_LIMIT)  # False for a NaN or Inf alpha too
+            alpha = torch.from_numpy(alpha_h).to(dtype=self.F.dtype).unsqueeze(1)
+            new = torch.bmm(alpha, self.F[:, :k]).squeeze(1)
+            if mixing != 1.0:
+                if self.X is None:
+                    raise ValueError("an Anderson step with mixing < 1 needs the stored iterates (store_x=True)")
+                new = mixing * new + (1 - mixing) * torch.bmm(alpha, self.X[:, :k]).squeeze(1)
+            low, high = torch.aminmax(new, dim=-1)  # one pass over new; NaN propagates to both, an Inf to one
+            return new, sound & np.isfinite(low.numpy()) & np.isfinite(high.numpy())
+
+
+def _solve_each(system: np.ndarray, ones: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """w with system w = 1 per batch element [B, k] (``ones`` [B, k, 1]), and which systems were solved: an exactly
+    singular one (a zero pivot, LAPACK's info > 0, as torch.linalg.solve_ex reports it) gets NaN and False. A
+    system with NaN or Inf entries is "solved" to a non-finite w, which the sum |alpha| check then refuses."""
+    batch = system.shape[0]
+    try:
+        return np.linalg.solve(system, ones)[..., 0], np.ones(batch, dtype=bool)
+    except np.linalg.LinAlgError:
+        w = np.full(system.shape[:-1], np.nan)
+        solved = np.zeros(batch, dtype=bool)
+        for b in range(batch):
+            try:
+                w[b] = np.linalg.solve(system[b], ones[b])[:, 0]
+                solved[b] = True
+            except np.linalg.LinAlgError:
+                pass
+        return w, solved
 
 
 class _AndersonRun:

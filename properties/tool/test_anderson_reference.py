@@ -50,17 +50,21 @@ EPS = torch.finfo(F64).eps
     mixing=st.sampled_from([1.0, 0.75, 0.5]),
     ridge=st.sampled_from([1e-10, 1e-6, 0.0]),
     seed=st.integers(0, 2**31 - 1),
+    recorded=st.booleans(),
     data=st.data(),
 )
-def test_step_matches_reference_step(batch, n, m, extra, mixing, ridge, seed, data) -> None:
+def test_step_matches_reference_step(batch, n, m, extra, mixing, ridge, seed, recorded, data) -> None:
     """The next iterate from the same pairs agrees with the reference's within 8 u eps (kappa + 1) sum|alpha|
     max ||pair||: the rounding of a u x u solve with condition number kappa (u the pairs used), carried through
-    the mix sum_i alpha_i f_i. Elements that may use one pair take the Picard step, bit for bit."""
+    the mix sum_i alpha_i f_i. Elements that may use one pair take the Picard step, bit for bit. Both ways of
+    solving the system are held to it: on the host by numpy (no graph recorded) and by torch on the map's device
+    (``recorded``: the unrolled mode's, differentiable)."""
     pushes = data.draw(st.integers(1, m + extra), label="pairs pushed")  # more than m wraps the ring
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(pushes, batch, n, dtype=F64, generator=g)
     F = X + torch.randn(pushes, batch, n, dtype=F64, generator=g) / (1 + torch.arange(pushes, dtype=F64))[:, None, None]
-    pairs = _Pairs(X[0], m, differentiable=False)
+    pairs = _Pairs(X[0], m, differentiable=recorded)
+    assert (pairs.gram is None) != recorded  # the host system exactly when no graph is recorded
     xs: deque[torch.Tensor] = deque(maxlen=m)
     fs: deque[torch.Tensor] = deque(maxlen=m)
     for t in range(pushes):
