@@ -22,7 +22,7 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import assume, event, given, note
+from hypothesis import event, given, note
 from hypothesis import strategies as st
 from torch import Tensor
 
@@ -40,6 +40,7 @@ from iqa.layer import FixedPointLayer
 from iqa.rejections import reject
 from iqa.variants import Variant
 from properties.fixed_points import cotangent, stable_fixed_point
+from properties.regimes import require
 from properties.strategies import CONTRACTIVE_SCALES, Case, cases
 
 F64 = torch.float64
@@ -160,7 +161,7 @@ def test_adjoint_cut_short_warns_and_keeps_its_solution(variant: Variant, case: 
         jtv = vjp(layer.fixed_point_map(x), forward.y, v)
     relative = torch.linalg.vector_norm(jtv.flatten(1), dim=1) / torch.linalg.vector_norm((v + jtv).flatten(1), dim=1)
     # One step from g0 = v leaves the relative residual ||J^T v|| / ||v + J^T v||: above tol, the solve must fail.
-    assume(bool((relative > TOL).any()))
+    require(bool((relative > TOL).any()), "||J^T v|| above tol relative (one adjoint step cannot converge)")
     x_leaf = x.clone().requires_grad_(True)
     y = layer.solve_state(x_leaf)
     assert isinstance(y, Tensor)
@@ -187,7 +188,8 @@ def test_adjoint_failure_raises_under_raise_on_failure(variant: Variant, case: C
     assert forward is not None
     with torch.no_grad():
         jtv = vjp(layer.fixed_point_map(x), forward.y, v)
-    assume(bool((torch.linalg.vector_norm(jtv.flatten(1), dim=1) > TOL * (v + jtv).flatten(1).norm(dim=1)).any()))
+    above = torch.linalg.vector_norm(jtv.flatten(1), dim=1) > TOL * (v + jtv).flatten(1).norm(dim=1)
+    require(bool(above.any()), "||J^T v|| above tol relative (one adjoint step cannot converge)")
     with pytest.raises(ConvergenceError, match="adjoint solve") as raised:
         backward_of(layer, x, v)
     assert raised.value.solution is layer.last_backward_solution
@@ -205,7 +207,7 @@ def test_gradient_after_nonconverged_forward_warns(variant: Variant, case: Case,
         layer(x)
     forward = layer.last_solution
     assert forward is not None
-    assume(not forward.converged)
+    require(not forward.converged, "a forward not converged after one step")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         backward_of(layer, x, v)

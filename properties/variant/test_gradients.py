@@ -22,7 +22,7 @@ import copy
 import math
 
 import torch
-from hypothesis import assume, event, given, note
+from hypothesis import event, given, note
 from hypothesis import strategies as st
 from torch import Tensor
 
@@ -197,7 +197,7 @@ def test_implicit_matches_unrolled(variant: Variant, case: Case, hard: bool, dev
     implicit = layer_grads(layer, x, v)
     history = seed_residuals(layer, x)
     T = len(history)
-    assume(T < MAX_ITER)
+    require(T < MAX_ITER, f"the seed loop converges within {MAX_ITER} steps")
     unrolled_layer = case.layer(variant, device, n_iters=T)
     unrolled = layer_grads(unrolled_layer, x, v)
     solution = layer.last_solution
@@ -289,7 +289,7 @@ def test_unrolled_error_falls_at_rate_rho(variant: Variant, case: Case, device) 
     require(low <= rho <= 0.8, "rho(J*) in [max(0.1, 100 x the noise), 0.8]", rho=rho)
     # Past the depth where the seed loop has converged, e_T sits at the noise; a few steps more show the floor.
     t_max = converged_depth(layer, x) + 5
-    assume(t_max <= MAX_ITER)
+    require(t_max <= MAX_ITER, f"the seed loop converges within {MAX_ITER} steps", rho=rho)
     stride = max(1, t_max // 15)
     errors: dict[int, float] = {}
     for T in range(1, t_max + 1, stride):
@@ -305,7 +305,7 @@ def test_unrolled_error_falls_at_rate_rho(variant: Variant, case: Case, device) 
     note(f"e_T: {[(T, f'{errors[T]:.1e}') for T in steps]}; noise {noise:.1e}; window {window}")
     assert window, "the unrolled error never rose above the noise: unrolled equals implicit at T = 1?"
     # One point above the noise: the error fell through it in one step (rho tiny), too few points to fit a rate.
-    assume(len(window) >= 2)
+    require(len(window) >= 2, "two or more depths with the error above the noise", rho=rho)
     # The local rate holds once the iterates are near y*: past the error's peak (a transient may first grow),
     # fit the later half of the window (>= 3 points where there are).
     peak = max(steps, key=lambda T: errors[T])
@@ -663,7 +663,8 @@ def test_gradient_does_not_depend_on_y0(variant: Variant, case: Case, spread: fl
         distance = float((y.detach() - an.y).norm())
         same_branch = float((an.cond * (an.residual + TOL64)).norm()) * 2
         note(f"{label}: ||y* - y*_layer|| = {distance:.2e}")
-        assume(distance <= same_branch)  # this start reached the layer's branch (a perturbation may leave it)
+        # this start reached the layer's branch (a perturbation may leave it)
+        require(distance <= same_branch, "a start near y* that stays on its branch")
         grads = torch.autograd.grad((v * layer.readout(y, x)).sum(), [y0, *params], materialize_grads=True)
         assert bool((grads[0] == 0).all()), f"{label}: the gradient reaches y0"
         weights = torch.cat([g.flatten() for g in grads[1:]])
@@ -682,7 +683,7 @@ def test_consensus_gradients_where_contractive(variant: Variant, case: Case, dev
     layer, x = solved(case, variant, device)
     kappa = certificates(layer, x).best
     event(f"certificate < 1: {bool((kappa < 1).all())}")
-    assume(bool((kappa < 1).all()))
+    require(bool((kappa < 1).all()), "certificate kappa < 1")
     v = cotangent(case, device, layer=layer)
     grads = layer_grads(layer, x, v)
     solution, adjoint = layer.last_solution, layer.last_backward_solution
@@ -734,11 +735,11 @@ def test_fixed_point_depends_on_weights(variant: Variant, case: Case, device) ->
     if variant.has(Tag.SCORE_MATRIX):
         kappa = certificates(layer, x).best
         note(f"kappa {kappa.tolist()}")
-        assume(bool((kappa < 1).all()))
+        require(bool((kappa < 1).all()), "certificate kappa < 1")
     else:
         rho = spectral_radius(fixed_map(layer, x), solution.y)
         note(f"rho {rho.tolist()}")
-        assume(bool((rho < 1).all()))
+        require(bool((rho < 1).all()), "rho(J*) < 1")
     v = cotangent(case, device, layer=layer)
     weights = layer_grads(layer, x, v).weights
     norm, floor = float(weights.norm()), floor_of(x, v)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from hypothesis import assume, given, note
+from hypothesis import given, note
 from hypothesis import strategies as st
 from torch import Tensor
 
@@ -48,7 +48,7 @@ from iqa.solvers import Solution
 from iqa.variants import Tag, Variant
 from iqa.variants.weights import scaled_parameters
 from properties.fixed_points import require_converged
-from properties.regimes import observation_tol, observe
+from properties.regimes import observation_tol, observe, require
 from properties.strategies import ANY_SCALE, FACTORED_ELEMENTS, Case, cases
 from properties.tags import requires
 
@@ -81,7 +81,7 @@ def solve_reference(variant: Variant, layer: FixedPointLayer, x: Tensor) -> Refe
     with the local bound; bucket the case by regime. Rejects the rare case without convergence."""
     if variant.has(Tag.SCORE_MATRIX):
         _, kappa = analysis.best_certificate(layer, x)
-        assume(bool((kappa < 1).all()))
+        require(bool((kappa < 1).all()), "certificate kappa < 1")
         result = certified_solve(layer, x)
         observe(layer, x, result.solution)
         return Reference(
@@ -97,7 +97,7 @@ def solve_reference(variant: Variant, layer: FixedPointLayer, x: Tensor) -> Refe
     J = analysis.jacobian(layer.fixed_point_map(x), y).to(torch.float64)
     eye = torch.eye(J.shape[-1], dtype=torch.float64, device=J.device)
     sigma = torch.linalg.svdvals(eye - J)[..., -1].cpu()
-    assume(bool((sigma > 0).all()))
+    require(bool((sigma > 0).all()), "an isolated fixed point (sigma_min(I - J) > 0)")
     return Reference(y, "fro", sigma, defect, False, f"local: sigma_min(I - J) {sigma.tolist()}")
 
 
@@ -121,7 +121,8 @@ def other_defect(
     its defect in the reference's norm)."""
     if reference.certified:
         second = certified_solve(layer, x, y0)
-        assume(second.norm == reference.norm)  # its best certificate is the reference's, up to rounding
+        # its best certificate is the reference's, up to rounding
+        require(second.norm == reference.norm, "the same best certificate norm for both problems")
         return second.y, second.residual + second.rounding
     y, defect, _ = local_solve(layer, x, y0)
     return y, defect

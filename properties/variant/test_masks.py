@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 
 import torch
-from hypothesis import assume, event, given, note
+from hypothesis import event, given, note
 from hypothesis import strategies as st
 from torch import Tensor
 
@@ -31,6 +31,8 @@ from iqa import analysis
 from iqa.analysis.certified_solution import CERTIFICATE_NORMS, in_norm, token_norm
 from iqa.analysis.rounding import map_rounding
 from iqa.variants import Tag, Variant
+from properties.fixed_points import require_converged
+from properties.regimes import require
 from properties.strategies import ANY_SCALE, CONTRACTIVE_SCALES, Case, cases
 from properties.tags import requires
 
@@ -213,7 +215,7 @@ def compare_solutions(
         # the rounding of one evaluation of the subsystem's rows at its start (again at the endpoints below)
         eps_rows.append(float(map_rounding(probe, tokens, tokens)[0]))
     event(f"subsystem certificate < 1: {all(k < 1 for k in kappas)}")
-    assume(all(k < 1 for k in kappas))  # no unique fixed point to compare with otherwise
+    require(all(k < 1 for k in kappas), "subsystem certificates kappa < 1")  # else no unique fixed point
     floor = 2 * max(e * math.sqrt(case.tokens) / (1 - k) for e, k in zip(eps_rows, kappas))
     tol = floor * 10.0**tol_exponent  # above the rounding floor of the full residual
     layer = case.layer(variant, device, solver=solver, tol=tol, max_iter=SOLVE_MAX_ITER)
@@ -224,7 +226,9 @@ def compare_solutions(
         second = layer.last_solution
     assert first is not None and second is not None
     event(f"both solves converged: {first.converged and second.converged}")
-    assume(first.converged and second.converged)  # a run that did not converge has no residual bound
+    for solution, inputs in ((first, x), (second, x2)):  # a run that did not converge has no residual bound
+        f = layer.fixed_point_map(inputs) if mask is None else layer.fixed_point_map(inputs, key_padding_mask=mask)
+        require_converged(solution, f, case.scale)
     claimed = claimed.to(y1.device)
     for b, (name, kappa, eps_start) in enumerate(zip(names, kappas, eps_rows)):
         which = CERTIFICATE_NORMS[name]
