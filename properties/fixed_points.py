@@ -67,10 +67,11 @@ def fixed_map(layer: FixedPointLayer, x: Tensor) -> Map:
 
 
 def stable_fixed_point(
-    case: Case, variant: Variant, device: torch.device | str, **options: object
+    case: Case, variant: Variant, device: torch.device | str, max_rho: float = 1.0, **options: object
 ) -> tuple[FixedPointLayer, Tensor]:
     """The case's layer (built with ``options``) after one forward, and its input, where that forward converged
-    to a locally stable fixed point (rho(J*) < 1); other cases are rejected, why recorded.
+    to a locally stable fixed point (rho(J*) < 1, and at most ``max_rho``: see :func:`solvable_rho`); other cases
+    are rejected, why recorded.
 
     A forward that raises (``raise_on_failure``) is rejected too: its failure is not the caller's subject.
     Anderson can land on an unstable fixed point, where the adjoint iteration must fail; that failure is
@@ -99,7 +100,26 @@ def stable_fixed_point(
             scale=case.scale,
             convergence=True,
         )
+    if rho > max_rho:
+        reject(
+            f"rho(J*) above {max_rho:.4f}, where the adjoint needs more than max_iter steps to reach tol",
+            solver=solver_name(solution),
+            status=solution.status.value,
+            rho=rho,
+            scale=case.scale,
+        )
     return layer, x
+
+
+def solvable_rho(options: dict[str, object]) -> float:
+    """The largest rho(J*) at which the adjoint g = v + J*^T g, iterated at rate rho, reaches the options' tol
+    within their max_iter steps: tol^(1 / max_iter) (0.990 for tol 1e-13 in 3000 steps); 1 without both.
+    Above it a locally stable point is too ill-conditioned for the backward to solve (found on the Perceiver:
+    Anderson stopped where rho(J*) = 0.99999, and the adjoint ended at residual 1.5e-3 after 3000 steps)."""
+    tol, max_iter = options.get("tol"), options.get("max_iter")
+    if not isinstance(tol, float) or not isinstance(max_iter, int) or not 0 < tol < 1:
+        return 1.0
+    return float(tol ** (1 / max_iter))
 
 
 def solver_name(solution: Solution) -> str:

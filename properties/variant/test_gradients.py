@@ -40,6 +40,7 @@ from properties.fixed_points import (
     hard_case,
     output_shape,
     require_converged,
+    solvable_rho,
     solver_name,
     stable_fixed_point,
 )
@@ -97,7 +98,8 @@ def drawn(case: Case, variant: Variant, hard: bool) -> Case:
 def solved(case: Case, variant: Variant, device: torch.device, **options: object) -> tuple[FixedPointLayer, Tensor]:
     """The case's layer in implicit mode (float64, Anderson to TOL64) and its input, at a converged and locally
     stable fixed point (:func:`properties.fixed_points.stable_fixed_point`), not saturated."""
-    layer, x = stable_fixed_point(case, variant, device, backward="implicit", **{**solve_options(), **options})
+    merged = {**solve_options(), **options}
+    layer, x = stable_fixed_point(case, variant, device, max_rho=solvable_rho(merged), backward="implicit", **merged)
     solution = layer.last_solution
     assert solution is not None
     gap = float(saturation_gap(fixed_map(layer, x), solution.y).max())
