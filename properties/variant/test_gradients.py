@@ -624,7 +624,19 @@ def test_float32_gradients_match_float64(variant: Variant, case: Case, device) -
     resolution = chain * eps(F32) * float(an.g.norm()) * x_max * max(1.0, x_max)
     smallest = min(float(an.reference.weights.norm()), float(an.reference.x.norm()))
     require(smallest > resolution, "gradients above float32's resolution of their terms (chain eps32 ||g|| max|x|)")
+    # Attention sees the tokens through their differences (softmax is shift-invariant, and its pullback weighs
+    # x_j - sum_k p_k x_k), which float32 holds to eps32 max|x|: eps32 max|x| / diam(x) relative, a factor the
+    # pullback's roundings carry (found on thorough, hopfield N = 2, D = 1, x_1 - x_2 = 0.037 at |x| = 0.87: dL/dW
+    # 2.3e-5 relative off, 3.2x the bound without it). Where that alone exceeds issue 3's target, float32 cannot
+    # resolve the problem: rejected.
+    diameter = torch.cdist(x, x).amax(dim=(-2, -1))
+    centering = float((x.flatten(1).abs().amax(dim=1) / diameter).max())
+    require(
+        centering * chain * eps(F32) <= F32_REL_TOL,
+        "tokens spread enough for float32 to resolve their differences (max|x| / diam(x) chain eps32 <= 1e-3)",
+    )
     relative = F32_SOURCES * float((an.cond * chain * eps(F32) * (1 + torch.linalg.matrix_norm(an.J, ord=2))).max())
+    relative *= max(1.0, centering)
     floor = floor_of(x, v)
     # The float32 fixed point sits up to cond n eps32 ||y*|| from y* (its relative stop, then the conditioning), and
     # g^T df/dtheta moves with y by the mixed derivative d/dy (g^T df/dtheta): near uniform attention df/dtheta is
