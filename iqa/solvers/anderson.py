@@ -120,12 +120,15 @@ class _Pairs:
         self.work = y0.dtype if y0.dtype in (torch.float32, torch.float64) else torch.float32
         # On a GPU the host system would cost a second synchronisation per step: there it stays on the device.
         on_host = not differentiable and y0.device.type == "cpu"
-        self.gram_host = np.zeros((batch, m, m))
-        self.gram = None if on_host else torch.zeros(batch, m, m, dtype=self.work, device=y0.device)
-        self.diagonals = [np.arange(k) for k in range(m + 1)]
-        self.ones_host = np.ones((batch, m, 1))
-        self.ones = torch.ones(batch, m, 1, dtype=self.work, device=y0.device)
-        self.eye = torch.eye(m, dtype=self.work, device=y0.device)
+        self.gram: Tensor | None = None
+        if on_host:
+            self.gram_host = np.zeros((batch, m, m))
+            self.diagonals = [np.arange(k) for k in range(m + 1)]
+            self.ones_host = np.ones((batch, m, 1))
+        else:
+            self.gram = torch.zeros(batch, m, m, dtype=self.work, device=y0.device)
+            self.ones = torch.ones(batch, m, 1, dtype=self.work, device=y0.device)
+            self.eye = torch.eye(m, dtype=self.work, device=y0.device)
         self.residual = np.zeros((m, batch))  # the absolute residual of each stored pair's x
         self.count = 0
         self.head = -1
@@ -243,12 +246,7 @@ class _Pairs:
         if keep is not None:
             w = w * keep
         alpha = (w / w.sum(-1, keepdim=True)).to(self.F.dtype)
-        a = alpha.unsqueeze(1)
-        new = torch.bmm(a, self.F[:, :k]).squeeze(1)
-        if mixing != 1.0:
-            if self.X is None:
-                raise ValueError("an Anderson step with mixing < 1 needs the stored iterates (store_x=True)")
-            new = mixing * new + (1 - mixing) * torch.bmm(a, self.X[:, :k]).squeeze(1)
+        new = self._mix(alpha.unsqueeze(1), k, mixing)
         # One transfer for the three checks. sum |alpha| <= ALPHA_LIMIT is False for NaN and Inf too (it checks
         # that alpha is finite); max |new| = max(max new, -min new) in one pass over new without a |new| copy,
         # and it propagates NaN, so isfinite(max |new|) is isfinite(new).all(-1).
@@ -281,14 +279,18 @@ class _Pairs:
                 w = w * keep
             alpha_h = w / w.sum(-1, keepdims=True)
             sound = solved & (np.abs(alpha_h).sum(-1) <= ALPHA_LIMIT)  # False for a NaN or Inf alpha too
-            alpha = torch.from_numpy(alpha_h).to(dtype=self.F.dtype).unsqueeze(1)
-            new = torch.bmm(alpha, self.F[:, :k]).squeeze(1)
-            if mixing != 1.0:
-                if self.X is None:
-                    raise ValueError("an Anderson step with mixing < 1 needs the stored iterates (store_x=True)")
-                new = mixing * new + (1 - mixing) * torch.bmm(alpha, self.X[:, :k]).squeeze(1)
+            new = self._mix(torch.from_numpy(alpha_h).to(dtype=self.F.dtype).unsqueeze(1), k, mixing)
             low, high = torch.aminmax(new, dim=-1)  # one pass over new; NaN propagates to both, an Inf to one
             return new, sound & np.isfinite(low.numpy()) & np.isfinite(high.numpy())
+
+    def _mix(self, alpha: Tensor, k: int, mixing: float) -> Tensor:
+        """beta sum_i alpha_i f(x_i) + (1 - beta) sum_i alpha_i x_i over the first k slots, [B, n] (alpha [B, 1, k])."""
+        new = torch.bmm(alpha, self.F[:, :k]).squeeze(1)
+        if mixing == 1.0:
+            return new
+        if self.X is None:
+            raise ValueError("an Anderson step with mixing < 1 needs the stored iterates (store_x=True)")
+        return mixing * new + (1 - mixing) * torch.bmm(alpha, self.X[:, :k]).squeeze(1)
 
 
 def _solve_each(system: np.ndarray, ones: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
