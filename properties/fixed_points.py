@@ -167,8 +167,11 @@ def require_converged(solution: Solution, f: Map, scale: float | None = None) ->
 HARD_BAND = (0.7, 0.97)
 #: The weight scales searched for it: from contractive (0.25) past where the built-ins cycle (~3; injection ~10).
 BAND_SCALES = (0.25, 16.0)
-#: Scales scanned (geometric: ratio 64^(1/11) ~ 1.46 apart), and bisection steps within a bracket (to ~1.005).
-BAND_GRID, BAND_STEPS = 12, 6
+#: The search's steps up in scale: rho grows about as s^2 while the attention is far from saturated (its scores
+#: are quadratic in the weights), so each step aims at BAND_AIM with that law, by a factor within BAND_FACTORS
+#: (at least the former 12-point grid's spacing, 64^(1/11) ~ 1.46; at most 4, ~3.6 grid steps, so that a
+#: misjudged law costs bisection steps, not the band); then BAND_STEPS bisections on log(scale) within a bracket.
+BAND_AIM, BAND_FACTORS, BAND_STEPS = 0.85, (64 ** (1 / 11), 4.0), 8
 #: The search's solves: Anderson (tens of steps where Picard needs ~1000 at rho = 0.97), float64 to 1e-11.
 BAND_TOL, BAND_MAX_ITER = 1e-11, 300
 
@@ -209,23 +212,27 @@ def band_rho(case: Case, variant: Variant, scale: float) -> float:
 
 def band_scale(case: Case, variant: Variant) -> tuple[float, float] | None:
     """A weight scale at which the case's layer (its seed, shape and x) has a fixed point, reached by Anderson from
-    its own start, with rho(J*) in HARD_BAND; with that rho. A scan over BAND_GRID scales (geometric over
-    BAND_SCALES) finds the first one in the band, or the first pair below and above it, which a bisection on
-    log(scale) then narrows (BAND_STEPS). None when rho jumps over the band (a branch change, or a fixed point lost),
-    and at once when there is no fixed point at the smallest, most contractive scale: a layer that does not
-    converge there (e.g. a residual stream that drifts at every scale) would cost the whole scan for nothing."""
-    lo, hi = (math.log(s) for s in BAND_SCALES)
-    grid = [math.exp(lo + (hi - lo) * i / (BAND_GRID - 1)) for i in range(BAND_GRID)]
-    below = None
-    for scale in grid:
-        rho = band_rho(case, variant, scale)
-        if rho == math.inf and scale == grid[0]:
-            return None
+    its own start, with rho(J*) in HARD_BAND; with that rho. From the smallest scale of BAND_SCALES it steps up
+    (BAND_AIM, BAND_FACTORS) to the first scale in the band, or to the first pair below and above it, which a
+    bisection on log(scale) then narrows (BAND_STEPS). None when rho jumps over the band (a branch change, or a
+    fixed point lost), when the largest scale is still below it, and at once when there is no fixed point at the
+    smallest, most contractive scale: a layer that does not converge there (e.g. a residual stream that drifts at
+    every scale) would cost the whole search for nothing."""
+    low, high = BAND_SCALES
+    scale = low
+    rho = band_rho(case, variant, scale)
+    if rho == math.inf:
+        return None
+    while True:
         if HARD_BAND[0] <= rho <= HARD_BAND[1]:
             return scale, rho
-        if rho < HARD_BAND[0]:
-            below = scale
-        elif below is not None:
+        if rho > HARD_BAND[1] or scale >= high:
+            return None  # above the band at the smallest scale, or still below it at the largest
+        below = scale
+        factor = math.sqrt(BAND_AIM / rho) if rho > 0 else BAND_FACTORS[1]
+        scale = min(high, below * min(max(factor, BAND_FACTORS[0]), BAND_FACTORS[1]))
+        rho = band_rho(case, variant, scale)
+        if rho > HARD_BAND[1]:  # above the band (or no fixed point): bisect between below and scale
             a, b = math.log(below), math.log(scale)
             for _ in range(BAND_STEPS):
                 mid = math.exp((a + b) / 2)
@@ -234,7 +241,6 @@ def band_scale(case: Case, variant: Variant) -> tuple[float, float] | None:
                     return mid, rho
                 a, b = (math.log(mid), b) if rho < HARD_BAND[0] else (a, math.log(mid))
             return None
-    return None
 
 
 #: Seeds tried per hard draw (the drawn one, then offsets of it): one search succeeds for ~35-90% of cases.

@@ -234,7 +234,10 @@ def test_check_end_to_end_pass_expected_failure_not_applicable(
 def test_check_end_to_end_fail_and_unexpected_pass(
     capsys: pytest.CaptureFixture[str], variants_file: Path, tmp_path: Path
 ) -> None:
-    status, out, outcomes = _check(capsys, f"{variants_file}:WRONG", tmp_path / "wrong.json")
+    """A failing property and a declared failure that passes; iqa check prints the verdict the plugin recorded
+    for each test (computed once, in iqa.verdicts)."""
+    results = tmp_path / "wrong.json"
+    status, out, outcomes = _check(capsys, f"{variants_file}:WRONG", results)
     assert outcomes["test_layer_equals_seed_bitwise"] == "failed"  # strict xfail that passed
     assert outcomes["test_same_seed_same_layer"] == "failed"
     assert status == 1, out
@@ -243,6 +246,9 @@ def test_check_end_to_end_fail_and_unexpected_pass(
     assert "test_same_seed_same_layer(" in out and "seed=0" in out  # the minimal failing case is shown
     rerun = next(line for line in out.splitlines() if "rerun:" in line and "test_same_seed_same_layer" in line)
     assert f"test_determinism.py::test_same_seed_same_layer[wrong]' --variant {variants_file}:WRONG" in rerun
+    recorded = {t["function"]: t["verdict"] for t in read_results(results)["tests"]}
+    assert recorded["test_layer_equals_seed_bitwise"] == verdicts.UNEXPECTED_PASS
+    assert recorded["test_same_seed_same_layer"] == verdicts.FAIL
 
 
 def test_check_a_misspelled_expected_failure_is_a_usage_error(
@@ -254,14 +260,3 @@ def test_check_a_misspelled_expected_failure_is_a_usage_error(
     assert status == 2, out + err
     assert "'test_layer_equals_seed_bitwsie'" in err and "did you mean test_layer_equals_seed_bitwise" in err, err
     assert not (tmp_path / "r.json").exists()
-
-
-def test_check_verdicts_are_the_plugins(
-    capsys: pytest.CaptureFixture[str], variants_file: Path, tmp_path: Path
-) -> None:
-    """iqa check prints the verdict the plugin recorded for each test (computed once, in iqa.verdicts)."""
-    results = tmp_path / "wrong.json"
-    _check(capsys, f"{variants_file}:WRONG", results)
-    recorded = {t["function"]: t["verdict"] for t in read_results(results)["tests"]}
-    assert recorded["test_layer_equals_seed_bitwise"] == verdicts.UNEXPECTED_PASS
-    assert recorded["test_same_seed_same_layer"] == verdicts.FAIL

@@ -321,18 +321,21 @@ def periodic_from(f: Map, y0: Tensor, steps: int) -> list[tuple[int, int] | None
     with torch.no_grad():
         for _ in range(steps):
             ys.append(f(ys[-1]))
+    orbit = torch.stack(ys).flatten(2)  # [steps + 1, batch, n]
+    r = torch.linalg.vector_norm(orbit[1:] - orbit[:-1], dim=-1).double()  # r[t] = ||f(y_t) - y_t||
+
+    def gap(p: int) -> Tensor:  # gap(p)[t - p] = ||y_t - y_(t-p)||, t in p..steps-1
+        return torch.linalg.vector_norm(orbit[p:steps] - orbit[: steps - p], dim=-1).double()
+
+    # ok[p][b][t - p]: y_t is within PERIODIC_GAP r[t] of y_(t-p)
+    ok = {p: ((r[p:] > 0) & (gap(p) <= PERIODIC_GAP * r[p:])).T.tolist() for p in range(2, MAX_PERIOD + 1)}
     found: list[tuple[int, int] | None] = []
     for b in range(y0.shape[0]):
-        r = [float(torch.linalg.vector_norm(ys[t + 1][b] - ys[t][b])) for t in range(steps)]
         best = None
         for p in range(2, MAX_PERIOD + 1):
-            ok = [
-                r[t] > 0 and float(torch.linalg.vector_norm(ys[t][b] - ys[t - p][b])) <= PERIODIC_GAP * r[t]
-                for t in range(p, steps)
-            ]
             # the latest start from which the orbit stays periodic to the end
             t0 = steps
-            while t0 - 1 >= p and ok[t0 - 1 - p]:
+            while t0 - 1 >= p and ok[p][b][t0 - 1 - p]:
                 t0 -= 1
             if t0 < steps and (best is None or t0 < best[0]):
                 best = (t0, p)
