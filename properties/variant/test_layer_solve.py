@@ -324,8 +324,8 @@ def periodic_from(f: Map, y0: Tensor, steps: int) -> list[tuple[int, int] | None
     orbit = torch.stack(ys).flatten(2)  # [steps + 1, batch, n]
     r = torch.linalg.vector_norm(orbit[1:] - orbit[:-1], dim=-1).double()  # r[t] = ||f(y_t) - y_t||
 
-    def gap(p: int) -> Tensor:  # gap(p)[t - p] = ||y_t - y_(t-p)||, t in p..steps-1
-        return torch.linalg.vector_norm(orbit[p:steps] - orbit[: steps - p], dim=-1).double()
+    def gap(p: int) -> Tensor:  # gap(p)[t - p] = ||y_t - y_(t-p)||, t in p..steps-1 (none when p >= steps)
+        return torch.linalg.vector_norm(orbit[p:steps] - orbit[: max(steps - p, 0)], dim=-1).double()
 
     # ok[p][b][t - p]: y_t is within PERIODIC_GAP r[t] of y_(t-p)
     ok = {p: ((r[p:] > 0) & (gap(p) <= PERIODIC_GAP * r[p:])).T.tolist() for p in range(2, MAX_PERIOD + 1)}
