@@ -167,11 +167,14 @@ def require_converged(solution: Solution, f: Map, scale: float | None = None) ->
 HARD_BAND = (0.7, 0.97)
 #: The weight scales searched for it: from contractive (0.25) past where the built-ins cycle (~3; injection ~10).
 BAND_SCALES = (0.25, 16.0)
-#: The search's steps up in scale: rho grows about as s^2 while the attention is far from saturated (its scores
-#: are quadratic in the weights), so each step aims at BAND_AIM with that law, by a factor within BAND_FACTORS
-#: (at least the former 12-point grid's spacing, 64^(1/11) ~ 1.46; at most 4, ~3.6 grid steps, so that a
-#: misjudged law costs bisection steps, not the band); then BAND_STEPS bisections on log(scale) within a bracket.
-BAND_AIM, BAND_FACTORS, BAND_STEPS = 0.85, (64 ** (1 / 11), 4.0), 8
+#: The search's steps up in scale: rho grows about as s^2 while the attention is far from saturated (its scores are
+#: quadratic in the weights), so each step aims at BAND_AIM (about the band's middle, 0.835) with that law, by a
+#: factor within BAND_FACTORS (at least the former 12-point grid's spacing, 64^(1/11) ~ 1.46; at most 4, ~3.6
+#: grid steps, so that a misjudged law costs bisection steps, not the band).
+BAND_AIM, BAND_FACTORS = 0.85, (64 ** (1 / 11), 4.0)
+#: Bisections on log(scale) within a bracket: 8 halve a factor-4 bracket to 4^(1/256) ~ 1.005, the resolution the
+#: grid's 6 gave its 1.46 brackets.
+BAND_STEPS = 8
 #: The search's solves: Anderson (tens of steps where Picard needs ~1000 at rho = 0.97), float64 to 1e-11.
 BAND_TOL, BAND_MAX_ITER = 1e-11, 300
 
