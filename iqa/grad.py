@@ -368,12 +368,11 @@ def _power_of_two_scale(v: Tensor) -> Tensor:
 
 
 def _rescaled(solution: Solution, scale: Tensor) -> Solution:
-    """The Solution of g = v + J^T g from that of g/s = v/s + J^T (g/s): y and absolute residuals times s."""
+    """The Solution of g = v + J^T g from that of g/s = v/s + J^T (g/s), solved with a relative stop: y and the
+    absolute residuals times s; the relative residual (``residual`` under that stop) is scale-free, and the
+    adjoint solve keeps no iterates."""
     s = scale.reshape(-1).to(torch.float64).cpu()
-    residual = solution.residual if solution.stop == "rel" else solution.residual * s
-    return dataclasses.replace(
-        solution, y=solution.y * scale, residuals=solution.residuals * s, residual=residual, iterates=None
-    )
+    return dataclasses.replace(solution, y=solution.y * scale, residuals=solution.residuals * s)
 
 
 def _adjoint_hook(

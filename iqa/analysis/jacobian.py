@@ -235,30 +235,7 @@ def power_norm(f: Map, y: Tensor, *, max_iter: int = 500, rtol: float | None = N
     """Power iteration on J^T J per batch element: sigma_t = ||J v_t|| with v_{t+1} ∝ J^T J v_t.
 
     sigma_t never exceeds ||J||_2 and increases to it at rate (sigma_2 / sigma_1)^2; the iteration stops
-    when it changes by at most ``rtol`` relative (default :func:`iterative_rtol`).
+    when it changes by at most ``rtol`` relative (default :func:`iterative_rtol`). The norm of
+    :func:`norm_estimate` with ``method="power"``, which also reports its residual.
     """
-    y = _primal(y)
-    if rtol is None:
-        rtol = iterative_rtol(math.prod(y.shape[1:]), y.dtype)
-    batch = y.shape[0]
-    dims = tuple(range(1, y.dim()))
-    generator = torch.Generator().manual_seed(seed)
-    v = torch.randn(y.shape, generator=generator, dtype=torch.float64).to(dtype=y.dtype, device=y.device)
-    pullback = _func_vjp(f, y)[1]
-
-    def normalize(t: Tensor) -> tuple[Tensor, Tensor]:
-        norm = torch.linalg.vector_norm(t, dim=dims)
-        safe = torch.where(norm > 0, norm, torch.ones_like(norm))
-        return t / safe.reshape((batch,) + (1,) * len(dims)), norm
-
-    v, _ = normalize(v)
-    sigma = torch.zeros(batch, dtype=y.dtype, device=y.device)
-    for _ in range(max_iter):
-        Jv = _func_jvp(f, (y,), (v,))[1]
-        new_sigma = torch.linalg.vector_norm(Jv, dim=dims)
-        v, norm = normalize(pullback(Jv)[0])
-        done = bool(((new_sigma - sigma).abs() <= rtol * new_sigma).all()) or not bool((norm > 0).any())
-        sigma = new_sigma
-        if done:
-            break
-    return sigma.detach()
+    return norm_estimate(f, y, "power", max_iter=max_iter, rtol=rtol, seed=seed).norm

@@ -26,7 +26,12 @@ Safeguards, each per batch element:
   newest one is dropped, with every older pair;
 - fallback: a singular system, sum |alpha| > ALPHA_LIMIT or a non-finite step
   gives a damped Picard step (damping = mixing) instead, counted in
-  ``Solution.fallbacks``;
+  ``Solution.fallbacks``. Without a ridge, "singular" means numerically so:
+  cond(C) k eps >= 1 for C = D^-1/2 S D^-1/2 (S the k x k system, D its diagonal;
+  the scaling takes out the pairs' sizes, so only near-dependent directions count).
+  LU does not find an exactly singular Gram matrix reliably (a pivot
+  a - a (1/a) a of rounding size), and the alpha it returns then is rounding. With
+  a ridge > 0 the system is never singular;
 - give up: after STALL_STEPS steps in a row without a new best residual, an
   element that has taken at least one accelerated step starts again from y0
   with damped Picard steps for the rest of its budget. Picard's trajectory from
@@ -242,6 +247,8 @@ class _Pairs:
         else:
             system = gram + torch.diag_embed((ridge * scale)[:, None] + extra)
         w, info = torch.linalg.solve_ex(system, self.ones[:, :k])
+        if ridge == 0:  # numerically singular (see the module doc): counted as LAPACK's info > 0
+            info = torch.where(_numerically_singular_torch(system.detach(), k), torch.ones_like(info), info)
         w = w.squeeze(-1)
         if keep is not None:
             w = w * keep
@@ -275,6 +282,8 @@ class _Pairs:
                 scale = np.maximum(np.einsum("bii->b", system), NORM_FLOOR) / k
                 system[:, diagonal, diagonal] += (ridge * scale)[:, None]
             w, solved = _solve_each(system, self.ones_host[:, :k])
+            if ridge == 0:  # numerically singular (see the module doc)
+                solved &= ~_numerically_singular(system, k)
             if keep is not None:
                 w = w * keep
             alpha_h = w / w.sum(-1, keepdims=True)
@@ -291,6 +300,34 @@ class _Pairs:
         if self.X is None:
             raise ValueError("an Anderson step with mixing < 1 needs the stored iterates (store_x=True)")
         return mixing * new + (1 - mixing) * torch.bmm(alpha, self.X[:, :k]).squeeze(1)
+
+
+def _numerically_singular(system: np.ndarray, k: int) -> np.ndarray:
+    """[B]: whether each k x k system S (PSD, float64) is singular to rounding, cond(C) k eps >= 1 with
+    C = D^-1/2 S D^-1/2 (a zero diagonal entry is a zero row: singular). A system with NaN or Inf entries is left to
+    the other checks (False here)."""
+    singular = np.zeros(system.shape[0], dtype=bool)
+    finite = np.isfinite(system).all(axis=(-2, -1))
+    if not finite.any():
+        return singular
+    S = system[finite]
+    d = np.sqrt(np.abs(np.diagonal(S, axis1=-2, axis2=-1)))
+    zero = (d == 0).any(axis=-1)
+    d = np.where(d > 0, d, 1.0)
+    values = np.linalg.svd(S / (d[:, :, None] * d[:, None, :]), compute_uv=False)
+    singular[finite] = zero | (values[:, -1] <= values[:, 0] * k * np.finfo(S.dtype).eps)
+    return singular
+
+
+def _numerically_singular_torch(system: Tensor, k: int) -> Tensor:
+    """:func:`_numerically_singular` on the system's device (the differentiable path), [B] bool."""
+    finite = torch.isfinite(system).all(dim=-1).all(dim=-1)
+    S = torch.where(finite[:, None, None], system, torch.eye(k, dtype=system.dtype, device=system.device))
+    d = S.diagonal(dim1=-2, dim2=-1).abs().sqrt()
+    zero = (d == 0).any(dim=-1)
+    d = torch.where(d > 0, d, torch.ones_like(d))
+    values = torch.linalg.svdvals(S / (d[:, :, None] * d[:, None, :]))
+    return finite & (zero | (values[:, -1] <= values[:, 0] * k * torch.finfo(S.dtype).eps))
 
 
 def _solve_each(system: np.ndarray, ones: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

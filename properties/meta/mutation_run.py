@@ -14,6 +14,13 @@ in mutmut's stats run, with ``-x``, on the Hypothesis profile ``mutation``
 reuses it): mutmut caches results by the library's functions, not by the
 properties, and the properties are what changes between runs.
 
+``--keep --rerun-survivors`` continues an earlier run after properties were
+added: mutmut runs the mutants it has no result for, then every surviving
+mutant of the selected modules again, against the properties as they are now.
+A mutant killed earlier stays killed, which holds as long as no property was
+weakened or removed since (adding properties only kills more); the result then
+equals a fresh run's, at a fraction of its cost.
+
 A module argument is a file or folder among the mutated ones (``only_mutate``);
 a run over some modules reports the others as not run, and its report is
 labelled partial.
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import os
 import shutil
 import subprocess
@@ -89,6 +97,24 @@ def run_mutmut(root: Path, globs: Sequence[str], max_children: int) -> int:
     return subprocess.call(command, cwd=root)
 
 
+#: mutmut exit codes of the mutants that ``--rerun-survivors`` runs again: survived, and no selected test (a
+#: property added since may reach the function now).
+RERUN_EXIT_CODES = (0, 5, 33)
+
+
+def survivors(root: Path, globs: Sequence[str]) -> list[str]:
+    """The names of the surviving mutants under ``root/mutants`` that match ``globs`` (all when empty)."""
+    names = []
+    for meta in sorted((root / "mutants").rglob("*.py.meta")):
+        codes = json.loads(meta.read_text(encoding="utf-8")).get("exit_code_by_key", {})
+        names += [
+            name
+            for name, code in codes.items()
+            if code in RERUN_EXIT_CODES and (not globs or any(fnmatch.fnmatch(name, g) for g in globs))
+        ]
+    return names
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", help="files or folders to mutate (default: all of only_mutate)")
@@ -98,10 +124,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1, help="parallel mutants")
     parser.add_argument("--keep", action="store_true", help="reuse mutants/ and its cached results")
     parser.add_argument("--report-only", action="store_true", help="write the report from mutants/ as it is")
+    parser.add_argument(
+        "--rerun-survivors",
+        action="store_true",
+        help="with --keep: after the run, run every surviving mutant again against the current properties",
+    )
     args = parser.parse_args(argv)
     root = Path.cwd()
     if args.max_children < 1:
         parser.error(f"--max-children must be at least 1, got {args.max_children}")
+    if args.rerun_survivors and not args.keep:
+        parser.error("--rerun-survivors continues an earlier run: give --keep as well")
     globs = mutant_globs(root, args.modules)
     out = args.out or (root / "reports/mutation" if not args.modules else root / "mutants/report")
     # The clean run and every mutant must see the same examples: the derandomized profile.
@@ -113,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.keep and (root / "mutants").exists():
             shutil.rmtree(root / "mutants")
         status = run_mutmut(root, globs, args.max_children)
+        if status == 0 and args.rerun_survivors:
+            again = survivors(root, globs)
+            print(f"rerunning {len(again)} surviving mutants against the current properties", flush=True)
+            status = run_mutmut(root, again, args.max_children) if again else 0
         if status != 0:
             print(f"mutmut failed (exit status {status}); no report written", file=sys.stderr)
             return status

@@ -10,6 +10,7 @@ properties/variant/test_backward_reports.py. pyproject turns iqa's warnings into
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -50,12 +51,13 @@ def test_adjoint_fails_where_rho_exceeds_one(n: int, rho: float, seed: int, rais
     y = fixed_point(lambda y: y @ M.T + b, y_star, "implicit", tol=1e-10, adjoint=adjoint, record=record)
     assert record.forward is not None and record.forward.converged
     v = torch.randn(1, n, dtype=F64, generator=torch.Generator().manual_seed(seed + 1))
+    what = re.escape("adjoint solve g = v + J^T g of the implicit backward")
     if raise_it:
-        with pytest.raises(ConvergenceError) as raised:
+        with pytest.raises(ConvergenceError, match=what) as raised:
             torch.autograd.grad((v * y).sum(), b)
         assert raised.value.solution is record.backward
     else:
-        with pytest.warns(BackwardConvergenceWarning):
+        with pytest.warns(BackwardConvergenceWarning, match=what + r".*; the gradient is inexact$"):
             torch.autograd.grad((v * y).sum(), b)
     assert record.backward is not None and not record.backward.converged
     event(f"adjoint {record.backward.status.name}")
@@ -72,7 +74,11 @@ def small_map(seed: int) -> tuple[Tensor, Tensor]:
 def test_double_backward_through_implicit_is_a_clear_error() -> None:
     W, x = small_map(0)
     y = fixed_point(lambda y: torch.tanh(y @ W.T + x), x.clone(), "implicit", tol=1e-12)
-    with pytest.raises(RuntimeError, match="double backward"):
+    message = (
+        "double backward (create_graph=True) through an implicit fixed point is not supported; "
+        "use backward='unrolled' or 'phantom' for higher-order gradients"
+    )
+    with pytest.raises(RuntimeError, match=re.escape(message)):
         torch.autograd.grad(y.sum(), W, create_graph=True)
 
 
@@ -113,7 +119,11 @@ def test_nonfinite_cotangent_is_a_clear_error() -> None:
     y = fixed_point(lambda y: torch.tanh(y @ W.T + x), x.clone(), "implicit", tol=1e-12)
     v = torch.ones_like(y)
     v[0, 0] = math.nan
-    with pytest.raises(ValueError, match="NaN or Inf"):
+    message = (
+        "the gradient arriving at the implicit fixed point (dL/dy*) contains NaN or Inf; "
+        "the adjoint equation g = dL/dy* + J^T g has no finite solution"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
         torch.autograd.grad((v * y).sum(), W)
 
 
@@ -184,3 +194,31 @@ def test_jacobian_of_the_check_is_independent() -> None:
     # (n + 3) eps (|J|^T |g|)_k of the exact J^T g, and 2 (n + 3) eps of each other.
     error = (vjp(f, y, g) - expected).abs()
     assert bool((error <= 2 * (n + 3) * EPS * scale).all()), f"vjp vs dense J^T g: {error.tolist()}"
+
+
+def test_option_errors_name_the_option_its_owner_and_the_solver() -> None:
+    """Damping for an adjoint whose solver has none: it names the owner (Picard) and says the adjoint inherits it,
+    with the solver's own relaxation option as the hint. An option no solver has lists the solver's options."""
+    from iqa import Anderson, Phantom, Picard
+    from iqa.solvers.options import option_error
+
+    message = (
+        "damping is an option of Picard ('picard'), not of Anderson (AdjointOptions.damping: the adjoint inherits "
+        "the forward's); Anderson's relaxation is mixing="
+    )
+    with pytest.raises(ValueError, match=re.escape(message) + "$"):
+        AdjointOptions(damping=0.5).solver(Anderson())
+    named = "damping is an option of Picard ('picard'), not of Anderson (the adjoint's method); Anderson's relaxation"
+    with pytest.raises(ValueError, match=re.escape(named)):
+        AdjointOptions(method="anderson", damping=0.5)
+    assert AdjointOptions(damping=0.5).solver(Picard()) == Picard(damping=0.5)
+    assert AdjointOptions().solver(Anderson(history=3)) == Anderson(history=3)
+    error = option_error("history", Picard)
+    assert isinstance(error, ValueError)
+    assert str(error) == "history is an option of Anderson ('anderson'), not of Picard"  # no relaxation hint
+    unknown = option_error("momentum", Picard, " (here)")
+    assert isinstance(unknown, TypeError)
+    assert str(unknown) == "unknown option 'momentum' for Picard (here) (its options: damping)"
+    for bad in (0.0, 1.5, math.nan):
+        with pytest.raises(ValueError, match=re.escape(f"phantom damping must be in (0, 1], got {bad!r}")):
+            Phantom(steps=2, damping=bad)

@@ -106,3 +106,44 @@ def test_backward_leaves_no_gradient_on_the_fixed_point() -> None:
     y.sum().backward()
     assert y_leaf.grad is None, "the backward left a gradient on y*"
     assert W.grad is not None and torch.equal(W.grad, expected), "backward() and autograd.grad() disagree"
+
+
+def test_gradient_edge_probe_matches_this_torch() -> None:
+    """The probe that picks how the backward keeps f(y*) (a GradientEdge where autograd.grad accepts one as an
+    output, the tensor otherwise; iqa allows torch >= 2.2) says what this torch does: autograd.grad is asked
+    here for the gradient of 3 y through an edge, and the module's choice, made once at import, is the probe's."""
+    from torch.autograd.graph import get_gradient_edge
+
+    from iqa import grad
+
+    y = torch.ones(3, requires_grad=True)
+    try:
+        (direct,) = torch.autograd.grad(get_gradient_edge(y * 3), y, torch.ones(3))
+        takes_edges = torch.equal(direct, torch.full((3,), 3.0))
+    except (TypeError, RuntimeError):
+        takes_edges = False
+    assert grad._edge_outputs() is takes_edges
+    assert grad._EDGE_OUTPUTS is takes_edges
+
+
+@given(n=st.integers(2, 5), seed=st.integers(0, 2**31 - 1))
+def test_both_ways_of_keeping_f_give_the_same_gradient(n: int, seed: int) -> None:
+    """The path older torch takes (f(y*) saved as a tensor) is run here too, by switching the probe's answer off:
+    the same adjoint and the same gradient, bit for bit, as through the gradient edge."""
+    import pytest
+
+    from iqa import grad
+
+    W0, x = contraction(n, seed)
+    v = torch.randn(x.shape, dtype=F64, generator=torch.Generator().manual_seed(seed + 1))
+
+    def gradient() -> Tensor:
+        W = W0.clone().requires_grad_(True)
+        y = fixed_point(lambda y: torch.tanh(y @ W.T + x), torch.zeros_like(x), "implicit", tol=TOL, max_iter=500)
+        return torch.autograd.grad((v * y).sum(), W)[0]
+
+    through_edge = gradient()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(grad, "_EDGE_OUTPUTS", not grad._EDGE_OUTPUTS)
+        through_tensor = gradient()
+    assert torch.equal(through_edge, through_tensor)

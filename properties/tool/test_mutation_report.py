@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from properties.meta import mutation_report as mr
-from properties.meta.mutation_run import mutant_globs
+from properties.meta.mutation_run import main as mutation_run_main
+from properties.meta.mutation_run import mutant_globs, survivors
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -347,3 +348,26 @@ def test_module_arguments_map_to_mutant_globs() -> None:
         mutant_globs(ROOT, ["iqa/cli.py"])
     with pytest.raises(SystemExit, match="no such file"):
         mutant_globs(ROOT, ["iqa/nowhere.py"])
+
+
+def test_survivors_to_rerun_are_the_undecided_and_surviving_ones(tmp_path: Path) -> None:
+    """--rerun-survivors runs again what survived or had no test (a property added since may reach it), never a
+    killed, timed-out or unrun mutant; module globs narrow it."""
+    _write_results(tmp_path, RESULTS)
+    assert survivors(tmp_path, []) == [
+        "iqa.m.x_f__mutmut_2",
+        "iqa.m.x_k__mutmut_1",
+        "iqa.m.x_k__mutmut_3",
+        "iqa.p.q.xǁCǁh__mutmut_4",
+    ]
+    assert survivors(tmp_path, ["iqa.p.*"]) == ["iqa.p.q.xǁCǁh__mutmut_4"]
+
+
+def test_rerunning_survivors_needs_the_earlier_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        mutation_run_main(["--rerun-survivors"])
+    assert stopped.value.code == 2
+    assert "--rerun-survivors continues an earlier run: give --keep as well" in capsys.readouterr().err

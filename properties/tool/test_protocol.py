@@ -203,3 +203,18 @@ def test_a_property_whose_shapes_miss_the_domain_is_not_applicable() -> None:
 
     with use_domain(SLOT_TOY.domain), pytest.raises(pytest.skip.Exception, match="outside the variant's domain"):
         one_dimensional()
+
+
+def test_the_seed_layer_names_its_key_and_query_and_the_norm_of_their_product() -> None:
+    """The roles the invariance properties read (a layer naming none is skipped there, so a misnamed role would
+    silently drop those properties): W_K is the key, Omega_Q the query, and ||W_K^T Omega_Q||_2 is the spectral
+    norm (svdvals), not another norm; the base layer declares none."""
+    from iqa import ImplicitQueryAttention
+
+    layer = ImplicitQueryAttention(5).to(torch.float64)
+    roles = layer.weight_roles()
+    assert set(roles) == {"key", "query"}
+    assert roles["key"] is layer.W_K.weight and roles["query"] is layer.Omega_Q.weight
+    M = layer.W_K.weight.T @ layer.Omega_Q.weight
+    assert torch.allclose(layer.score_weight_norm(), torch.linalg.svdvals(M)[0], rtol=1e-14, atol=0)
+    assert FixedPointLayer.weight_roles(layer) == {}

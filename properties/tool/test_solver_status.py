@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import assume, event, given, note
@@ -487,6 +488,58 @@ def test_anderson_falls_back_on_singular_system(batch, n, dtype, memory, mixing,
     assert sol.fallbacks >= J * batch
     # only active elements count, at most once per Anderson step (every step after the first, before the last)
     assert sol.fallbacks <= sum(max(0, s - 2) for s in sol.steps)
+
+
+@pytest.mark.parametrize("recorded", [False, True])
+def test_anderson_falls_back_where_lu_misses_the_singularity(recorded: bool) -> None:
+    """The case thorough found: c = (10, 9, 5) / 8, ||c||^2 = 206 / 64, and G G^T = a [[1, 1], [1, 1]] exactly,
+    yet LU computes the pivot a - a (1/a) a, which is not 0 for this a, and "solves" it (alpha (0.195, 0.805),
+    a step back along the history). Without a ridge the numerically singular system must give the Picard step,
+    on the host path and on the recorded (unrolled) one alike."""
+    c = torch.tensor([[10.0, 9.0, 5.0]], dtype=torch.float64) / 8
+    y0 = torch.zeros(1, 3, dtype=torch.float64)
+    y_star = y0 + 6.5 * c
+
+    def f(y: Tensor) -> Tensor:
+        return torch.minimum(y + c, y_star)
+
+    start = y0.requires_grad_() if recorded else y0
+    with torch.set_grad_enabled(recorded):
+        sol = solve(f, start, "anderson", tol=1e-12, max_iter=10, memory=3, ridge=0.0)
+        picard = solve(f, start, "picard", tol=1e-12, max_iter=10)
+    assert sol.status is Status.CONVERGED
+    assert torch.equal(sol.residuals[:8].detach(), picard.residuals[:8].detach())
+    assert sol.fallbacks >= 5
+
+
+@given(
+    batch=st.integers(1, 4),
+    n=st.integers(4, 12),
+    m=st.integers(2, 6),
+    weights=st.lists(st.floats(-2.0, 2.0).filter(lambda w: abs(w) > 0.1), min_size=5, max_size=5),
+    recorded=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_anderson_falls_back_on_a_rank_deficient_history(batch, n, m, weights, recorded, seed) -> None:
+    """Without a ridge, a history whose newest residual g_m is a combination of the others (rounded, so LU sees a
+    pivot of rounding size, not 0) has no meaningful alpha: every element falls back to the Picard step, on the
+    host path and on the recorded one. With ridge 1e-10 the same history is a sound system and is used."""
+    from iqa.solvers.anderson import _Pairs
+
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(m, batch, n, dtype=torch.float64, generator=g)
+    G = torch.randn(m, batch, n, dtype=torch.float64, generator=g)
+    G[-1] = sum(w * G[i] for i, w in zip(range(m - 1), weights))
+    F = X + G
+    pairs = _Pairs(X[0], m, differentiable=recorded)
+    for t in range(m):
+        pairs.push(X[t], F[t], F[t] - X[t], np.zeros(batch))
+    usable = np.full(batch, m)
+    new, fell_back = pairs.next_iterate(X[-1], F[-1], 1.0, 0.0, usable)
+    assert fell_back.all(), f"a rank-deficient history was used: fell back {fell_back.tolist()}"
+    assert torch.equal(new, F[-1])  # the Picard step (mixing 1): f(y) itself
+    _, ridged = pairs.next_iterate(X[-1], F[-1], 1.0, 1e-10, usable)
+    event(f"with a ridge: {int(ridged.sum())} of {batch} fell back (sum |alpha| > ALPHA_LIMIT)")
 
 
 def trap(y: Tensor) -> Tensor:

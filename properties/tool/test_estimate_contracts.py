@@ -1,0 +1,234 @@
+"""The contracts of the matrix-free estimates (``spectrum`` by Arnoldi, ``norm_estimate`` by Lanczos and
+by power iteration) beyond their accuracy, which test_spectral_scaling.py and test_analysis_helpers.py check:
+
+- the products they report are the products they took, counted by the operator itself (an
+  ``autograd.Function`` whose jvp and vjp count their calls);
+- each returned residual is the residual of the returned pair, recomputed here from the dense matrix;
+  ``converged`` never claims more than the tolerance allows; the fields have the documented shapes and
+  dtypes and the method actually used (``auto`` resolved by n);
+- the estimates are reproducible: the same seed gives the same bits, torch's global random stream is
+  neither read nor advanced, and torch's default dtype does not leak into them;
+- bad options are refused with an error that names the option.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+from typing import ClassVar
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import Tensor
+
+from iqa import analysis
+from iqa.analysis.jacobian import DENSE_LIMIT
+from iqa.analysis.krylov import MIN_KRYLOV
+
+F64 = torch.float64
+EPS = torch.finfo(F64).eps
+SEEDS = st.integers(0, 2**31 - 1)
+
+
+class _Counted(torch.autograd.Function):
+    """y -> M_b y_b whose forward-mode and reverse-mode products count themselves in ``calls``."""
+
+    calls: ClassVar[Counter[str]] = Counter()
+    generate_vmap_rule = True  # the dense Jacobian vmaps over it
+
+    @staticmethod
+    def forward(M: Tensor, y: Tensor) -> Tensor:  # type: ignore[override]
+        return M @ y
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def,override]
+        ctx.M = inputs[0]
+
+    @staticmethod
+    def jvp(ctx, dM, dy):  # type: ignore[no-untyped-def,override]
+        _Counted.calls["jvp"] += 1
+        return ctx.M @ dy
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def,override]
+        _Counted.calls["vjp"] += 1
+        return None, ctx.M.transpose(-1, -2) @ grad
+
+
+def counted_map(M: Tensor) -> Callable[[Tensor], Tensor]:
+    """y [B, n, 1] -> M y, seen only through jvp / vjp, each product counted in ``_Counted.calls``."""
+
+    def f(y: Tensor) -> Tensor:
+        return _Counted.apply(M, y)
+
+    return f
+
+
+def operator(n: int, batch: int, seed: int) -> Tensor:
+    """[B, n, n]: a dominant eigenvalue and a top singular value well separated from the rest (so every
+    method converges well within its default budget), the rest Gaussian and non-normal."""
+    g = torch.Generator().manual_seed(seed)
+    rest = 0.5 * torch.randn(batch, n, n, generator=g, dtype=F64) / math.sqrt(n)
+    u = torch.randn(batch, n, 1, generator=g, dtype=F64)
+    u = u / torch.linalg.vector_norm(u, dim=1, keepdim=True)
+    sign = torch.where(torch.rand(batch, 1, 1, generator=g, dtype=F64) < 0.5, -1.0, 1.0)
+    return rest + 3.0 * sign * (u @ u.transpose(1, 2))
+
+
+def rounding(M: Tensor) -> Tensor:
+    """[B]: a product with M and the residual norm each carry n eps ||M||_2 (first order, two of them)."""
+    return 2 * M.shape[-1] * EPS * torch.linalg.matrix_norm(M, 2)
+
+
+sizes = st.integers(MIN_KRYLOV + 2, 24)
+batches = st.integers(1, 3)
+
+
+@given(n=sizes, batch=batches, seed=SEEDS, krylov_dim=st.integers(MIN_KRYLOV, 8))
+def test_arnoldi_reports_its_products_and_its_own_residual(n: int, batch: int, seed: int, krylov_dim: int) -> None:
+    """``jvps`` is the number of Jacobian-vector products taken (vjps: none); theta is within cond times its
+    residual of an eigenvalue of M, and that is the dominant one; converged implies confirmed; ``second`` (the
+    modulus the deflated check found) is below rho, or NaN when no check ran (m >= n)."""
+    M = operator(n, batch, seed)
+    y = torch.zeros(batch, n, 1, dtype=F64)
+    _Counted.calls.clear()
+    s = analysis.spectrum(counted_map(M), y, "arnoldi", krylov_dim=krylov_dim)
+    assert s.jvps == _Counted.calls["jvp"] and _Counted.calls["vjp"] == 0, (s.jvps, dict(_Counted.calls))
+    assert s.method == "arnoldi" and s.eigenvalues is None
+    assert s.rho.shape == s.residual.shape == s.converged.shape == (batch,)
+    assert s.rho.dtype == s.residual.dtype == F64 and s.converged.dtype == torch.bool
+    assert s.second is not None and s.second.dtype == F64 and s.confirmed is not None
+    assert bool((s.converged <= s.confirmed).all())
+    # Spectrum keeps no eigenvector: the residual is checked through what it bounds (Bauer-Fike)
+    assert torch.equal(s.rho, s.eigenvalue.abs().to(F64))
+    dense = torch.linalg.eigvals(M)
+    nearest = (dense - s.eigenvalue[:, None]).abs().amin(dim=-1)
+    # M is diagonalizable with cond(eigvecs) <= ~10 here (a rank-one spike on a small Gaussian part)
+    cond = torch.linalg.cond(torch.linalg.eig(M)[1])
+    assert bool((nearest <= cond * (s.residual + rounding(M))).all()), (nearest, s.residual, cond)
+    assert bool(s.converged.all()), "a spike of 3 over a Gaussian part of radius ~0.5 must converge"
+    assert bool((s.rho >= dense.abs().amax(dim=-1) - cond * (s.residual + rounding(M))).all())
+    if krylov_dim >= n:  # the basis spans the space: no check runs, and nothing is left to confirm
+        assert bool(s.second.isnan().all()) and torch.equal(s.confirmed, s.converged)
+    else:  # confirmed: the deflated run found no larger modulus (a spike of 3 over a rest of norm ~1: no tie)
+        assert bool((s.second < s.rho).all()), (s.second, s.rho)
+
+
+@given(n=sizes, batch=batches, seed=SEEDS, method=st.sampled_from(["lanczos", "power"]))
+def test_norm_estimate_reports_its_products_and_its_own_residual(n: int, batch: int, seed: int, method: str) -> None:
+    """``products`` = jvps + vjps taken; ``norm`` = ||M u|| and ``residual`` = ||M^T w - sigma u||
+    (w = M u / sigma) for some unit u, which pins u down: sigma is then within the residual of a singular
+    value and at most ||M||_2 (a Rayleigh quotient); ``converged`` and the resolved method are reported."""
+    M = operator(n, batch, seed)
+    y = torch.zeros(batch, n, 1, dtype=F64)
+    _Counted.calls.clear()
+    est = analysis.norm_estimate(counted_map(M), y, method)
+    assert est.products == _Counted.calls["jvp"] + _Counted.calls["vjp"], (est.products, dict(_Counted.calls))
+    assert _Counted.calls["jvp"] == _Counted.calls["vjp"], "each step of J^T J is one jvp and one vjp"
+    assert est.method == method
+    assert est.norm.shape == est.residual.shape == est.converged.shape == (batch,)
+    assert est.norm.dtype == est.residual.dtype == F64 and est.converged.dtype == torch.bool
+    sigma = torch.linalg.svdvals(M)
+    nearest = (sigma - est.norm[:, None]).abs().amin(dim=-1)
+    assert bool((nearest <= est.residual + rounding(M)).all()), (nearest, est.residual)
+    assert bool((est.norm <= sigma[:, 0] + rounding(M)).all())
+    assert bool(est.converged.all())
+    # the top singular value is 3 + O(0.5) against a Gaussian rest of norm <= ~1.5: residual < gap / 2
+    gap = sigma[:, 0] - sigma[:, 1]
+    assert bool((est.residual <= 0.5 * gap).all()), "a converged estimate resolves sigma_1"
+    assert torch.equal(analysis.power_norm(counted_map(M), y), analysis.norm_estimate(counted_map(M), y, "power").norm)
+
+
+@given(n=st.integers(1, 12), batch=batches, seed=SEEDS)
+def test_dense_methods_are_exact_and_say_so(n: int, batch: int, seed: int) -> None:
+    """Dense: ``auto`` resolves to it up to DENSE_LIMIT; residual exactly 0, converged, no products; the
+    values are LAPACK's (eigvals, svdvals) of the block to rounding."""
+    M = torch.randn(batch, n, n, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    f, y = counted_map(M), torch.zeros(batch, n, 1, dtype=F64)
+    est = analysis.norm_estimate(f, y)
+    assert est.method == "dense" and est.products == 0
+    assert torch.equal(est.residual, torch.zeros(batch, dtype=F64)) and est.converged.dtype == torch.bool
+    assert bool(est.converged.all())
+    assert torch.allclose(est.norm, torch.linalg.matrix_norm(M, 2), rtol=4 * n * EPS, atol=0)
+    s = analysis.spectrum(f, y)
+    assert s.method == "dense" and s.eigenvalues is not None and bool(s.converged.all())
+    assert s.converged.dtype == torch.bool and s.converged.shape == s.residual.shape == (batch,)
+    # the residual ||M u - theta u|| of a unit eigenvector from geev: backward stable, n eps ||M|| or so
+    assert bool((s.residual <= 8 * n * EPS * torch.linalg.matrix_norm(M, 2)).all()), s.residual
+    assert torch.equal(analysis.spectral_radius(f, y), s.rho)
+    arnoldi = analysis.spectrum(f, y, "arnoldi", krylov_dim=n).rho
+    assert torch.equal(analysis.spectral_radius(f, y, "arnoldi", krylov_dim=n), arnoldi)
+    assert torch.allclose(s.rho, torch.linalg.eigvals(M).abs().amax(-1), rtol=1e-10, atol=1e-300)
+
+
+def test_auto_switches_to_matrix_free_above_the_dense_limit() -> None:
+    """n = DENSE_LIMIT is dense, n = DENSE_LIMIT + 1 is matrix-free (Lanczos, Arnoldi), per the docstrings."""
+    for n, norm_method, spectrum_method in ((DENSE_LIMIT, "dense", "dense"), (DENSE_LIMIT + 1, "lanczos", "arnoldi")):
+        M = operator(n, 1, n)
+        y = torch.zeros(1, n, 1, dtype=F64)
+        assert analysis.norm_estimate(counted_map(M), y).method == norm_method
+        assert analysis.spectrum(counted_map(M), y).method == spectrum_method
+
+
+def _run_all(f: Callable[[Tensor], Tensor], y: Tensor) -> list[Tensor]:
+    s = analysis.spectrum(f, y, "arnoldi", krylov_dim=MIN_KRYLOV)
+    lanczos = analysis.norm_estimate(f, y, "lanczos", krylov_dim=MIN_KRYLOV)
+    power = analysis.norm_estimate(f, y, "power")
+    assert s.second is not None
+    return [
+        s.eigenvalue,
+        s.residual,
+        s.second,
+        lanczos.norm,
+        lanczos.residual,
+        power.norm,
+        power.residual,
+        torch.tensor([s.jvps, lanczos.products, power.products]),
+    ]
+
+
+@given(n=st.integers(MIN_KRYLOV + 1, 12), batch=batches, seed=SEEDS)
+def test_estimates_are_reproducible_and_leave_torch_state_alone(n: int, batch: int, seed: int) -> None:
+    """The same call gives the same bits; torch's global random stream is not used (its state is unchanged,
+    and a different global state changes nothing); torch's default dtype does not reach the estimates."""
+    M = operator(n, batch, seed)
+    f, y = counted_map(M), torch.zeros(batch, n, 1, dtype=F64)
+    torch.manual_seed(seed)
+    state = torch.get_rng_state()
+    first = _run_all(f, y)
+    assert torch.equal(torch.get_rng_state(), state), "an estimate drew from torch's global random stream"
+    torch.manual_seed(seed + 1)  # another global stream and another default dtype: the same bits
+    default = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(F64 if default != F64 else torch.float32)
+        again = _run_all(f, y)
+    finally:
+        torch.set_default_dtype(default)
+    for a, b in zip(first, again):
+        assert a.dtype == b.dtype
+        assert torch.equal(a, b) or bool(torch.isnan(a).all() and torch.isnan(b).all()), (a, b)
+
+
+def test_bad_options_are_refused_by_name() -> None:
+    M = operator(8, 1, 0)
+    f, y = counted_map(M), torch.zeros(1, 8, 1, dtype=F64)
+    with pytest.raises(ValueError, match="unknown method 'qr'; choose one of auto, dense, lanczos, power"):
+        analysis.norm_estimate(f, y, "qr")
+    with pytest.raises(ValueError, match="unknown method 'power'; choose one of auto, dense, arnoldi"):
+        analysis.spectrum(f, y, "power")
+    for bad in (0, -1, 2.0, None):
+        for method in ("lanczos", "power"):
+            with pytest.raises(ValueError, match=rf"max_iter must be an integer >= 1, got {bad!r}"):
+                analysis.norm_estimate(f, y, method, max_iter=bad)  # type: ignore[arg-type]
+    for bad in (-1, 2.0, None):
+        with pytest.raises(ValueError, match=rf"max_restarts must be an integer >= 0, got {bad!r}"):
+            analysis.spectrum(f, y, "arnoldi", max_restarts=bad)  # type: ignore[arg-type]
+    poisoned = counted_map(torch.full_like(M, math.nan))
+    with pytest.raises(ValueError, match="the Jacobian at y has non-finite entries: no spectrum to compute"):
+        analysis.spectrum(poisoned, y, "dense")
+    # the smallest budgets are accepted: one product of J^T J, no restart
+    assert analysis.norm_estimate(f, y, "power", max_iter=1).products == 4
+    assert analysis.spectrum(f, y, "arnoldi", max_restarts=0, krylov_dim=MIN_KRYLOV).jvps is not None
