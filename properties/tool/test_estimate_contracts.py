@@ -232,3 +232,54 @@ def test_bad_options_are_refused_by_name() -> None:
     # the smallest budgets are accepted: one product of J^T J, no restart
     assert analysis.norm_estimate(f, y, "power", max_iter=1).products == 4
     assert analysis.spectrum(f, y, "arnoldi", max_restarts=0, krylov_dim=MIN_KRYLOV).jvps is not None
+
+
+def test_the_defaults_are_the_documented_ones() -> None:
+    """What the signatures document (and the README's scaling figures were measured with): Lanczos with Krylov
+    dimension 20, at most 500 products of J^T J, seed 0; Arnoldi with dimension 40, 50 restarts, seed 0. A run
+    with them spelt out gives the same bits (n = 60, above both Krylov dimensions)."""
+    M = operator(60, 2, 7)
+    f, y = counted_map(M), torch.zeros(2, 60, 1, dtype=F64)
+    for method in ("lanczos", "power"):
+        implicit = analysis.norm_estimate(f, y, method)
+        explicit = analysis.norm_estimate(f, y, method, max_iter=500, seed=0, krylov_dim=20)
+        assert torch.equal(implicit.norm, explicit.norm) and torch.equal(implicit.residual, explicit.residual)
+        assert implicit.products == explicit.products
+    implicit_s = analysis.spectrum(f, y, "arnoldi")
+    explicit_s = analysis.spectrum(f, y, "arnoldi", krylov_dim=40, max_restarts=50, seed=0)
+    assert torch.equal(implicit_s.eigenvalue, explicit_s.eigenvalue) and implicit_s.jvps == explicit_s.jvps
+    other = analysis.norm_estimate(f, y, "lanczos", seed=1)
+    assert not torch.equal(other.residual, analysis.norm_estimate(f, y, "lanczos").residual)  # the seed matters
+
+
+@given(
+    n=st.integers(MIN_KRYLOV + 2, 16),
+    rank=st.integers(1, 3),
+    batch=batches,
+    seed=SEEDS,
+    krylov_dim=st.integers(MIN_KRYLOV, 8),
+)
+def test_low_rank_operators_are_solved_past_their_invariant_subspace(n, rank, batch, seed, krylov_dim) -> None:
+    """M = U V^T of rank r < m: the Krylov space from any start is exhausted after r + 1 vectors (beta = 0), where
+    Arnoldi and Lanczos continue from a fresh random direction. Their answers are still numpy's (rho within its
+    residual times cond; sigma within its residual), converged, from the products counted."""
+    g = torch.Generator().manual_seed(seed)
+    U = torch.randn(batch, n, rank, generator=g, dtype=F64)
+    V = torch.randn(batch, n, rank, generator=g, dtype=F64)
+    M = U @ V.transpose(1, 2)
+    f, y = counted_map(M), torch.zeros(batch, n, 1, dtype=F64)
+    _Counted.calls.clear()
+    s = analysis.spectrum(f, y, "arnoldi", krylov_dim=krylov_dim)
+    assert s.jvps == _Counted.calls["jvp"]
+    dense = torch.linalg.eigvals(M)
+    rho = dense.abs().amax(dim=-1)
+    # the nonzero eigenvalues are those of V^T U (r x r): cond(V^T U's eigenvectors) bounds their sensitivity
+    small = V.transpose(1, 2) @ U
+    cond = torch.linalg.cond(torch.linalg.eig(small)[1])
+    bound = cond * (s.residual + rounding(M)) + rounding(M)
+    assert bool(s.converged.all()), f"Arnoldi did not converge on a rank-{rank} operator"
+    assert bool(((s.rho - rho).abs() <= bound).all()), (s.rho, rho, bound)
+    est = analysis.norm_estimate(f, y, "lanczos", krylov_dim=krylov_dim)
+    sigma = torch.linalg.svdvals(M)[:, 0]
+    assert bool(est.converged.all())
+    assert bool(((est.norm - sigma).abs() <= est.residual + rounding(M)).all()), (est.norm, sigma)

@@ -1,0 +1,65 @@
+"""The a-priori rounding bounds are the ones iqa.analysis.rounding derives (its module docstring), term by term,
+on single-head layers: the seed (values x, scores through W_K and Omega_Q) and its relaxed form. Soundness against
+float64 is test_analysis_helpers.py's ``test_rounding_bounds_hold_against_float64``; a bound that is sound but
+looser or tighter than derived is caught only here. Every norm is computed here, independently (svdvals, cdist).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from iqa.analysis.linearization import second_order_constant
+from iqa.analysis.rounding import jacobian_rounding, map_rounding, score_rounding, weight_norm_product
+from iqa.layer import ImplicitQueryAttention, linear_init_
+from iqa.variants.builtin import DampedQueryAttention
+
+F64 = torch.float64
+
+
+def row_max(t: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(t.to(F64), dim=-1).amax(dim=-1)
+
+
+@given(
+    batch=st.integers(1, 3),
+    tokens=st.integers(1, 5),
+    dim=st.integers(1, 4),
+    relaxation=st.sampled_from([1.0, 0.5]),
+    dtype=st.sampled_from([F64, torch.float32]),
+    scale=st.floats(0.1, 3.0),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_bounds_are_the_derived_formulas(batch, tokens, dim, relaxation, dtype, scale, seed) -> None:
+    g = torch.Generator().manual_seed(seed)
+    layer = ImplicitQueryAttention(dim) if relaxation == 1.0 else DampedQueryAttention(dim, relaxation=relaxation)
+    for linear in (layer.W_K, layer.Omega_Q):
+        linear_init_(linear, scale, g)
+    layer = layer.to(dtype)
+    x = torch.randn(batch, tokens, dim, generator=g, dtype=F64).to(dtype)
+    y = torch.randn(batch, tokens, dim, generator=g, dtype=F64).to(dtype)
+    eps = torch.finfo(dtype).eps
+    # W: the scores pass through W_K and Omega_Q, the product of their spectral norms
+    norms = [float(torch.linalg.svdvals(w.detach().to(F64))[0]) for w in (layer.W_K.weight, layer.Omega_Q.weight)]
+    W = norms[0] * norms[1]
+    assert math.isclose(weight_norm_product(layer, x), W, rel_tol=1e-12)
+    X, Y = row_max(x), row_max(y)
+    s_err = (dim + 2) * eps * W * X * (Y + X + math.sqrt(dim))
+    close = dict(rtol=1e-12, atol=0.0)
+    assert torch.allclose(score_rounding(layer, x, y), s_err, **close)
+    diam = torch.cdist(x.to(F64), x.to(F64)).amax(dim=(-2, -1))  # V = x for the seed
+    f_err = diam * (s_err + 4 * eps) + (tokens + 4) * eps * (X + Y + X)
+    assert torch.allclose(map_rounding(layer, x, y), f_err, **close)
+    n = tokens * dim
+    column = W * X * (diam + 2 * X) * (s_err + (2 * tokens + 2 * dim + 8) * eps)
+    a = relaxation
+    J_err = a * math.sqrt(n) * column + 3 * eps * (1 - a) * math.sqrt(n)
+    assert torch.allclose(jacobian_rounding(layer, x, y), J_err, **close)
+    # and linearization's second-order constant H = 3 a diam(V) max_j ||a_j||^2, with A = x W_K^T Omega_Q
+    A = x.to(F64) @ layer.W_K.weight.detach().T.to(F64) @ layer.Omega_Q.weight.detach().to(F64)
+    H = 3 * a * diam * row_max(A) ** 2
+    # the layer forms A in its own dtype: two length-D products per entry (2 D eps), squared in ||a_j||^2
+    assert torch.allclose(second_order_constant(layer, x), H, rtol=8 * (dim + 1) * eps, atol=0)
