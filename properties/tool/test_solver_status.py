@@ -542,6 +542,65 @@ def test_anderson_falls_back_on_a_rank_deficient_history(batch, n, m, weights, r
     event(f"with a ridge: {int(ridged.sum())} of {batch} fell back (sum |alpha| > ALPHA_LIMIT)")
 
 
+def test_one_singular_element_leaves_the_others_accelerated() -> None:
+    """numpy refuses the whole batched solve when one element's system is exactly singular; each element is then
+    solved on its own, so only that element falls back: the regular one takes its Anderson step."""
+    from iqa.solvers.anderson import _Pairs
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(3, 2, 5, dtype=torch.float64, generator=g)
+    G = torch.randn(3, 2, 5, dtype=torch.float64, generator=g)
+    G[:, 0] = torch.tensor([1.0, 0.5, 0.25, 0.0, 2.0], dtype=torch.float64)  # element 0: three equal residuals
+    F = X + G
+    pairs = _Pairs(X[0], 3, differentiable=False)
+    for t in range(3):
+        pairs.push(X[t], F[t], F[t] - X[t], np.zeros(2))
+    usable = np.full(2, 3)
+    new, fell_back = pairs.next_iterate(X[-1], F[-1], 1.0, 0.0, usable)
+    assert fell_back.tolist() == [True, False]
+    assert torch.equal(new[0], F[-1, 0])  # the Picard step for the singular element
+    # the regular element's step: alpha from its own 3 x 3 system, solved densely here
+    Gb = G[:, 1]
+    w = torch.linalg.solve(Gb @ Gb.T, torch.ones(3, dtype=torch.float64))
+    alpha = w / w.sum()
+    assert torch.allclose(new[1], alpha @ F[:, 1], rtol=1e-10, atol=1e-12)
+
+
+@given(
+    batch=st.integers(1, 3),
+    n=st.integers(2, 6),
+    rho=st.floats(0.5, 0.99),
+    max_iter=st.integers(2, 12),
+    memory=st.integers(1, 4),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_anderson_returns_the_iterate_that_met_tol_or_its_best(batch, n, rho, max_iter, memory, seed) -> None:
+    """The module's promise: a converged element returns the iterate that met tol and that residual; any other
+    its best iterate and that iterate's residual, found here from the kept iterates and residual history (the
+    history row t is the residual of iterate t). Linear maps of spectral radius rho with a short budget, so that
+    some elements stop unconverged and the best is not always the last."""
+    g = torch.Generator().manual_seed(seed)
+    M = torch.randn(batch, n, n, dtype=torch.float64, generator=g)
+    M = M * (rho / torch.linalg.eigvals(M).abs().amax(dim=-1))[:, None, None]
+    b = torch.randn(batch, n, dtype=torch.float64, generator=g)
+
+    def f(y: Tensor) -> Tensor:
+        return (M @ y[..., None]).squeeze(-1) + b
+
+    y0 = torch.randn(batch, n, dtype=torch.float64, generator=g)
+    sol = solve(f, y0, "anderson", tol=1e-6, max_iter=max_iter, memory=memory, keep_iterates=True)
+    assert sol.iterates is not None
+    event(f"{sum(s is Status.CONVERGED for s in sol.statuses)} of {batch} converged")
+    for e in range(batch):
+        history = sol.stop_residuals[: sol.steps[e], e]
+        if sol.statuses[e] is Status.CONVERGED:
+            t = sol.steps[e] - 1
+        else:
+            t = int(history.argmin())
+        assert torch.equal(sol.y[e], sol.iterates[t][e]), f"element {e}: not iterate {t}"
+        assert float(sol.residual[e]) == float(history[t]), f"element {e}: not iterate {t}'s residual"
+
+
 def trap(y: Tensor) -> Tensor:
     """y -> y/2 + y^2/4 for y >= 0 (fixed point 0), y -> y - 1 for y < 0 (a translation: no fixed point).
 
