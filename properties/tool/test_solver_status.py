@@ -593,10 +593,7 @@ def test_anderson_returns_the_iterate_that_met_tol_or_its_best(batch, n, rho, ma
     event(f"{sum(s is Status.CONVERGED for s in sol.statuses)} of {batch} converged")
     for e in range(batch):
         history = sol.stop_residuals[: sol.steps[e], e]
-        if sol.statuses[e] is Status.CONVERGED:
-            t = sol.steps[e] - 1
-        else:
-            t = int(history.argmin())
+        t = sol.steps[e] - 1 if sol.statuses[e] is Status.CONVERGED else int(history.argmin())
         assert torch.equal(sol.y[e], sol.iterates[t][e]), f"element {e}: not iterate {t}"
         assert float(sol.residual[e]) == float(history[t]), f"element {e}: not iterate {t}'s residual"
 
