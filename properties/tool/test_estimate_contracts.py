@@ -14,6 +14,7 @@ by power iteration) beyond their accuracy, which test_spectral_scaling.py and te
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Callable
 from typing import ClassVar
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from iqa import analysis
-from iqa.analysis.jacobian import DENSE_LIMIT
+from iqa.analysis.jacobian import DENSE_LIMIT, iterative_rtol
 from iqa.analysis.krylov import MIN_KRYLOV
 
 F64 = torch.float64
@@ -283,3 +284,44 @@ def test_low_rank_operators_are_solved_past_their_invariant_subspace(n, rank, ba
     sigma = torch.linalg.svdvals(M)[:, 0]
     assert bool(est.converged.all())
     assert bool(((est.norm - sigma).abs() <= est.residual + rounding(M)).all()), (est.norm, sigma)
+
+
+def test_thin_wrappers_pass_every_option_on() -> None:
+    """jacobian_norm and spectral_radius are the norm and rho of norm_estimate and spectrum with the same options,
+    each of which changes the bits here (so a dropped one shows)."""
+    M = operator(30, 2, 3)
+    f, y = counted_map(M), torch.zeros(2, 30, 1, dtype=F64)
+    options = dict(max_iter=15, rtol=1e-7, seed=5, krylov_dim=6)  # 15 bounds the deflated check's budget
+    assert torch.equal(
+        analysis.jacobian_norm(f, y, "lanczos", **options), analysis.norm_estimate(f, y, "lanczos", **options).norm
+    )
+    reference = analysis.norm_estimate(f, y, "lanczos", **options)
+    for name, default in (("max_iter", 500), ("rtol", None), ("seed", 0), ("krylov_dim", 20)):
+        other = analysis.norm_estimate(f, y, "lanczos", **{**options, name: default})
+        assert other.products != reference.products or not torch.equal(other.residual, reference.residual), name
+
+
+def test_iterative_rtol_is_ten_times_the_rounding_floor_or_1e10() -> None:
+    """max(1e-10, 20 (n + 2) eps): float32 is always above 1e-10, float64 from n = 22 516 on."""
+    eps32, eps64 = torch.finfo(torch.float32).eps, torch.finfo(F64).eps
+    for n in (1, 7, 1000):
+        assert iterative_rtol(n, torch.float32) == 20 * (n + 2) * eps32
+        assert iterative_rtol(n, F64) == 1e-10
+    assert iterative_rtol(30_000, F64) == 20 * 30_002 * eps64
+
+
+def test_bad_krylov_dims_and_directions_are_refused_by_name() -> None:
+    f, y = counted_map(operator(8, 1, 0)), torch.zeros(1, 8, 1, dtype=F64)
+    for bad in (0, -3, 2.0, True, None):
+        with pytest.raises(ValueError, match=re.escape(f"krylov_dim must be an integer >= 1, got {bad!r}")):
+            analysis.norm_estimate(f, y, "lanczos", krylov_dim=bad)  # type: ignore[arg-type]
+    message = (
+        f"krylov_dim = 2 < {MIN_KRYLOV} on n = 8: a restarted Krylov space that small keeps a single Ritz vector and "
+        f"can lock onto a smaller eigenvalue; use krylov_dim >= {MIN_KRYLOV} (or >= n, which spans the whole space)"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        analysis.spectrum(f, y, "arnoldi", krylov_dim=2)
+    with pytest.raises(ValueError, match=re.escape("the direction v must have y's shape (1, 8, 1), got list")):
+        analysis.jvp(f, y, [1.0] * 8)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=re.escape("the direction v must have y's shape (1, 8, 1), got (8, 1)")):
+        analysis.vjp(f, y, torch.zeros(8, 1, dtype=F64))
