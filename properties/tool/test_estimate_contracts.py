@@ -118,29 +118,40 @@ def test_arnoldi_reports_its_products_and_its_own_residual(n: int, batch: int, s
         assert bool((s.second < s.rho).all()), (s.second, s.rho)
 
 
-@given(n=sizes, batch=batches, seed=SEEDS, method=st.sampled_from(["lanczos", "power"]))
-def test_norm_estimate_reports_its_products_and_its_own_residual(n: int, batch: int, seed: int, method: str) -> None:
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("method", ["lanczos", "power"])
+@given(n=sizes, batch=batches, seed=SEEDS)
+def test_norm_estimate_reports_its_products_and_its_own_residual(
+    method: str, dtype: torch.dtype, n: int, batch: int, seed: int
+) -> None:
     """``products`` = jvps + vjps taken; ``norm`` = ||M u|| and ``residual`` = ||M^T w - sigma u||
     (w = M u / sigma) for some unit u, which pins u down: sigma is then within the residual of a singular
-    value and at most ||M||_2 (a Rayleigh quotient); ``converged`` and the resolved method are reported."""
-    M = operator(n, batch, seed)
-    y = torch.zeros(batch, n, 1, dtype=F64)
+    value and at most ||M||_2 (a Rayleigh quotient); ``converged`` and the resolved method are reported, in y's
+    dtype. (Each method and dtype is a parameter, not a draw, so that a profile with few examples sees each.)"""
+    M = operator(n, batch, seed).to(dtype)
+    y = torch.zeros(batch, n, 1, dtype=dtype)
     _Counted.calls.clear()
     est = analysis.norm_estimate(counted_map(M), y, method)
     assert est.products == _Counted.calls["jvp"] + _Counted.calls["vjp"], (est.products, dict(_Counted.calls))
     assert _Counted.calls["jvp"] == _Counted.calls["vjp"], "each step of J^T J is one jvp and one vjp"
     assert est.method == method
     assert est.norm.shape == est.residual.shape == est.converged.shape == (batch,)
-    assert est.norm.dtype == est.residual.dtype == F64 and est.converged.dtype == torch.bool
-    sigma = torch.linalg.svdvals(M)
-    nearest = (sigma - est.norm[:, None]).abs().amin(dim=-1)
-    assert bool((nearest <= est.residual + rounding(M)).all()), (nearest, est.residual)
-    assert bool((est.norm <= sigma[:, 0] + rounding(M)).all())
+    assert est.norm.dtype == est.residual.dtype == dtype and est.converged.dtype == torch.bool
+    sigma = torch.linalg.svdvals(M.to(F64))
+    # M's products and the residual's norm round in M's dtype: 2 n eps ||M|| (first order)
+    floor = rounding(M.to(F64)) * (torch.finfo(dtype).eps / EPS)
+    norm, residual = est.norm.to(F64), est.residual.to(F64)
+    nearest = (sigma - norm[:, None]).abs().amin(dim=-1)
+    assert bool((nearest <= residual + floor).all()), (nearest, residual)
+    assert bool((norm <= sigma[:, 0] + floor).all())
     assert bool(est.converged.all())
     # the top singular value is 3 + O(0.5) against a Gaussian rest of norm <= ~1.5: residual < gap / 2
     gap = sigma[:, 0] - sigma[:, 1]
-    assert bool((est.residual <= 0.5 * gap).all()), "a converged estimate resolves sigma_1"
-    assert torch.equal(analysis.power_norm(counted_map(M), y), analysis.norm_estimate(counted_map(M), y, "power").norm)
+    assert bool((residual <= 0.5 * gap).all()), "a converged estimate resolves sigma_1"
+    # power_norm passes each option on: 2 steps stop it before 1e-3 (it takes 4 or more), 1e-3 before 1e-10
+    for options in (dict(max_iter=2, seed=3), dict(rtol=1e-3, seed=3)):
+        expected = analysis.norm_estimate(counted_map(M), y, "power", **options).norm  # type: ignore[arg-type]
+        assert torch.equal(analysis.power_norm(counted_map(M), y, **options), expected)  # type: ignore[arg-type]
 
 
 @given(n=st.integers(1, 12), batch=batches, seed=SEEDS)
@@ -287,18 +298,20 @@ def test_low_rank_operators_are_solved_past_their_invariant_subspace(n, rank, ba
 
 
 def test_thin_wrappers_pass_every_option_on() -> None:
-    """jacobian_norm and spectral_radius are the norm and rho of norm_estimate and spectrum with the same options,
-    each of which changes the bits here (so a dropped one shows)."""
+    """jacobian_norm is the norm of norm_estimate with the same options, each of which changes the norm here (so
+    a dropped one shows): a budget of 6 products (no restart, not converged) with a seed and a Krylov dimension of
+    its own; then a loose rtol, which stops a run that the default would continue."""
     M = operator(30, 2, 3)
     f, y = counted_map(M), torch.zeros(2, 30, 1, dtype=F64)
-    options = dict(max_iter=15, rtol=1e-7, seed=5, krylov_dim=6)  # 15 bounds the deflated check's budget
-    assert torch.equal(
-        analysis.jacobian_norm(f, y, "lanczos", **options), analysis.norm_estimate(f, y, "lanczos", **options).norm
-    )
-    reference = analysis.norm_estimate(f, y, "lanczos", **options)
-    for name, default in (("max_iter", 500), ("rtol", None), ("seed", 0), ("krylov_dim", 20)):
-        other = analysis.norm_estimate(f, y, "lanczos", **{**options, name: default})
-        assert other.products != reference.products or not torch.equal(other.residual, reference.residual), name
+    defaults = {"max_iter": 500, "rtol": None, "seed": 0, "krylov_dim": 20}
+    for options in (dict(max_iter=6, seed=5, krylov_dim=6), dict(rtol=1e-4, krylov_dim=6)):
+        expected = analysis.norm_estimate(f, y, "lanczos", **options).norm  # type: ignore[arg-type]
+        assert torch.equal(analysis.jacobian_norm(f, y, "lanczos", **options), expected)  # type: ignore[arg-type]
+        for name in options:
+            if name == "krylov_dim" and "rtol" in options:
+                continue
+            other = analysis.norm_estimate(f, y, "lanczos", **{**options, name: defaults[name]})  # type: ignore[arg-type]
+            assert not torch.equal(other.norm, expected), name
 
 
 def test_iterative_rtol_is_ten_times_the_rounding_floor_or_1e10() -> None:

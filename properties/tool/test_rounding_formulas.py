@@ -63,3 +63,54 @@ def test_bounds_are_the_derived_formulas(batch, tokens, dim, relaxation, dtype, 
     H = 3 * a * diam * row_max(A) ** 2
     # the layer forms A in its own dtype: two length-D products per entry (2 D eps), squared in ||a_j||^2
     assert torch.allclose(second_order_constant(layer, x), H, rtol=8 * (dim + 1) * eps, atol=0)
+
+
+@given(
+    batch=st.integers(1, 2),
+    tokens=st.integers(1, 4),
+    heads=st.integers(1, 3),
+    width=st.integers(1, 2),
+    dtype=st.sampled_from([F64, torch.float32]),
+    scale=st.floats(0.1, 2.0),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_multi_head_bounds_are_the_derived_formulas(batch, tokens, heads, width, dtype, scale, seed) -> None:
+    """Heads with an output map W_O (multihead): per head diam(U_h) (s_err + 4 eps) + (N + 4) eps ||W_h||_2
+    ||V_h||max with U_h = V_h W_h, plus (N + 4) eps (||y|| + ||x||) and the final product's (h d + 2) eps ||W_O||_F
+    sqrt(sum_h ||V_h||max^2) (map_rounding's docstring); J's columns: each head's (diam(V_h) + 2 ||V_h||max)
+    stretched by ||W_h||_2, then W_O's product (jacobian_rounding's). W: the scores pass through W_Q and W_K."""
+    from iqa.variants.multihead import MultiHeadHopfieldAttention
+
+    g = torch.Generator().manual_seed(seed)
+    D = heads * width
+    layer = MultiHeadHopfieldAttention(D, heads=heads)
+    for linear in (layer.W_Q, layer.W_K, layer.W_V, layer.W_O):
+        linear_init_(linear, scale, g)
+    layer = layer.to(dtype)
+    x = torch.randn(batch, tokens, D, generator=g, dtype=F64).to(dtype)
+    y = torch.randn(batch, tokens, D, generator=g, dtype=F64).to(dtype)
+    eps = torch.finfo(dtype).eps
+    norms = [float(torch.linalg.svdvals(w.weight.detach().to(F64))[0]) for w in (layer.W_Q, layer.W_K)]
+    W = norms[0] * norms[1]
+    assert math.isclose(weight_norm_product(layer, x), W, rel_tol=1e-12)
+    X, Y = row_max(x), row_max(y)
+    s_err = (D + 2) * eps * W * X * (Y + X + math.sqrt(D))
+    with torch.no_grad():
+        Vs = layer.head_values(x).to(F64)  # [B, h, N, d]
+        Ws = layer.head_outputs().to(F64)  # [h, d, D]
+    diam = lambda t: torch.cdist(t, t).amax(dim=(-2, -1))  # noqa: E731
+    per_head = [
+        diam(Vs[:, h] @ Ws[h]) * (s_err + 4 * eps)
+        + (tokens + 4) * eps * torch.linalg.svdvals(Ws[h])[0] * row_max(Vs[:, h])
+        for h in range(heads)
+    ]
+    concat = torch.sqrt(sum(row_max(Vs[:, h]) ** 2 for h in range(heads)))
+    W_O = torch.linalg.vector_norm(Ws)
+    f_err = sum(per_head) + (tokens + 4) * eps * (Y + X) + (heads * width + 2) * eps * W_O * concat
+    close = dict(rtol=1e-12, atol=0.0)
+    assert torch.allclose(map_rounding(layer, x, y), f_err, **close)
+    sizes = [diam(Vs[:, h]) + 2 * row_max(Vs[:, h]) for h in range(heads)]
+    stretched = sum(torch.linalg.svdvals(Ws[h])[0] * sizes[h] for h in range(heads))
+    product = (heads * width + 2) * eps * W_O * sum(sizes)
+    terms = W * X * (stretched * (s_err + (2 * tokens + 2 * D + 8) * eps) + product)
+    assert torch.allclose(jacobian_rounding(layer, x, y), math.sqrt(tokens * D) * terms, **close)
