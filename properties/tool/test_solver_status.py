@@ -719,3 +719,37 @@ def test_anderson_falls_back_on_ill_conditioned_system(n: int, mixing: float, st
     )
     # every step after the first Picard one (steps 2..steps-1 choose a next iterate) refused the extrapolation
     assert anderson.fallbacks == steps - 2, f"Anderson took an ill-conditioned step: fallbacks {anderson.fallbacks}"
+
+
+@given(
+    kinds=st.lists(st.sampled_from(["well", "scaled", "rank", "zero_row", "nonfinite"]), min_size=1, max_size=4),
+    k=st.integers(2, 6),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_numerical_singularity_is_of_directions_not_of_sizes(kinds, k, seed) -> None:
+    """Anderson's singularity test without a ridge, on Gram systems S = G G^T whose answer is known by
+    construction, per element of a batch, on the host (numpy) and on the recorded path (torch) alike: orthogonal
+    residual directions are sound whatever their sizes (10^-6 .. 10^6, so that cond(S) is 10^24 but the
+    Jacobi-scaled cond is 1), a dependent direction or a zero residual is singular, and a non-finite system is
+    left to the other checks (not singular here)."""
+    from iqa.solvers.anderson import _numerically_singular, _numerically_singular_torch
+
+    rng = np.random.default_rng(seed)
+    n = k + 3
+    systems, expected = [], []
+    for kind in kinds:
+        Q = np.linalg.qr(rng.normal(size=(n, k)))[0].T  # k orthonormal rows
+        sizes = 10.0 ** rng.uniform(-6, 6, size=k) if kind == "scaled" else rng.uniform(0.5, 2.0, size=k)
+        G = sizes[:, None] * Q
+        if kind == "rank":
+            G[-1] = rng.uniform(-2, 2, size=k - 1) @ G[:-1]
+        elif kind == "zero_row":
+            G[rng.integers(k)] = 0.0
+        S = G @ G.T
+        if kind == "nonfinite":
+            S[0, -1] = math.nan
+        systems.append(S)
+        expected.append(kind in ("rank", "zero_row"))
+    S = np.stack(systems)
+    assert _numerically_singular(S.copy(), k).tolist() == expected
+    assert _numerically_singular_torch(torch.from_numpy(S), k).tolist() == expected
