@@ -102,3 +102,20 @@ def test_empirical_rate_refuses_bad_input_by_name(call, message: str) -> None:
     r = torch.tensor([1.0, 0.5, 0.25, 0.125, 0.0625], dtype=torch.float64)
     with pytest.raises(ValueError, match=message):
         call(r)
+
+
+def test_solution_rate_is_the_rate_of_the_solutions_own_history() -> None:
+    """solution_rate = empirical_rate of the Solution's absolute residuals, each element cut at its own step
+    count, with the options passed on (each changes the answer here) and the same defaults."""
+    from iqa import solve
+
+    M = torch.tensor([[[0.5, 0.2], [0.0, 0.3]], [[0.9, 0.0], [0.1, 0.2]]], dtype=torch.float64)
+    b = torch.tensor([[1.0, -1.0], [0.5, 2.0]], dtype=torch.float64)
+    sol = solve(lambda y: (M @ y[..., None]).squeeze(-1) + b, torch.zeros(2, 2, dtype=torch.float64), tol=1e-9)
+    assert sol.steps[0] != sol.steps[1]
+    assert torch.equal(analysis.solution_rate(sol), analysis.empirical_rate(sol.residuals, sol.steps))
+    for options in (dict(tail=1.0), dict(floor=1e-6), dict(min_points=30), dict(tail=0.3, floor=1e-8, min_points=3)):
+        expected = analysis.empirical_rate(sol.residuals, sol.steps, **options)
+        got = analysis.solution_rate(sol, **options)
+        assert torch.allclose(got, expected, rtol=0, atol=0, equal_nan=True)
+        assert not torch.allclose(expected, analysis.solution_rate(sol), rtol=0, atol=0, equal_nan=True), options

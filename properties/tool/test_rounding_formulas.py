@@ -114,3 +114,54 @@ def test_multi_head_bounds_are_the_derived_formulas(batch, tokens, heads, width,
     product = (heads * width + 2) * eps * W_O * sum(sizes)
     terms = W * X * (stretched * (s_err + (2 * tokens + 2 * D + 8) * eps) + product)
     assert torch.allclose(jacobian_rounding(layer, x, y), math.sqrt(tokens * D) * terms, **close)
+
+
+def test_without_a_score_path_the_bounds_take_every_weight_and_x_as_values() -> None:
+    """W = prod max(1, ||W||_2) over every weight matrix when the score path is unknown (no x, frozen weights, or
+    a layer without a score form), and a layer without a score form rounds like one whose values are x."""
+    layer, _ = ImplicitQueryAttention(3).to(F64), None
+    g = torch.Generator().manual_seed(1)
+    for linear, scale in ((layer.W_K, 0.3), (layer.Omega_Q, 2.5)):  # one norm below 1, one above
+        linear_init_(linear, scale, g)
+    norms = [float(torch.linalg.svdvals(w.weight.detach())[0]) for w in (layer.W_K, layer.Omega_Q)]
+    assert norms[0] < 1 < norms[1]
+    x = torch.randn(2, 4, 3, generator=g, dtype=F64)
+    every = math.prod(max(1.0, s) for s in norms)
+    assert math.isclose(weight_norm_product(layer), every, rel_tol=1e-12)
+    assert math.isclose(weight_norm_product(layer, x), norms[0] * norms[1], rel_tol=1e-12)  # the score path
+    layer.requires_grad_(False)
+    assert math.isclose(weight_norm_product(layer, x), every, rel_tol=1e-12)
+    bare = type("NoScores", (ImplicitQueryAttention,), {"score_matrix": None, "values": None})(3).to(F64)
+    bare.load_state_dict(layer.state_dict())
+    assert math.isclose(weight_norm_product(bare, x), every, rel_tol=1e-12)
+    y = torch.randn(2, 4, 3, generator=g, dtype=F64)
+    eps = torch.finfo(F64).eps
+    X, Y = row_max(x), row_max(y)
+    s_err = 5 * eps * every * X * (Y + X + math.sqrt(3))
+    diam = torch.cdist(x, x).amax(dim=(-2, -1))
+    assert torch.allclose(map_rounding(bare, x, y), diam * (s_err + 4 * eps) + 8 * eps * (X + Y + X), rtol=1e-12, atol=0)
+
+
+def test_rate_intervals_feed_the_interval_what_they_document() -> None:
+    """rate_intervals: per element, _interval of the iterates with J at the last iterate (dense), H from
+    second_order_constant, eps_f the larger map_rounding at the first and the last iterate, the dtype's eps and
+    the state's rows."""
+    from iqa import solve
+    from iqa.analysis import jacobian
+    from iqa.analysis.linearization import _interval, rate_intervals
+
+    layer = ImplicitQueryAttention(2).to(F64)
+    g = torch.Generator().manual_seed(3)
+    for linear in (layer.W_K, layer.Omega_Q):
+        linear_init_(linear, 1.5, g)
+    x = torch.randn(2, 3, 2, generator=g, dtype=F64)
+    sol = solve(layer.fixed_point_map(x), x, "picard", tol=1e-12, max_iter=200, keep_iterates=True)
+    assert sol.iterates is not None
+    got = rate_intervals(layer, x, sol.iterates)
+    J = jacobian(layer.fixed_point_map(x), sol.iterates[-1])
+    H = second_order_constant(layer, x)
+    eps_f = torch.maximum(map_rounding(layer, x, sol.iterates[0]), map_rounding(layer, x, sol.iterates[-1]))
+    for b in range(2):
+        ys = [y[b] for y in sol.iterates]
+        expected = _interval(ys, J[b], float(H[b]), float(eps_f[b]), torch.finfo(F64).eps, 3)
+        assert expected is not None and got[b] == expected
