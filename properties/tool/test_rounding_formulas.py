@@ -119,7 +119,7 @@ def test_multi_head_bounds_are_the_derived_formulas(batch, tokens, heads, width,
 def test_without_a_score_path_the_bounds_take_every_weight_and_x_as_values() -> None:
     """W = prod max(1, ||W||_2) over every weight matrix when the score path is unknown (no x, frozen weights, or
     a layer without a score form), and a layer without a score form rounds like one whose values are x."""
-    layer, _ = ImplicitQueryAttention(3).to(F64), None
+    layer = ImplicitQueryAttention(3).to(F64)
     g = torch.Generator().manual_seed(1)
     for linear, scale in ((layer.W_K, 0.3), (layer.Omega_Q, 2.5)):  # one norm below 1, one above
         linear_init_(linear, scale, g)
@@ -139,7 +139,8 @@ def test_without_a_score_path_the_bounds_take_every_weight_and_x_as_values() -> 
     X, Y = row_max(x), row_max(y)
     s_err = 5 * eps * every * X * (Y + X + math.sqrt(3))
     diam = torch.cdist(x, x).amax(dim=(-2, -1))
-    assert torch.allclose(map_rounding(bare, x, y), diam * (s_err + 4 * eps) + 8 * eps * (X + Y + X), rtol=1e-12, atol=0)
+    expected = diam * (s_err + 4 * eps) + 8 * eps * (X + Y + X)  # N + 4 = 8
+    assert torch.allclose(map_rounding(bare, x, y), expected, rtol=1e-12, atol=0)
 
 
 def test_rate_intervals_feed_the_interval_what_they_document() -> None:
