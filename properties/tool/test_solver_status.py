@@ -686,29 +686,32 @@ def test_status_flips_exactly_at_tol(affine: Affine, method: str, stop: str, k: 
     )
 
 
-#: The ill-conditioned map's coupling: residuals c + EPSILON y of consecutive iterates are nearly parallel, so the
+#: The ill-conditioned map's coupling: residuals c + EPSILON A y of consecutive iterates are nearly parallel, so the
 #: mixing weights that cancel them are ~1 / EPSILON (> ALPHA_LIMIT = 1e4) in size.
 ILL_EPSILON = 2.0**-20
 
 
 @given(
-    n=st.integers(1, 4),
+    n=st.integers(2, 4),
     mixing=st.sampled_from([1.0, 0.75, 0.5]),
     steps=st.integers(3, 12),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_anderson_falls_back_on_ill_conditioned_system(n: int, mixing: float, steps: int, seed: int) -> None:
-    """On y -> y + c + EPSILON y (memory 2, no ridge) each residual g_k = c + EPSILON y_k is nearly the previous one:
-    the system is not singular, but its weights alpha have sum |alpha| ~ 1 / EPSILON > ALPHA_LIMIT, an
-    extrapolation towards the far root -c / EPSILON that amplifies rounding by that much. Anderson must refuse
-    every such step: its residual history is bit for bit damped Picard's (mixing), and each refused step is a
-    counted fallback."""
+    """On y -> y + c + EPSILON A y (A Gaussian, memory 2, no ridge) each residual g_k = c + EPSILON A y_k is nearly
+    the previous one, off by EPSILON A (y_k - y_(k-1)), which is not parallel to c: the Gram system is
+    ill-conditioned (cond ~ 1 / EPSILON^2 ~ 1e12) but not singular to rounding (that would need 1 / (2 eps) ~ 2e15,
+    and with A = I, or n = 1, the residuals are parallel and it is), and its weights alpha have sum |alpha| ~
+    1 / EPSILON > ALPHA_LIMIT, an extrapolation that amplifies rounding by that much. Anderson must refuse every
+    such step: its residual history is bit for bit damped Picard's (mixing), and each refused step is a counted
+    fallback."""
     g = torch.Generator().manual_seed(seed)
     c = torch.randn(1, n, dtype=torch.float64, generator=g)
     y0 = torch.randn(1, n, dtype=torch.float64, generator=g)
+    A = torch.randn(n, n, dtype=torch.float64, generator=g)
 
     def f(y: Tensor) -> Tensor:
-        return y + c + ILL_EPSILON * y
+        return y + c + ILL_EPSILON * y @ A.T
 
     anderson = solve(f, y0, "anderson", tol=1e-300, max_iter=steps, memory=2, mixing=mixing, ridge=0.0)
     picard = solve(f, y0, "picard", tol=1e-300, max_iter=steps, damping=mixing)
