@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from torch import Tensor
 
@@ -88,6 +88,8 @@ sizes = st.integers(MIN_KRYLOV + 2, 24)
 batches = st.integers(1, 3)
 
 
+@example(n=MIN_KRYLOV + 2, batch=2, seed=0, krylov_dim=MIN_KRYLOV + 2)  # m = n: no check, second is NaN
+@example(n=12, batch=2, seed=1, krylov_dim=MIN_KRYLOV)  # m < n: the deflated check runs
 @given(n=sizes, batch=batches, seed=SEEDS, krylov_dim=st.integers(MIN_KRYLOV, 8))
 def test_arnoldi_reports_its_products_and_its_own_residual(n: int, batch: int, seed: int, krylov_dim: int) -> None:
     """``jvps`` is the number of Jacobian-vector products taken (vjps: none); theta is within cond times its
