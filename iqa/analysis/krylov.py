@@ -206,7 +206,7 @@ def krylov_schur(
             y_dom = torch.nn.functional.pad(y, (0, m - j - 1))
             size = torch.maximum(size, torch.linalg.matrix_norm(H[:, : j + 2, : j + 1].to(torch.float64), "fro"))
             tol = rtol * size
-            estimate = (H[:, j + 1, : j + 1].to(torch.float64).to(y.dtype) @ y[..., None]).squeeze(-1).abs()
+            estimate = (H[:, j + 1, : j + 1].to(y.dtype) * y).sum(dim=-1).abs()  # |h_(j+1,j) e_j^T y| per element
             if bool((estimate <= tol).all()) or j + 1 >= n:
                 return _finish(op, V, y_dom, theta, tol, applications)
         if cycle == max_restarts:
