@@ -147,6 +147,7 @@ def test_weight_norms_come_from_the_layer_or_make_the_weights_bound_infinite() -
     doubled = heads_layer(head_score_weight_norms=twice_the_norms)
     doubled.load_state_dict(layer.state_dict())
     twice = analysis.certificates(doubled, X).kappa_weights
+    # doubling is exact; the sum over two heads and the relaxation round once or twice: a few eps
     assert torch.allclose(twice - (1 - a), 2 * (plain - (1 - a)), rtol=1e-14, atol=0)
     unknown = analysis.certificates(heads_layer(head_score_weight_norms=None), X).kappa_weights
     assert head_weight_norms(heads_layer(head_score_weight_norms=None)) is None
@@ -158,4 +159,4 @@ def test_weight_norms_come_from_the_layer_or_make_the_weights_bound_infinite() -
     # A Y^T: kappa_w = diam(V) ||M||_2 max_i ||x_i|| / 2 (docs/theory.md)
     V = reported.values(X)
     expected = 0.5 * torch.cdist(V, V).amax(dim=(-2, -1)) * 3.0 * torch.linalg.vector_norm(X, dim=-1).amax(-1)
-    assert torch.allclose(finite, expected, rtol=1e-14, atol=0)
+    assert torch.allclose(finite, expected, rtol=1e-14, atol=0)  # three products of float64 norms: a few eps

@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 from iqa import analysis
 from iqa.analysis.certified_solution import CERTIFICATE_NORMS, in_norm, steps_needed, token_norm
 from iqa.analysis.rounding import map_rounding
-from iqa.layer import ImplicitQueryAttention, linear_init_
-from iqa.variants.builtin import DampedQueryAttention
+from properties.tool.layers import relaxed_seed
 
 F64 = torch.float64
 
@@ -41,10 +40,7 @@ def test_steps_needed_edges() -> None:
 
 def layer_of(dim: int, relaxation: float, scale: float, seed: int):
     g = torch.Generator().manual_seed(seed)
-    layer = ImplicitQueryAttention(dim) if relaxation == 1.0 else DampedQueryAttention(dim, relaxation=relaxation)
-    for linear in (layer.W_K, layer.Omega_Q):
-        linear_init_(linear, scale, g)
-    return layer.to(F64), g
+    return relaxed_seed(dim, relaxation, scale, g), g
 
 
 @given(

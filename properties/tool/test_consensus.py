@@ -16,8 +16,7 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 from iqa import analysis
-from iqa.layer import ImplicitQueryAttention, linear_init_
-from iqa.variants.builtin import DampedQueryAttention
+from properties.tool.layers import relaxed_seed
 
 F64 = torch.float64
 EPS = torch.finfo(F64).eps
@@ -33,10 +32,7 @@ EPS = torch.finfo(F64).eps
 def test_consensus_eigenvalues_are_the_jacobians(dim: int, extra: int, relaxation: float, scale: float, seed: int):
     tokens = dim + extra
     g = torch.Generator().manual_seed(seed)
-    layer = ImplicitQueryAttention(dim) if relaxation == 1.0 else DampedQueryAttention(dim, relaxation=relaxation)
-    layer = layer.to(F64)
-    for linear in (layer.W_K, layer.Omega_Q):
-        linear_init_(linear, scale, g)
+    layer = relaxed_seed(dim, relaxation, scale, g)
     x = torch.randn(1, tokens, dim, generator=g, dtype=F64)
     values = analysis.consensus_eigenvalues(layer, x)[0].numpy()
     assert values.shape == (dim * dim + 1,)

@@ -216,5 +216,6 @@ def test_the_seed_layer_names_its_key_and_query_and_the_norm_of_their_product() 
     assert set(roles) == {"key", "query"}
     assert roles["key"] is layer.W_K.weight and roles["query"] is layer.Omega_Q.weight
     M = layer.W_K.weight.T @ layer.Omega_Q.weight
+    # ord=2 and svdvals both take the top singular value of the same 5 x 5 product by LAPACK: a few eps apart
     assert torch.allclose(layer.score_weight_norm(), torch.linalg.svdvals(M)[0], rtol=1e-14, atol=0)
     assert FixedPointLayer.weight_roles(layer) == {}

@@ -15,9 +15,12 @@ from hypothesis import strategies as st
 from iqa.analysis.linearization import second_order_constant
 from iqa.analysis.rounding import jacobian_rounding, map_rounding, score_rounding, weight_norm_product
 from iqa.layer import ImplicitQueryAttention, linear_init_
-from iqa.variants.builtin import DampedQueryAttention
+from properties.tool.layers import relaxed_seed
 
 F64 = torch.float64
+#: The same float64 formula evaluated in another order (norms by svdvals and cdist here): a few eps per term over
+#: fewer than 30 terms, so 1e-12 relative leaves ~100x room and still catches any changed constant (>= 1e-3).
+FORMULA_RTOL = 1e-12
 
 
 def row_max(t: torch.Tensor) -> torch.Tensor:
@@ -35,20 +38,17 @@ def row_max(t: torch.Tensor) -> torch.Tensor:
 )
 def test_bounds_are_the_derived_formulas(batch, tokens, dim, relaxation, dtype, scale, seed) -> None:
     g = torch.Generator().manual_seed(seed)
-    layer = ImplicitQueryAttention(dim) if relaxation == 1.0 else DampedQueryAttention(dim, relaxation=relaxation)
-    for linear in (layer.W_K, layer.Omega_Q):
-        linear_init_(linear, scale, g)
-    layer = layer.to(dtype)
+    layer = relaxed_seed(dim, relaxation, scale, g, dtype)
     x = torch.randn(batch, tokens, dim, generator=g, dtype=F64).to(dtype)
     y = torch.randn(batch, tokens, dim, generator=g, dtype=F64).to(dtype)
     eps = torch.finfo(dtype).eps
     # W: the scores pass through W_K and Omega_Q, the product of their spectral norms
     norms = [float(torch.linalg.svdvals(w.detach().to(F64))[0]) for w in (layer.W_K.weight, layer.Omega_Q.weight)]
     W = norms[0] * norms[1]
-    assert math.isclose(weight_norm_product(layer, x), W, rel_tol=1e-12)
+    assert math.isclose(weight_norm_product(layer, x), W, rel_tol=FORMULA_RTOL)
     X, Y = row_max(x), row_max(y)
     s_err = (dim + 2) * eps * W * X * (Y + X + math.sqrt(dim))
-    close = dict(rtol=1e-12, atol=0.0)
+    close = dict(rtol=FORMULA_RTOL, atol=0.0)
     assert torch.allclose(score_rounding(layer, x, y), s_err, **close)
     diam = torch.cdist(x.to(F64), x.to(F64)).amax(dim=(-2, -1))  # V = x for the seed
     f_err = diam * (s_err + 4 * eps) + (tokens + 4) * eps * (X + Y + X)
@@ -92,7 +92,7 @@ def test_multi_head_bounds_are_the_derived_formulas(batch, tokens, heads, width,
     eps = torch.finfo(dtype).eps
     norms = [float(torch.linalg.svdvals(w.weight.detach().to(F64))[0]) for w in (layer.W_Q, layer.W_K)]
     W = norms[0] * norms[1]
-    assert math.isclose(weight_norm_product(layer, x), W, rel_tol=1e-12)
+    assert math.isclose(weight_norm_product(layer, x), W, rel_tol=FORMULA_RTOL)
     X, Y = row_max(x), row_max(y)
     s_err = (D + 2) * eps * W * X * (Y + X + math.sqrt(D))
     with torch.no_grad():
@@ -107,7 +107,7 @@ def test_multi_head_bounds_are_the_derived_formulas(batch, tokens, heads, width,
     concat = torch.sqrt(sum(row_max(Vs[:, h]) ** 2 for h in range(heads)))
     W_O = torch.linalg.vector_norm(Ws)
     f_err = sum(per_head) + (tokens + 4) * eps * (Y + X) + (heads * width + 2) * eps * W_O * concat
-    close = dict(rtol=1e-12, atol=0.0)
+    close = dict(rtol=FORMULA_RTOL, atol=0.0)
     assert torch.allclose(map_rounding(layer, x, y), f_err, **close)
     sizes = [diam(Vs[:, h]) + 2 * row_max(Vs[:, h]) for h in range(heads)]
     stretched = sum(torch.linalg.svdvals(Ws[h])[0] * sizes[h] for h in range(heads))
@@ -127,20 +127,20 @@ def test_without_a_score_path_the_bounds_take_every_weight_and_x_as_values() -> 
     assert norms[0] < 1 < norms[1]
     x = torch.randn(2, 4, 3, generator=g, dtype=F64)
     every = math.prod(max(1.0, s) for s in norms)
-    assert math.isclose(weight_norm_product(layer), every, rel_tol=1e-12)
-    assert math.isclose(weight_norm_product(layer, x), norms[0] * norms[1], rel_tol=1e-12)  # the score path
+    assert math.isclose(weight_norm_product(layer), every, rel_tol=FORMULA_RTOL)
+    assert math.isclose(weight_norm_product(layer, x), norms[0] * norms[1], rel_tol=FORMULA_RTOL)  # the score path
     layer.requires_grad_(False)
-    assert math.isclose(weight_norm_product(layer, x), every, rel_tol=1e-12)
+    assert math.isclose(weight_norm_product(layer, x), every, rel_tol=FORMULA_RTOL)
     bare = type("NoScores", (ImplicitQueryAttention,), {"score_matrix": None, "values": None})(3).to(F64)
     bare.load_state_dict(layer.state_dict())
-    assert math.isclose(weight_norm_product(bare, x), every, rel_tol=1e-12)
+    assert math.isclose(weight_norm_product(bare, x), every, rel_tol=FORMULA_RTOL)
     y = torch.randn(2, 4, 3, generator=g, dtype=F64)
     eps = torch.finfo(F64).eps
     X, Y = row_max(x), row_max(y)
     s_err = 5 * eps * every * X * (Y + X + math.sqrt(3))
     diam = torch.cdist(x, x).amax(dim=(-2, -1))
     expected = diam * (s_err + 4 * eps) + 8 * eps * (X + Y + X)  # N + 4 = 8
-    assert torch.allclose(map_rounding(bare, x, y), expected, rtol=1e-12, atol=0)
+    assert torch.allclose(map_rounding(bare, x, y), expected, rtol=FORMULA_RTOL, atol=0)
 
 
 def test_rate_intervals_feed_the_interval_what_they_document() -> None:
