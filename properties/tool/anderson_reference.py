@@ -2,7 +2,8 @@
 in test_anderson_reference.py): the former ``iqa/solvers.py`` reduced to its Anderson path (its tracker, step
 and stale-pair rule, verbatim), with the result types and shared constants taken from ``iqa.solvers.result``
 instead of a copy. Do not change the algorithm, except to follow a deliberate change of Anderson's, and say so
-in the commit.
+in the commit. One addition computes nothing the algorithm uses: ``solve(..., rounding=[])`` records, per step
+and element, a bound on the rounding of that step's least-squares mix (:func:`_mix_rounding`).
 """
 
 from __future__ import annotations
@@ -193,6 +194,7 @@ def _anderson(
     mixing: float,
     ridge: float,
     keep: bool,
+    rounding: list[list[float]] | None = None,
 ) -> Solution:
     """Anderson acceleration with three safeguards, each per batch element.
 
@@ -250,7 +252,7 @@ def _anderson(
             1 if g or m > RESTART_FACTOR * old else _fresh_pairs(track.abs_history, b, min(n + 1, memory))
             for b, (g, m, old, n) in enumerate(zip(gave_up, metric, best, usable))
         ]
-        y_next, fell_back = _anderson_step(xs, fs, mixing, ridge, usable)
+        y_next, fell_back = _anderson_step(xs, fs, mixing, ridge, usable, rounding)
         deviated = [d or (n > 1 and not fb) for d, n, fb in zip(deviated, usable, fell_back)]
         track.may_cycle = [g or not d for g, d in zip(gave_up, deviated)]
         # Count only elements still being solved: a decided element's step is discarded by the freeze.
@@ -311,7 +313,12 @@ def _fresh_pairs(abs_history: list[list[float]], b: int, n: int) -> int:
 
 
 def _anderson_step(
-    xs: deque[Tensor], fs: deque[Tensor], mixing: float, ridge: float, usable: list[int] | None = None
+    xs: deque[Tensor],
+    fs: deque[Tensor],
+    mixing: float,
+    ridge: float,
+    usable: list[int] | None = None,
+    rounding: list[list[float]] | None = None,
 ) -> tuple[Tensor, list[bool]]:
     """One Anderson (type II) update from the last m iterates, batched; also says which elements fell back.
 
@@ -334,6 +341,8 @@ def _anderson_step(
     x_last, f_last = xs[-1], fs[-1]
     picard = _relaxed(x_last, f_last, mixing)
     if len(xs) == 1 or (usable is not None and max(usable) == 1):
+        if rounding is not None:
+            rounding.append([0.0] * len(x_last))
         return picard, [False] * len(x_last)
     X = torch.stack(tuple(xs), dim=1)
     F = torch.stack(tuple(fs), dim=1)
@@ -371,9 +380,24 @@ def _anderson_step(
         # An element left with one pair takes the Picard step itself (bit for bit), and that is no fallback.
         accelerating = torch.ones_like(ok) if counts is None else counts > 1
         take = ok & accelerating
+    if rounding is not None:
+        used = [m if usable is None else usable[b] for b in range(len(ok))]
+        rounding.append([_mix_rounding(system[b], alpha[b], X[b], F[b], used[b]) if take[b] else 0.0
+                         for b in range(len(ok))])  # fmt: skip
     if bool(take.all()):
         return step, [False] * len(ok)
     return torch.where(take[:, None], step, picard), (~ok & accelerating).tolist()
+
+
+def _mix_rounding(system: Tensor, alpha: Tensor, X: Tensor, F: Tensor, used: int) -> float:
+    """A bound on the rounding of one accelerated step: 8 u eps (kappa + 1) sum|alpha| max ||pair||, the
+    rounding of the u x u solve (condition number kappa of the kept block, u the pairs used) carried through
+    the mix sum_i alpha_i f_i (the bound test_step_matches_reference_step holds single steps to)."""
+    block = system[-used:, -used:].double()
+    kappa = float(torch.linalg.cond(block))
+    scale = float(torch.cat([X[-used:], F[-used:]]).double().norm(dim=1).max())
+    eps = torch.finfo(X.dtype).eps
+    return 8 * used * eps * (kappa + 1) * float(alpha[-used:].abs().sum()) * scale
 
 
 def solve(
@@ -390,6 +414,7 @@ def solve(
     ridge: float = 1e-10,
     raise_on_failure: bool = False,
     keep_iterates: bool = False,
+    rounding: list[list[float]] | None = None,
 ) -> Solution:
     """Find y* = f(y*) starting from y0; report per batch element how it went.
 
@@ -408,6 +433,8 @@ def solve(
         ridge: Anderson's Tikhonov term, relative to trace(G G^T) / m.
         raise_on_failure: raise :class:`ConvergenceError` unless CONVERGED.
         keep_iterates: keep a detached copy of every iterate (for plots).
+        rounding: a list to append, per step after the first, each element's :func:`_mix_rounding` to
+            (0 for a Picard step or a fallback); test-only.
 
     Runs with autograd as the caller has it: under ``torch.no_grad()`` no graph
     is built; otherwise gradients flow through every step (the unrolled mode).
@@ -442,12 +469,13 @@ def solve(
             ridge=ridge,
             raise_on_failure=raise_on_failure,
             keep_iterates=keep_iterates,
+            rounding=rounding,
         )
         iterates = None if solution.iterates is None else [t.squeeze(1) for t in solution.iterates]
         return dataclasses.replace(solution, y=solution.y.squeeze(1), iterates=iterates)
     if method != "anderson":
         raise ValueError(f"the reference keeps only the former Anderson, not {method!r}")
-    solution = _anderson(f, y0, tol, max_iter, stop_mode, memory, mixing, ridge, keep_iterates)
+    solution = _anderson(f, y0, tol, max_iter, stop_mode, memory, mixing, ridge, keep_iterates, rounding)
     if raise_on_failure and not solution.converged:
         raise ConvergenceError(solution)
     return solution

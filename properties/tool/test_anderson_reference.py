@@ -12,7 +12,8 @@ The reference is the former ``iqa/solvers.py``, kept verbatim in
   scales): the same statuses, step counts and fallbacks. Rounding differs
   between the two (the Gram matrix is updated one row per step, the ring stores
   pairs in rotated order), and Anderson's least-squares step amplifies it by
-  up to kappa, so whole trajectories are not compared to a fixed tolerance.
+  up to kappa, so whole trajectories are not compared to a fixed tolerance: where the layers contract, the
+  iterates are compared within the sum of each step's least-squares rounding bound.
   A decision may differ only where the two runs' own residuals fall on
   different sides of one of its thresholds (tol, a new best, RESTART_FACTOR,
   STALE_FACTOR, the stall ratio of the cycle check, DIVERGENCE_FACTOR); such
@@ -25,7 +26,7 @@ from collections import deque
 
 import numpy as np
 import torch
-from hypothesis import assume, event, given, note
+from hypothesis import assume, event, example, given, note
 from hypothesis import strategies as st
 
 from iqa import Anderson, solve
@@ -153,21 +154,22 @@ def straddles(a, r, b: int, tol: float, history: int, until: int | None = None) 
 
 
 VARIANTS = st.sampled_from(["hopfield", "positional", "injection", "reference", "scaled", "damped"])
-#: Residual histories of a contractive solve agree to this, relative (measured: <= 2e-7 between the two
-#: implementations, the least-squares step amplifying rounding by its condition number), above a floor of
-#: FLOOR ||f(y)|| where the residual is rounding itself.
-AGREE, FLOOR = 1e-5, 1e-12
 
 
 def run_both(name, batch, tokens, dim, scale, seed, history, mixing, stop, tol):
+    """Both implementations on one problem, with their iterates, and the rounding budget of each iterate:
+    budget[t, b] = the sum of element b's :func:`reference._mix_rounding` over the steps that made y_1 .. y_t."""
     case = Case(batch=batch, tokens=tokens, dim=dim, dtype=F64, scale=scale, seed=seed)
     layer = case.layer(resolve(name))
     x = case.inputs()
     f, y0 = layer.fixed_point_map(x), layer.initial_point(x)
+    rounding: list[list[float]] = []
+    options = dict(tol=tol, max_iter=300, stop=stop, keep_iterates=True)
     with torch.no_grad():
-        ours = solve(f, y0, Anderson(history=history, mixing=mixing), tol=tol, max_iter=300, stop=stop)
-        theirs = reference.solve(f, y0, "anderson", memory=history, mixing=mixing, tol=tol, max_iter=300, stop=stop)
-    return ours, theirs
+        ours = solve(f, y0, Anderson(history=history, mixing=mixing), **options)
+        theirs = reference.solve(f, y0, "anderson", memory=history, mixing=mixing, rounding=rounding, **options)
+    budget = torch.tensor([[0.0] * batch, *rounding], dtype=F64).cumsum(0)
+    return ours, theirs, budget
 
 
 def solve_cases(scales: st.SearchStrategy[float]) -> st.SearchStrategy[dict]:
@@ -188,15 +190,22 @@ def solve_cases(scales: st.SearchStrategy[float]) -> st.SearchStrategy[dict]:
 
 
 @given(problem=solve_cases(st.floats(0.5, 1.5)))
+# thorough found it: 157 steps, rounding grows from 1e-14 to 1e-5 of the falling residual (a fixed relative
+# tolerance failed; the iterates stay within their budget)
+@example(problem=dict(name="reference", batch=1, tokens=5, dim=7, scale=1.5, seed=2463, history=3, mixing=1.0,
+                      stop="abs", tol=1e-06))  # fmt: skip
 def test_contractive_solves_match_reference(problem: dict) -> None:
-    """Where the layers contract: the same statuses, steps and fallbacks, and residual histories that agree to
-    AGREE, except for an element whose two runs straddle a threshold before their residuals part."""
-    ours, theirs = run_both(**problem)
+    """Where the layers contract: the same statuses, steps and fallbacks, and iterates that agree within the
+    rounding their least-squares steps have accumulated, except for an element whose two runs straddle a
+    threshold before their iterates part."""
+    ours, theirs, budget = run_both(**problem)
+    assert ours.iterates is not None and theirs.iterates is not None
     rows = min(ours.n_steps, theirs.n_steps)
-    a, r = ours.stop_residuals[:rows], theirs.stop_residuals[:rows]
-    ref_norm = theirs.residuals[:rows] / theirs.relative_residuals[:rows].clamp_min(1e-300)
-    floor = FLOOR * (ref_norm if problem["stop"] == "abs" else torch.ones_like(ref_norm))
-    apart = (a - r).abs() > AGREE * torch.maximum(a.abs(), r.abs()) + floor
+    ys_a, ys_r = torch.stack(ours.iterates[:rows]).flatten(2), torch.stack(theirs.iterates[:rows]).flatten(2)
+    # Each accelerated step t rounds its mix by at most _mix_rounding (8 u eps (kappa_t + 1) sum|alpha_t|
+    # max||pair_t||, kappa_t its Gram system's condition number), and the contracting iteration damps what
+    # earlier steps left: measured ||y_t - y'_t|| <= 0.01 (budget_t + eps ||y_t||) over 150 random solves.
+    apart = (ys_a - ys_r).norm(dim=-1) > budget[:rows] + EPS * ys_r.norm(dim=-1)
     note(f"ours {ours.statuses} {ours.steps} {ours.fallbacks}; reference {theirs.statuses} {theirs.steps}"
          f" {theirs.fallbacks}")  # fmt: skip
     straddled = 0
@@ -205,7 +214,10 @@ def test_contractive_solves_match_reference(problem: dict) -> None:
         if straddles(ours, theirs, b, problem["tol"], problem["history"], until=parted):
             straddled += 1
             continue
-        assert parted == rows, f"element {b}: residuals part at step {parted + 1} with no threshold straddled"
+        assert parted == rows, (
+            f"element {b}: iterates part at step {parted + 1} with no threshold straddled"
+            f" ({float((ys_a[parted, b] - ys_r[parted, b]).norm()):.2e} apart, budget {float(budget[parted, b]):.2e})"
+        )
         assert (ours.statuses[b].value, ours.steps[b]) == (theirs.statuses[b].value, theirs.steps[b])
     event(f"elements with a decision within rounding of a threshold: {straddled}")
     if not straddled:
@@ -216,7 +228,7 @@ def test_contractive_solves_match_reference(problem: dict) -> None:
 def test_cycling_solves_match_reference(problem: dict) -> None:
     """Up to the scales where the layers cycle: the same statuses and steps, except for an element whose two
     runs straddle a threshold (here trajectories may part from rounding alone, amplified by the iteration)."""
-    ours, theirs = run_both(**problem)
+    ours, theirs, _ = run_both(**problem)
     explained = [straddles(ours, theirs, b, problem["tol"], problem["history"]) for b in range(problem["batch"])]
     event(f"elements with a decision within rounding of a threshold: {sum(explained)}")
     for b in range(problem["batch"]):
