@@ -6,7 +6,9 @@ what mutmut left in ``mutants/`` and writes two files, each atomically, both
 rendered in memory before either is written:
 
 - ``score.json``: ``killed``, ``survived``, ``equivalent``, ``timeout``,
-  ``total`` (= their sum), the score, and the same counts per module;
+  ``total`` (= their sum), the score, the same counts per module, and every
+  mutant that was not killed (name, module, function, status, class, reason,
+  changed lines) under ``mutants``;
 - ``README.md``: the counts per module, every surviving mutant with a one-line
   reason (equivalent, or a gap, with its function and diff), every timed-out
   mutant, and any stale entry of the equivalent list.
@@ -39,16 +41,31 @@ notes, keyed alike, that give a surviving mutant a more specific reason. An
 entry is *stale* when its module was fully run and it matches no survivor: it
 matches nothing (the code changed) or only killed or timed-out mutants (the
 claim of equivalence is contradicted, or the gap was closed).
+
+A survivor no entry explains gets a reason from the kind of change that
+survived (:func:`gap_kind`: only a message's text, a default option, a
+comparison's boundary, a constant, a dtype or device argument, a forced branch,
+an axis), so that the list reads as a map of what the properties do not pin.
+
+``--rerender`` writes the two files again from the mutants recorded in
+``score.json`` with the equivalent list as it is now, without mutmut or
+``mutants/``: how a survivor classified after a run (a new entry) reaches the
+report. Killed mutants are recorded only as counts, so an entry that matches
+no recorded mutant is reported as stale.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import re
 import sys
+import tokenize
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +123,97 @@ GAP_REASON_BY_STATUS: dict[str, str] = {
     "suspicious": "no clean verdict (suspicious): rerun it",
     "check was interrupted by user": "no clean verdict (pytest exit 2: interrupted or a collection error): rerun it",
 }
+
+
+#: The kinds of surviving change :func:`gap_kind` tells apart, each with the reason it gives.
+GAP_KINDS: dict[str, str] = {
+    "message": "gap: only the text of a message changes; the properties match a key phrase of it, not all of it",
+    "string": "gap: a string literal that is not a message changes (an option or a name); no property observes it",
+    "default": "gap: a default option changes; no property pins this default's value",
+    "dtype or device": "gap: a dtype or device conversion is dropped or replaced; no property reaches it with inputs "
+    "where it matters (float32 or float16, another device)",
+    "forced branch": "gap: a condition is forced one way; both branches give results the properties accept",
+    "boundary": "gap: a comparison's boundary moves (< and <=, > and >=); no draw lands on it",
+    "logic": "gap: a logical operator flips (and/or, ==/!=); no draw makes the two differ where a property looks",
+    "axis": "gap: an axis or index changes; every property that reaches it passed (on the drawn shapes both may "
+    "name the same values)",
+    "constant": "gap: a numeric constant changes; every property that reaches it passed with the new value",
+    "operator": "gap: an arithmetic operator changes; every property that reaches it passed",
+    "argument dropped": "gap: an argument or term is dropped; every property that reaches it passed without it",
+}
+
+#: A string literal, f-strings and prefixes included (one line).
+_STRING = re.compile(r"""[rRbBuUfF]{0,2}("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
+_COMPARISONS = {"<", "<=", ">", ">="}
+_LOGIC = {"and", "or", "==", "!=", "is", "in", "not"}
+_ARITHMETIC = {"+", "-", "*", "/", "//", "%", "**", "@"}
+_AXIS_NAMES = {"dim", "axis", "dims", "dim1", "dim2"}
+_REDUCTIONS = {"sum", "amax", "amin", "max", "min", "mean", "norm", "size", "any", "all", "flatten", "squeeze",
+               "unsqueeze", "softmax", "cumsum", "prod", "transpose"}  # fmt: skip
+
+
+def _tokens(text: str) -> list[str] | None:
+    try:
+        return [t.string for t in tokenize.generate_tokens(StringIO(text + "\n").readline)
+                if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.ENDMARKER)]  # fmt: skip
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return None
+
+
+def _token_kind(old: list[str], i: int, new: str) -> str | None:
+    """The kind of the one-token change old[i] -> new."""
+    j = i - 1 if i > 0 and old[i] not in "+-" and old[i - 1] in "+-" else i  # a signed number: its context
+    before = old[j - 1] if j >= 1 else ""
+    axis_context = before == "[" or (before in ("=", "(") and j >= 2 and old[j - 2] in _AXIS_NAMES | _REDUCTIONS)
+    if axis_context and (old[i].isdigit() or old[i] in "+-"):
+        return "axis"
+    if old[i] in _COMPARISONS and new in _COMPARISONS:
+        return "boundary"
+    if old[i] in _LOGIC or new in _LOGIC:
+        return "logic"
+    if re.fullmatch(r"\d+(\.\d*)?(e[-+]?\d+)?", old[i]):
+        return "constant"
+    if old[i] in _ARITHMETIC and new in _ARITHMETIC:
+        return "operator"
+    return None
+
+
+def gap_kind(before: str, after: str) -> str:
+    """The reason for a surviving change (``before`` -> ``after``, stripped lines) that no entry explains: one
+    of :data:`GAP_KINDS` where the change is of a recognisable kind, else the generic one."""
+    blank_before, blank_after = _STRING.sub('""', before), _STRING.sub('""', after)
+    digits = re.compile(r"\d+(\.\d*)?")
+    if re.search(r"\bdef \w+\(|^\w+: [^=]+ = ", before) and (
+        blank_before == blank_after or digits.sub("N", before) == digits.sub("N", after)
+    ):
+        return GAP_KINDS["default"]
+    in_message = re.match(r"""[rRbBuUfF]{0,2}["']""", before) or re.search(r"\braise |\bwarn\(|Error\(", before)
+    if in_message and (blank_before == blank_after or re.fullmatch(r"(raise \w+\()?None\)?( from \w+)?,?", after)):
+        return GAP_KINDS["message"]
+    if blank_before == blank_after:
+        return GAP_KINDS["string"]
+    conversions = re.compile(r"\.to\([^()]*\)|, (dtype|device)=[^,()]+")
+    if re.search(r"\b(dtype|device)=None|\.to\(None|\.to\((\w+, )?\)|\.to\([^()]*, None\)", after) or (
+        re.search(r"\b(dtype|device)=|\.to\(", before) and conversions.sub("", before) == conversions.sub("", after)
+    ):
+        return GAP_KINDS["dtype or device"]
+    if re.search(r"\) (or True|and False)\b", after):
+        return GAP_KINDS["forced branch"]
+    old, new = _tokens(before), _tokens(after)
+    if old is None or new is None:
+        return GAP_REASON_BY_STATUS["survived"]
+    if len(old) == len(new):
+        kinds = {_token_kind(old, i, y) for i, (x, y) in enumerate(zip(old, new)) if x != y}
+        if len(kinds) == 1 and None not in kinds:
+            return GAP_KINDS[kinds.pop()]
+    elif len(new) < len(old):
+        ops = difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes()
+        dropped = [old[i1:i2] for tag, i1, i2, _, _ in ops if tag != "equal"]
+        if all(tag == "delete" for tag, *_ in ops if tag != "equal") and not any(
+            set(d) & (_LOGIC | _COMPARISONS) for d in dropped
+        ):
+            return GAP_KINDS["argument dropped"]
+    return GAP_REASON_BY_STATUS["survived"]
 
 
 class MutationReportError(Exception):
@@ -263,6 +371,10 @@ class Report:
     classes: dict[str, str]  # mutant name -> killed / survived / equivalent / timeout / not run
     reasons: dict[str, str]  # survivor's name -> one-line reason
     stale: list[tuple[Entry, str]]  # (entry, why it is stale)
+    #: killed mutants known only as a count per module (a report rendered again from score.json)
+    unlisted_killed: dict[str, int] = field(default_factory=dict)
+    #: their mutmut statuses, counted
+    unlisted_statuses: dict[str, int] = field(default_factory=dict)
 
     @property
     def partial(self) -> bool:
@@ -271,13 +383,17 @@ class Report:
     def counts(self, module: str | None = None) -> dict[str, int]:
         chosen = [m for m in self.mutants if module is None or m.module == module]
         tally = Counter(self.classes[m.name] for m in chosen)
+        tally["killed"] += sum(n for mod, n in self.unlisted_killed.items() if module is None or mod == module)
         counts = {c: tally[c] for c in CLASSES}
         counts["total"] = sum(counts[c] for c in CLASSES)
         counts["not_run"] = tally[NOT_RUN]
         return counts
 
+    def statuses(self) -> dict[str, int]:
+        return dict(sorted((Counter(m.status for m in self.mutants) + Counter(self.unlisted_statuses)).items()))
+
     def modules(self) -> list[str]:
-        return sorted({m.module for m in self.mutants})
+        return sorted({m.module for m in self.mutants} | {mod for mod, n in self.unlisted_killed.items() if n})
 
 
 def score_of(counts: Mapping[str, int], with_timeouts: bool = False) -> float | None:
@@ -307,6 +423,8 @@ def classify(mutants: Sequence[Mutant], entries: Sequence[Entry]) -> Report:
                 reasons[m.name] = f"equivalent: {entry.reason}"
             elif entry is not None and entry.kind == "gap":
                 reasons[m.name] = f"gap: {entry.reason}" if not entry.reason.startswith("gap") else entry.reason
+            elif m.status == "survived" and m.diff:
+                reasons[m.name] = gap_kind(*changed_lines(m.diff))
             else:
                 reasons[m.name] = GAP_REASON_BY_STATUS[m.status]
         classes[m.name] = cls
@@ -346,11 +464,30 @@ def render_score(report: Report, meta: Mapping[str, Any]) -> dict[str, Any]:
         score=score_of(counts),
         score_counting_timeouts=score_of(counts, with_timeouts=True),
         stale_entries=len(report.stale),
-        statuses=dict(sorted(Counter(m.status for m in report.mutants).items())),
+        statuses=report.statuses(),
         modules={mod: report.counts(mod) for mod in report.modules()},
+        mutants=[
+            _record(report, m)
+            for m in sorted(report.mutants, key=lambda m: (m.module, m.name))
+            if report.classes[m.name] != "killed"
+        ],
         **meta,
     )
     return out
+
+
+def _record(report: Report, m: Mutant) -> dict[str, str]:
+    before, after = changed_lines(m.diff)
+    return dict(
+        name=m.name,
+        module=m.module,
+        function=m.function,
+        status=m.status,
+        cls=report.classes[m.name],
+        reason=report.reasons.get(m.name, ""),
+        before=before,
+        after=after,
+    )
 
 
 def _diff_block(m: Mutant) -> list[str]:
@@ -376,7 +513,13 @@ def render_readme(report: Report, meta: Mapping[str, Any]) -> str:
         f"`{meta.get('hypothesis_profile', '?')}`, variants: {meta.get('variants', 'all')}) from mutmut's results; "
         "the equivalent list is "
         "`reports/mutation/equivalent.toml`. Score = killed / (total − equivalent); timed-out mutants are "
-        "counted apart (not as killed) and shown below.",
+        "counted apart (not as killed) and shown below."
+        + (
+            " Classified again after that run (`python -m properties.meta.mutation_report --rerender`) from the "
+            "mutants recorded in `score.json`, with the equivalent list as it is now."
+            if meta.get("rerendered")
+            else ""
+        ),
         "",
         f"**Score: {_pct(score_of(counts))}** ({counts['killed']} killed of "
         f"{counts['total'] - counts['equivalent']} non-equivalent mutants; "
@@ -392,10 +535,9 @@ def render_readme(report: Report, meta: Mapping[str, Any]) -> str:
             f"| {name} | {c['killed']} | {c['survived']} | {c['equivalent']} | {c['timeout']} | {c['total']} "
             f"| {c['not_run']} | {_pct(score_of(c))} |"
         )
-    statuses = Counter(m.status for m in report.mutants)
     out += [
         "",
-        "mutmut statuses: " + ", ".join(f"{s} {n} ({class_of(s)})" for s, n in sorted(statuses.items())) + ".",
+        "mutmut statuses: " + ", ".join(f"{s} {n} ({class_of(s)})" for s, n in report.statuses().items()) + ".",
         "",
     ]
     if report.stale:
@@ -484,6 +626,49 @@ def collect(root: Path, entries: Sequence[Entry], diff_of: Callable[[str, str], 
     return mutants
 
 
+def _diff_of_lines(before: str, after: str) -> str:
+    """A unified-diff body whose :func:`changed_lines` are ``before`` and ``after``."""
+    return "\n".join([*(f"-{x}" for x in before.splitlines()), *(f"+{x}" for x in after.splitlines())])
+
+
+def recorded(out: Path) -> tuple[list[Mutant], dict[str, int], dict[str, int], dict[str, Any]]:
+    """The mutants recorded in ``out/score.json`` (every one not killed), the killed count per module, the
+    killed ones' statuses and the run's meta data."""
+    path = out / "score.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MutationReportError(f"{path} does not exist: run tox -e mutate first") from None
+    except ValueError as error:
+        raise MutationReportError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("mutants"), list):
+        raise MutationReportError(f"{path}: not a {FORMAT} file with its mutants recorded (rerun tox -e mutate)")
+    try:
+        mutants = [
+            Mutant(name=r["name"], module=r["module"], status=r["status"], diff=_diff_of_lines(r["before"], r["after"]))
+            for r in data["mutants"]
+        ]
+        killed = {mod: int(c["killed"]) for mod, c in data["modules"].items()}
+        listed = Counter(m.status for m in mutants)
+        statuses = {s: int(n) - listed[s] for s, n in data["statuses"].items() if int(n) - listed[s]}
+    except (KeyError, TypeError, ValueError) as error:
+        raise MutationReportError(f"{path}: a recorded mutant or count is malformed ({error!r})") from error
+    for m in mutants:
+        class_of(m.status)
+    meta = {k: data[k] for k in ("tool", "hypothesis_profile", "variants") if k in data}  # not "rerendered"
+    return mutants, killed, statuses, meta
+
+
+def rerender(out: Path, equivalent: Path) -> int:
+    """Write the report again from ``out/score.json``'s recorded mutants and the equivalent list as it is now;
+    1 (after writing) when the list has stale entries."""
+    entries = load_entries(equivalent)
+    mutants, killed, statuses, meta = recorded(out)
+    report = classify(mutants, entries)
+    report.unlisted_killed, report.unlisted_statuses = killed, statuses
+    return _finish(report, out, equivalent, {**meta, "rerendered": True})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=Path("."), help="project root holding mutants/ (default .)")
@@ -491,8 +676,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--equivalent", type=Path, default=Path("reports/mutation/equivalent.toml"), help="the equivalent list"
     )
+    parser.add_argument(
+        "--rerender",
+        action="store_true",
+        help="write the report again from the mutants recorded in OUT/score.json and the equivalent list as it is "
+        "now (no mutmut, no mutants/ needed)",
+    )
     args = parser.parse_args(argv)
-    return generate(args.root, args.out, args.equivalent)
+    try:
+        if args.rerender:
+            return rerender(args.out, args.equivalent)
+        return generate(args.root, args.out, args.equivalent)
+    except MutationReportError as error:
+        print(f"mutation report: {error}", file=sys.stderr)
+        return 2
 
 
 def generate(
@@ -505,7 +702,11 @@ def generate(
     """Write the report; 1 (after writing it) when the equivalent list has stale entries."""
     entries = load_entries(equivalent)
     report = classify(collect(root, entries, diff_of), entries)
-    write_report(report, out, dict(meta or tool_meta()))
+    return _finish(report, out, equivalent, dict(meta or tool_meta()))
+
+
+def _finish(report: Report, out: Path, equivalent: Path, meta: Mapping[str, Any]) -> int:
+    write_report(report, out, meta)
     c = report.counts()
     print(
         f"mutation report -> {out}: killed {c['killed']}, survived {c['survived']}, equivalent {c['equivalent']}, "

@@ -371,3 +371,94 @@ def test_rerunning_survivors_needs_the_earlier_run(
         mutation_run_main(["--rerun-survivors"])
     assert stopped.value.code == 2
     assert "--rerun-survivors continues an earlier run: give --keep as well" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "before, after, kind",
+    [
+        ('raise ValueError("bad input")', 'raise ValueError("XXbad inputXX")', "message"),
+        ('raise TypeError(f"y must be a tensor, got {type(y).__name__}")', "raise TypeError(None)", "message"),
+        ('"of the form softmax(A Y^T) V"', '"OF THE FORM SOFTMAX(A Y^T) V"', "message"),
+        ('method = "dense" if n <= LIMIT else "arnoldi"', 'method = "dense" if n <= LIMIT else "ARNOLDI"', "string"),
+        ("max_iter: int = 500,", "max_iter: int = 501,", "default"),
+        ('def f(x, method: str = "auto") -> None:', 'def f(x, method: str = "AUTO") -> None:', "default"),
+        ("v = v.to(dtype=y.dtype, device=y.device)", "v = v.to(dtype=y.dtype, )", "dtype or device"),
+        ("row = max_row_norm(V.to(torch.float64))", "row = max_row_norm(V.to(None))", "dtype or device"),
+        ("y = g(y) if done else h(y)", "y = g(y) if (done) or True else h(y)", "forced branch"),
+        ("if a <= b:", "if a < b:", "boundary"),
+        ("if a <= b and c:", "if a <= b or c:", "logic"),
+        ("if stop == 'rel':", "if stop != 'rel':", "logic"),
+        ("n = y.shape[-2]", "n = y.shape[-3]", "axis"),
+        ("s = t.sum(dim=-1)", "s = t.sum(dim=+1)", "axis"),
+        ("x = y.sum(-1)", "x = y.sum(+1)", "axis"),
+        ("noise = 2 * eps", "noise = 3 * eps", "constant"),
+        ("d = f(s) - s", "d = f(s) + s", "operator"),
+        ("u = u / norm(u, dim=-1, keepdim=True)", "u = u / norm(u, keepdim=True)", "argument dropped"),
+        ("handled.add(i)", "handled.add(None)", None),
+        ("settled = settled | fresh", "settled = settled & fresh", None),
+    ],
+)
+def test_gap_kinds(before: str, after: str, kind: str | None) -> None:
+    """A survivor's reason names the kind of change that survived, where it has a recognisable one."""
+    expected = mr.GAP_REASON_BY_STATUS["survived"] if kind is None else mr.GAP_KINDS[kind]
+    assert mr.gap_kind(before, after) == expected
+
+
+def test_a_survivor_without_an_entry_gets_its_kind(tmp_path: Path) -> None:
+    report = _report(tmp_path, RESULTS)
+    assert report.reasons["iqa.m.x_k__mutmut_1"] == mr.GAP_KINDS["message"]  # k_str
+    assert report.reasons["iqa.p.q.xǁCǁh__mutmut_4"] == mr.GAP_KINDS["boundary"]  # h_le
+    assert report.reasons["iqa.m.x_k__mutmut_3"] == "gap: no selected property reaches the function"
+
+
+def test_rerender_gives_the_run_s_report_and_applies_new_entries(tmp_path: Path) -> None:
+    """--rerender from score.json's recorded mutants writes the same two files as the run did, and a new entry
+    of the list then reclassifies the survivor it matches (the counts move, nothing else)."""
+    complete = [r for r in RESULTS if r[2] is not None]
+    _write_results(tmp_path, complete)
+    out, toml = tmp_path / "out", _equivalents(tmp_path / "equivalent.toml", EQUIVALENT_F)
+    meta = {"tool": "mutmut test", "hypothesis_profile": "ci", "variants": "all"}
+    assert mr.generate(tmp_path, out, toml, meta, diff_of=lambda name, _: _fake_diffs(complete)[name]) == 0
+    score = json.loads((out / "score.json").read_text())
+    assert {r["name"] for r in score["mutants"]} == {n for _, n, code, _ in complete if code not in (1, 3, -11)}
+    readme = (out / "README.md").read_text()
+    assert mr.rerender(out, toml) == 0
+    again = json.loads((out / "score.json").read_text())
+    assert again == {**score, "rerendered": True}
+    assert (out / "README.md").read_text().replace(mr_rerender_note(), "") == readme
+    same_text = EQUIVALENT_F.replace('"f"', '"k"').replace("y is never read", "same text")
+    toml.write_text(
+        EQUIVALENT_F
+        + same_text.replace("y = g(x)", "raise ValueError('bad')").replace("y = None", "raise ValueError('XXbadXX')")
+    )
+    assert mr.rerender(out, toml) == 0
+    third = json.loads((out / "score.json").read_text())
+    assert (third["equivalent"], third["survived"]) == (score["equivalent"] + 1, score["survived"] - 1)
+    assert third["killed"] == score["killed"] and third["total"] == score["total"]
+    assert "equivalent: same text" in (out / "README.md").read_text()
+
+
+def mr_rerender_note() -> str:
+    text = mr.render_readme(mr.Report([], [], {}, {}, []), {"rerendered": True})
+    start = text.index(" Classified again")
+    return text[start : text.index("\n", start)]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "does not exist"),
+        ("{", "not valid JSON"),
+        ('{"format": "iqa-library-mutation-score/1"}', "with its mutants recorded"),
+        (
+            '{"format": "iqa-library-mutation-score/1", "mutants": [{"name": "x"}], "modules": {}, "statuses": {}}',
+            "malformed",
+        ),
+    ],
+)
+def test_rerender_refuses_a_missing_or_bad_record(tmp_path: Path, content: str | None, message: str) -> None:
+    if content is not None:
+        (tmp_path / "score.json").write_text(content)
+    with pytest.raises(mr.MutationReportError, match=message):
+        mr.rerender(tmp_path, tmp_path / "none.toml")
+    assert mr.main(["--rerender", "--out", str(tmp_path), "--equivalent", str(tmp_path / "none.toml")]) == 2
