@@ -22,9 +22,12 @@ def test_batched_certificates_equal_per_element(variant: Variant, case: Case, de
         alone = analysis.certificates(layer, x[b : b + 1])
         for name in ("kappa_inf", "kappa_F", "kappa_weights"):
             got, want = getattr(batched, name)[b], getattr(alone, name)[0]
-            # the same operations on the same numbers: equal to the last bit (LAPACK's batched SVD runs
-            # the same routine per matrix), and a relative 4 eps where a backend reorders a reduction
+            # the same operations on the same numbers: mostly equal to the last bit, but a batched and a single
+            # matrix product may run different kernels, which order each n-term dot product differently (each
+            # within n eps relative), and a certificate multiplies up to four such factors: 4 (n + 1) eps, n the
+            # widest axis (measured on thorough: up to 6.8 eps at N = D = 2, where this allows 12)
             eps = torch.finfo(x.dtype).eps
-            assert torch.equal(got, want) or bool((got - want).abs() <= 4 * eps * want.abs()), (
+            n = max(x.shape[-2], x.shape[-1])
+            assert torch.equal(got, want) or bool((got - want).abs() <= 4 * (n + 1) * eps * want.abs()), (
                 f"{name}[{b}]: batched {float(got)} vs alone {float(want)}"
             )
