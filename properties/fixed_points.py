@@ -27,6 +27,7 @@ from iqa.layer import FixedPointLayer
 from iqa.rejections import reject
 from iqa.solvers import Map, Solution, solve
 from iqa.variants import Variant
+from properties.jacobian_rows import jacobian_rows
 from properties.regimes import require
 from properties.strategies import Case
 
@@ -180,13 +181,12 @@ BAND_TOL, BAND_MAX_ITER = 1e-11, 300
 
 
 def reverse_jacobian(f: Map, y: Tensor) -> Tensor:
-    """df/dy [n, n] at y (one batch element), one reverse-mode product per row: independent of iqa.analysis,
-    and far cheaper than a vmapped jacobian for these small n."""
+    """df/dy [n, n] at y (one batch element), one reverse-mode product per row (:func:`jacobian_rows`):
+    independent of iqa.analysis, and far cheaper than a vmapped forward for these small n."""
     y_req = y.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        out = f(y_req).flatten()
-        rows = [torch.autograd.grad(out[i], y_req, retain_graph=True)[0].flatten() for i in range(out.numel())]
-    return torch.stack(rows).to(torch.float64)
+        (rows,) = jacobian_rows(f(y_req), [y_req])
+    return rows.flatten(1).to(torch.float64)
 
 
 def element_jacobian(f: Map, y: Tensor, b: int) -> Tensor:

@@ -39,6 +39,7 @@ from torch import Tensor
 from iqa.analysis import jacobian, spectral_radius
 from iqa.layer import FixedPointLayer
 from properties.fixed_points import fixed_map
+from properties.jacobian_rows import jacobian_rows
 
 F64 = torch.float64
 
@@ -171,16 +172,12 @@ def analyse(layer: FixedPointLayer, x: Tensor, y: Tensor, v: Tensor) -> Analysis
 
 def dense_jacobians(layer: FixedPointLayer, x: Tensor, output: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
     """d output(x)/dtheta [m, p] and d output(x)/dx [m, x.numel()] (m = output's size, theta = the layer's parameters
-    flattened in module order), dense: one vector-Jacobian product per entry, independent of iqa.analysis."""
+    flattened in module order), dense: one vector-Jacobian product per entry (:func:`jacobian_rows`), independent of
+    iqa.analysis."""
     x_leaf = x.detach().clone().requires_grad_(True)
     params = list(layer.parameters())
-    out = output(x_leaf).flatten()
-    rows_theta, rows_x = [], []
-    for i in range(out.numel()):
-        grads = torch.autograd.grad(out[i], [*params, x_leaf], retain_graph=True, materialize_grads=True)
-        rows_theta.append(torch.cat([t.flatten() for t in grads[:-1]]))
-        rows_x.append(grads[-1].flatten())
-    return torch.stack(rows_theta), torch.stack(rows_x)
+    grads = jacobian_rows(output(x_leaf), [*params, x_leaf])
+    return torch.cat([g.flatten(1) for g in grads[:-1]], 1), grads[-1].flatten(1)
 
 
 def map_jacobians(layer: FixedPointLayer, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
