@@ -9,6 +9,7 @@ from the map's contraction factor q = ||A||_2, the damping and the dtype's eps.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from iqa import ConvergenceError, Solution, Status, solve
-from iqa.solvers import DIVERGENCE_FACTOR, MAX_PERIOD, STALL_STEPS
+from iqa.solvers import ALPHA_LIMIT, DIVERGENCE_FACTOR, MAX_PERIOD, STALL_STEPS
 
 DTYPES = (torch.float64, torch.float32)
 Map = Callable[[Tensor], Tensor]
@@ -688,8 +689,10 @@ def test_status_flips_exactly_at_tol(affine: Affine, method: str, stop: str, k: 
 
 
 #: The ill-conditioned map's coupling: residuals c + EPSILON A y of consecutive iterates are nearly parallel, so the
-#: mixing weights that cancel them are ~1 / EPSILON (> ALPHA_LIMIT = 1e4) in size.
-ILL_EPSILON = 2.0**-20
+#: mixing weights that cancel them are large (sum |alpha| 7e3 on one thorough draw with 2^-20, below ALPHA_LIMIT =
+#: 1e4; 2^-22 makes them 4x larger, the Gram system's condition 16x, still far from singular to rounding). Each
+#: draw checks both premises itself.
+ILL_EPSILON = 2.0**-22
 
 
 @given(
@@ -714,6 +717,20 @@ def test_anderson_falls_back_on_ill_conditioned_system(n: int, mixing: float, st
     def f(y: Tensor) -> Tensor:
         return y + c + ILL_EPSILON * y @ A.T
 
+    # The premises, on damped Picard's trajectory (Anderson's own while it refuses every step), in numpy: each pair
+    # of consecutive residuals gives sum |alpha| > ALPHA_LIMIT, and a Gram system that is not singular to rounding
+    # (cond of its Jacobi-scaled form times 2 eps below 1), which would be refused for that reason instead.
+    ys = [y0]
+    for _ in range(steps - 1):
+        ys.append(ys[-1] + mixing * (f(ys[-1]) - ys[-1]))
+    residuals = [(f(y) - y)[0].numpy() for y in ys]
+    for previous, current in itertools.pairwise(residuals):
+        G = np.stack([previous, current])
+        S = G @ G.T
+        scaled = S / np.sqrt(np.outer(np.diag(S), np.diag(S)))
+        assume(np.linalg.cond(scaled) * 2 * np.finfo(np.float64).eps < 1)
+        w = np.linalg.solve(S, np.ones(2))
+        assume(np.abs(w / w.sum()).sum() > ALPHA_LIMIT)
     anderson = solve(f, y0, "anderson", tol=1e-300, max_iter=steps, memory=2, mixing=mixing, ridge=0.0)
     picard = solve(f, y0, "picard", tol=1e-300, max_iter=steps, damping=mixing)
     note(f"anderson residuals {anderson.residuals[:, 0].tolist()}, picard {picard.residuals[:, 0].tolist()}")
