@@ -9,7 +9,7 @@ element), its largest singular value and largest absolute row-block gain compute
 from __future__ import annotations
 
 import torch
-from hypothesis import given, note, target
+from hypothesis import example, given, note, target
 from hypothesis import strategies as st
 from torch import Tensor
 
@@ -36,6 +36,15 @@ def dense_jacobian(layer: MultiHeadHopfieldAttention, x: Tensor, y: Tensor) -> T
     return torch.autograd.functional.jacobian(lambda z: f(z[None])[0], y[0]).reshape(n, n)
 
 
+def cancellation(layer: MultiHeadHopfieldAttention, x: Tensor) -> float:
+    """max over heads of max_j ||p_j|| / diam(p) for the output-space values U_h = V_h W_O^hT and the score rows
+    A_h: a difference of two rows, which both the Jacobian and the certificate take, rounds to eps times the rows'
+    size, so relative to the difference it costs this factor (near 1 for spread rows, large for close ones)."""
+    with torch.no_grad():
+        points = [layer.head_values(x) @ layer.head_outputs(), layer.head_score_matrices(x)]  # [1, h, N, .] each
+    return max(float((p.norm(dim=-1).amax(-1) / torch.cdist(p, p).amax((-2, -1))).max()) for p in points)
+
+
 def row_gain(J: Tensor, tokens: int, dim: int) -> Tensor:
     """||J||_(2,inf -> 2,inf) of a block-diagonal J (Hopfield scores): the largest 2-norm of a diagonal block."""
     blocks = J.reshape(tokens, dim, tokens, dim)
@@ -50,18 +59,21 @@ def row_gain(J: Tensor, tokens: int, dim: int) -> Tensor:
     temperature=st.sampled_from([0.1, 1.0, 3.0, 10.0]),
     seed=st.integers(0, 2**31 - 1),
 )
+@example(heads=1, width=1, tokens=2, scale=0.5, temperature=0.1, seed=7330981)  # thorough: ratio 1 + 116 eps
 def test_head_sum_bounds_the_jacobian(
     heads: int, width: int, tokens: int, scale: float, temperature: float, seed: int
 ) -> None:
     """||J(y)||_2 <= kappa_F and the largest block gain <= kappa_inf at points of the hull, for any h and d; target()
-    pushes the ratio up. The Jacobian's and the certificate's rounding: (N D + 8) eps relative."""
+    pushes the ratio up. The Jacobian's and the certificate's rounding: (N D + 8) eps relative, times the
+    cancellation in the row differences both take (thorough: 116 eps over the bound at N = 2, D = 1, where the
+    bound is attained)."""
     layer = layer_of(heads, width, scale, seed)
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(1, tokens, heads * width, generator=g, dtype=F64)
     y = torch.softmax(temperature * torch.randn(tokens, tokens, generator=g, dtype=F64), -1) @ x
     J = dense_jacobian(layer, x, y)
     certs = analysis.certificates(layer, x)
-    slack = 1 + (tokens * heads * width + 8) * EPS
+    slack = 1 + (tokens * heads * width + 8) * EPS * (1 + cancellation(layer, x))
     ratio_F = float(torch.linalg.matrix_norm(J, ord=2) / (certs.kappa_F[0] * slack))
     ratio_inf = float(row_gain(J, tokens, heads * width) / (certs.kappa_inf[0] * slack))
     target(ratio_F, label="||J||_2 / kappa_F")
