@@ -144,6 +144,9 @@ GAP_KINDS: dict[str, str] = {
 
 #: A string literal, f-strings and prefixes included (one line).
 _STRING = re.compile(r"""[rRbBuUfF]{0,2}("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
+_DIGITS = re.compile(r"\d+(\.\d*)?")
+#: A dtype or device conversion: .to(...) or a dtype= / device= argument.
+_CONVERSIONS = re.compile(r"\.to\([^()]*\)|, (dtype|device)=[^,()]+")
 _COMPARISONS = {"<", "<=", ">", ">="}
 _LOGIC = {"and", "or", "==", "!=", "is", "in", "not"}
 _ARITHMETIC = {"+", "-", "*", "/", "//", "%", "**", "@"}
@@ -182,9 +185,8 @@ def gap_kind(before: str, after: str) -> str:
     """The reason for a surviving change (``before`` -> ``after``, stripped lines) that no entry explains: one
     of :data:`GAP_KINDS` where the change is of a recognisable kind, else the generic one."""
     blank_before, blank_after = _STRING.sub('""', before), _STRING.sub('""', after)
-    digits = re.compile(r"\d+(\.\d*)?")
     if re.search(r"\bdef \w+\(|^\w+: [^=]+ = ", before) and (
-        blank_before == blank_after or digits.sub("N", before) == digits.sub("N", after)
+        blank_before == blank_after or _DIGITS.sub("N", before) == _DIGITS.sub("N", after)
     ):
         return GAP_KINDS["default"]
     in_message = re.match(r"""[rRbBuUfF]{0,2}["']""", before) or re.search(r"\braise |\bwarn\(|Error\(", before)
@@ -192,9 +194,8 @@ def gap_kind(before: str, after: str) -> str:
         return GAP_KINDS["message"]
     if blank_before == blank_after:
         return GAP_KINDS["string"]
-    conversions = re.compile(r"\.to\([^()]*\)|, (dtype|device)=[^,()]+")
     if re.search(r"\b(dtype|device)=None|\.to\(None|\.to\((\w+, )?\)|\.to\([^()]*, None\)", after) or (
-        re.search(r"\b(dtype|device)=|\.to\(", before) and conversions.sub("", before) == conversions.sub("", after)
+        re.search(r"\b(dtype|device)=|\.to\(", before) and _CONVERSIONS.sub("", before) == _CONVERSIONS.sub("", after)
     ):
         return GAP_KINDS["dtype or device"]
     if re.search(r"\) (or True|and False)\b", after):
@@ -491,8 +492,7 @@ def _record(report: Report, m: Mutant) -> dict[str, str]:
 
 
 def _diff_block(m: Mutant) -> list[str]:
-    before, after = changed_lines(m.diff)
-    lines = [f"-{x}" for x in before.splitlines()] + [f"+{x}" for x in after.splitlines()]
+    lines = _diff_of_lines(*changed_lines(m.diff)).splitlines()
     return ["  ```diff", *(f"  {x}" for x in lines), "  ```"]
 
 

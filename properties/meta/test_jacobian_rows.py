@@ -43,6 +43,7 @@ def test_a_backward_without_a_batching_rule_is_taken_row_by_row() -> None:
     except RuntimeError:
         pass
     (rows,) = jacobian_rows(out, [y])
+    # entries 2 (A y)_i A_ij of size ~1: a 3-term dot product and two products, each within a few eps
     assert torch.allclose(rows, 2 * (A @ y.detach())[:, None] * A, rtol=0, atol=8 * torch.finfo(F64).eps)
 
 
@@ -50,6 +51,7 @@ def test_the_shapes_follow_out_and_inputs() -> None:
     y = torch.randn(2, 3, generator=G, dtype=F64, requires_grad=True)
     (rows,) = jacobian_rows((y @ A.T).sin(), [y])  # out [2, 5]: 10 rows of [2, 3]
     assert rows.shape == (10, 2, 3)
+    # entries cos((y A^T)_i) A_ij of size <= ~2: a 3-term dot product, a cosine and a product, a few eps each
     expected = torch.zeros(2, 5, 2, 3, dtype=F64)
     for i in range(2):
         expected[i, :, i, :] = torch.cos(y.detach()[i] @ A.T)[:, None] * A

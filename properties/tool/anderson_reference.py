@@ -389,15 +389,19 @@ def _anderson_step(
     return torch.where(take[:, None], step, picard), (~ok & accelerating).tolist()
 
 
+def mix_rounding_bound(used: int, kappa: float, alpha_sum: float, scale: float, eps: float) -> float:
+    """8 u eps (kappa + 1) sum|alpha| max ||pair||: the rounding of a u x u least-squares solve with condition
+    number kappa, carried through the mix sum_i alpha_i f_i of pairs of size at most ``scale``."""
+    return 8 * used * eps * (kappa + 1) * alpha_sum * scale
+
+
 def _mix_rounding(system: Tensor, alpha: Tensor, X: Tensor, F: Tensor, used: int) -> float:
-    """A bound on the rounding of one accelerated step: 8 u eps (kappa + 1) sum|alpha| max ||pair||, the
-    rounding of the u x u solve (condition number kappa of the kept block, u the pairs used) carried through
-    the mix sum_i alpha_i f_i (the bound test_step_matches_reference_step holds single steps to)."""
-    block = system[-used:, -used:].double()
-    kappa = float(torch.linalg.cond(block))
+    """:func:`mix_rounding_bound` of one accelerated step (kappa of the kept block of its system, u the pairs
+    used): the bound test_step_matches_reference_step holds single steps to."""
+    kappa = float(torch.linalg.cond(system[-used:, -used:].double()))
     scale = float(torch.cat([X[-used:], F[-used:]]).double().norm(dim=1).max())
-    eps = torch.finfo(X.dtype).eps
-    return 8 * used * eps * (kappa + 1) * float(alpha[-used:].abs().sum()) * scale
+    alpha_sum = float(alpha[-used:].abs().sum())
+    return mix_rounding_bound(used, kappa, alpha_sum, scale, torch.finfo(X.dtype).eps)
 
 
 def solve(

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from iqa.layer import FixedPointLayer
+from iqa.layer import FixedPointLayer, ImplicitQueryAttention
 from iqa.variants import resolve
+
+
+class NoScores(ImplicitQueryAttention):
+    """The seed's layer without the score_matrix(x) / values(x) the certificates and the consensus analysis need."""
+
+    score_matrix = None  # type: ignore[assignment]
+    values = None  # type: ignore[assignment]
 
 
 def relaxed_seed(

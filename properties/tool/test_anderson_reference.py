@@ -91,7 +91,7 @@ def test_step_matches_reference_step(batch, n, m, extra, mixing, ridge, seed, re
         w = torch.linalg.solve(system, torch.ones(u, dtype=F64))
         alpha_sum = float((w / w.sum()).abs().sum())
         scale = float(torch.cat([Xb, Fb]).norm(dim=1).max())
-        bound = 8 * u * EPS * (kappa + 1) * alpha_sum * scale
+        bound = reference.mix_rounding_bound(u, kappa, alpha_sum, scale, EPS)
         note(f"b={b} u={u} kappa={kappa:.2e} sum|alpha|={alpha_sum:.2e} bound={bound:.2e}")
         if bool(fell_back[b]) != bool(expected_fell_back[b]):
             # only where sum|alpha| is within the solve's rounding of ALPHA_LIMIT

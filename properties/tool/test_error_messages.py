@@ -24,6 +24,7 @@ from iqa.solvers import Picard, solve
 from iqa.solvers.options import Solver, as_solver, option_error
 from iqa.solvers.result import ConvergenceError
 from iqa.variants.builtin import HopfieldAttention
+from properties.tool.layers import NoScores
 
 F64 = torch.float64
 X = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
@@ -33,11 +34,16 @@ def identity(y: torch.Tensor) -> torch.Tensor:
     return y
 
 
-class NoScores(ImplicitQueryAttention):
-    """The seed's layer without the score_matrix(x) / values(x) the certificates need."""
+class NoMask(ImplicitQueryAttention):
+    """A layer whose fixed_point_map takes no key_padding_mask."""
 
-    score_matrix = None  # type: ignore[assignment]
-    values = None  # type: ignore[assignment]
+    def fixed_point_map(self, x):  # type: ignore[override]
+        return super().fixed_point_map(x)
+
+
+def raising(error: Exception) -> None:
+    """Raise an error that a function returned (option_error builds its error for the caller to raise)."""
+    raise error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +121,7 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     ),
     (
         "an option of a solver that has none",
-        lambda: (_ for _ in ()).throw(option_error("ridge_x", Bare)),
+        lambda: raising(option_error("ridge_x", Bare)),
         TypeError,
         "unknown option 'ridge_x' for Bare (its options: none)",
     ),
@@ -144,13 +150,6 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
         "NoMask takes no key_padding_mask: its fixed_point_map(x) has no key_padding_mask keyword",
     ),
 ]
-
-
-class NoMask(ImplicitQueryAttention):
-    """A layer whose fixed_point_map takes no key_padding_mask."""
-
-    def fixed_point_map(self, x):  # type: ignore[override]
-        return super().fixed_point_map(x)
 
 
 @pytest.mark.parametrize("call, error, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

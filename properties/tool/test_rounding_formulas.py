@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from iqa.analysis.linearization import second_order_constant
 from iqa.analysis.rounding import jacobian_rounding, map_rounding, score_rounding, weight_norm_product
 from iqa.layer import ImplicitQueryAttention, linear_init_
-from properties.tool.layers import relaxed_seed
+from properties.tool.layers import NoScores, relaxed_seed
 
 F64 = torch.float64
 #: The same float64 formula evaluated in another order (norms by svdvals and cdist here): a few eps per term over
@@ -131,7 +131,7 @@ def test_without_a_score_path_the_bounds_take_every_weight_and_x_as_values() -> 
     assert math.isclose(weight_norm_product(layer, x), norms[0] * norms[1], rel_tol=FORMULA_RTOL)  # the score path
     layer.requires_grad_(False)
     assert math.isclose(weight_norm_product(layer, x), every, rel_tol=FORMULA_RTOL)
-    bare = type("NoScores", (ImplicitQueryAttention,), {"score_matrix": None, "values": None})(3).to(F64)
+    bare = NoScores(3).to(F64)
     bare.load_state_dict(layer.state_dict())
     assert math.isclose(weight_norm_product(bare, x), every, rel_tol=FORMULA_RTOL)
     y = torch.randn(2, 4, 3, generator=g, dtype=F64)
