@@ -108,38 +108,42 @@ def _dominant_index(values: Tensor) -> Tensor:
     return imag.argmax(dim=-1)
 
 
+def restart_size(m: int) -> int:
+    """How many Ritz directions a restart of an m-dimensional basis keeps: about m / 2, at least 2 (a conjugate
+    pair), at most m - 2 (a cycle adds 2 or more), and of m's parity. The parity is what makes a greedy choice by
+    modulus always fill it: when one slot is left, the m - keep + 1 values not chosen are an odd count, so one of
+    them is real (pairs come in twos). With keep = 2 at m = 5, a dominant real value beside two pairs could only
+    be kept by dropping it for a pair, which lost the dominant direction at every restart."""
+    keep = m // 2
+    if (m - keep) % 2:
+        keep = keep + 1 if keep + 1 <= m - 2 else keep - 1
+    return max(2, keep)
+
+
 def _kept_columns(values: Tensor, vectors: Tensor, keep: int) -> Tensor:
-    """Real [B, m, keep]: the real and imaginary parts spanning the ``keep`` (even) largest-modulus Ritz vectors,
-    conjugate pairs whole (a pair that would be split swaps places with the smallest kept real Ritz value)."""
+    """Real [B, m, keep]: the real and imaginary parts spanning ``keep`` Ritz vectors chosen greedily by modulus,
+    conjugate pairs whole (a pair that no longer fits is passed over for the next real value; ``restart_size``
+    guarantees one exists), so that their span is an invariant subspace of H that holds the dominant vector."""
     batch, m = values.shape
     out = torch.zeros(batch, m, keep, dtype=torch.float64)
     for b in range(batch):  # index bookkeeping on m <= krylov_dim numbers, not work on the operator
-        chosen: list[int] = []
-        used, handled, pending = 0, set(), None
+        columns: list[Tensor] = []
+        handled: set[int] = set()
         for i in values[b].abs().argsort(descending=True).tolist():
-            if used == keep:
+            if len(columns) == keep:
                 break
             if i in handled:
                 continue
             handled.add(i)
+            y = vectors[b, :, i]
             if values[b, i].imag == 0:
-                chosen.append(i)
-                used += 1
+                columns.append(y.real)
                 continue
             handled.add(_partner(values[b], i))
-            if used + 2 <= keep:
-                chosen.append(i)
-                used += 2
-            elif pending is None:
-                pending = i
-        if used < keep:  # one slot left and no real value to fill it: a real one gives way to the pair
-            assert pending is not None
-            chosen.remove(next(j for j in reversed(chosen) if values[b, j].imag == 0))
-            chosen.append(pending)
-        columns: list[Tensor] = []
-        for i in chosen:
-            y = vectors[b, :, i]
-            columns += [y.real] if values[b, i].imag == 0 else [y.real, y.imag]
+            if len(columns) + 2 <= keep:
+                columns += [y.real, y.imag]
+        if len(columns) != keep:
+            raise RuntimeError(f"kept {len(columns)} Ritz directions of {m}, not {keep}: keep must have m's parity")
         out[b] = torch.stack(columns, dim=-1)
     return out
 
@@ -168,7 +172,7 @@ def krylov_schur(
     batch, n = start.shape
     dtype, device = start.dtype, start.device
     eps, tiny = torch.finfo(dtype).eps, torch.finfo(dtype).tiny
-    keep = max(2, (m // 2) // 2 * 2) if m < n else 0
+    keep = restart_size(m) if m < n else 0
     V = torch.zeros(batch, n, m + 1, dtype=dtype, device=device)
     H = torch.zeros(batch, m + 1, m, dtype=dtype, device=device)
     norm = torch.linalg.vector_norm(start, dim=-1, keepdim=True)

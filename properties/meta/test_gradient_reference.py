@@ -20,6 +20,7 @@ Small tensors (n <= 8) and no solver of the library: these run in a few seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -324,7 +325,7 @@ def synthetic(J: Tensor, cond: Tensor) -> Analysis:
     k=st.floats(1.5, 100.0),
 )
 def test_adjoint_budget_follows_its_formula(seed: int, n: int, cond: float, tol: float, k: float) -> None:
-    """budget = max_b cond_b (tol (1 + ||J_b||_2) + n eps): linear in cond, affine in tol with slope
+    """budget = max_b cond_b (tol (1 + ||J_b||_2) + n eps (1 + 2 spread_b^2)): linear in cond, affine in tol with slope
     cond (1 + ||J||), growing with ||J||, with n and with the dtype's eps; the worst batch element decides."""
     gen = torch.Generator().manual_seed(seed)
     J = torch.randn(1, n, n, dtype=F64, generator=gen)
@@ -341,6 +342,9 @@ def test_adjoint_budget_follows_its_formula(seed: int, n: int, cond: float, tol:
     assert adjoint_budget(synthetic(k * J, c), tol) > budget
     # n and eps: the rounding term cond n eps
     assert math.isclose(adjoint_budget(synthetic(J, c), 0.0), cond * n * EPS64, rel_tol=1e-12)
+    # token spread s: the rounding term grows as 1 + 2 s^2 (close tokens, test_token_spread.py)
+    spread = dataclasses.replace(synthetic(J, c), spread=torch.tensor([k], dtype=F64))
+    assert math.isclose(adjoint_budget(spread, 0.0), cond * n * EPS64 * (1 + 2 * k**2), rel_tol=1e-12)
     J_big = torch.zeros(1, n + 1, n + 1, dtype=F64)
     J_big[:, :n, :n] = J
     assert adjoint_budget(synthetic(J_big, c), 0.0) > adjoint_budget(synthetic(J, c), 0.0)
