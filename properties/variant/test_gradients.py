@@ -343,7 +343,18 @@ def test_unrolled_error_falls_at_rate_rho(variant: Variant, case: Case, device) 
         f"fitted rate {math.exp(slope):.4f} on T in [{t1}, {t2}]; rho {rho:.4f}; allowed "
         f"[{math.exp(lower):.4f}, {math.exp(upper):.4f}]"
     )
-    assert lower <= slope <= upper, f"unrolled error falls at rate {math.exp(slope):.4f}, rho(J*) = {rho:.4f}"
+    assert slope <= upper, f"unrolled error falls at rate {math.exp(slope):.4f}, slower than rho(J*) = {rho:.4f}"
+    # Faster than rho: the error is a sum of modes, each falling at its own |lambda| of J* (J* is block diagonal
+    # over the batch, and over the tokens where queries come from y alone), and a subdominant mode with a larger
+    # coefficient can hold the whole window before the dominant one takes over below the noise (found on
+    # thorough, multihead: 0.075 a step with rho 0.196). So the rate must still be some eigenvalue's modulus.
+    moduli = torch.linalg.eigvals(an.J).abs().flatten()
+    margin = upper - math.log(rho)
+    nearest = float((torch.log(moduli.clamp_min(torch.finfo(F64).tiny)) - slope).abs().min())
+    assert slope >= lower or nearest <= margin, (
+        f"unrolled error falls at rate {math.exp(slope):.4f}, faster than rho(J*) = {rho:.4f} and at no "
+        f"eigenvalue's modulus (nearest log-distance {nearest:.3f} > {margin:.3f})"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
