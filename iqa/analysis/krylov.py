@@ -8,9 +8,10 @@ Krylov-Schur (Stewart 2001), batched, in real arithmetic. A cycle extends an
 orthonormal basis V to m columns with A V_m = V_m H + v_{m+1} h^T (H the
 Rayleigh quotient V_m^T A V_m); the Ritz pairs of H estimate eigenpairs of A,
 and the residual of a Ritz vector u = V y is |h^T y| at no extra cost. A
-restart keeps the span of the ``keep`` Ritz vectors of largest modulus (thick
+restart keeps the span of ``keep`` Ritz vectors chosen by modulus (thick
 restart; a conjugate pair is kept whole, through the real and imaginary parts
-of one member), so every cycle refines a subspace instead of a single vector:
+of one member, and ``keep`` has m's parity so that the dominant one is always
+among them, see ``restart_size``), so every cycle refines a subspace instead of a single vector:
 the explicit single-vector restart that this replaces could lock onto a
 smaller eigenvalue (m = 2, n = 4, |lambda_2| / |lambda_1| = 0.64 converged on
 lambda_2 with a small residual). Hence m >= MIN_KRYLOV unless the basis spans
