@@ -44,7 +44,6 @@ def test_budget_carries_the_rounding_of_nearly_coinciding_tokens(
                 break
     v = torch.randn(x.shape, dtype=F64, generator=torch.Generator().manual_seed(seed))
     an = analyse(layer, x, y, v)
-    assert torch.equal(an.spread, token_spread(x))
     assert float(an.spread.max()) >= abs(a) / delta * (1 - 1e-9)
     pullback = an.reference.weights
     rows = an.dtheta.T @ an.g.flatten()
