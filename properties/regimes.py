@@ -138,7 +138,7 @@ def reached(label: str, hit: bool) -> bool:
     return hit
 
 
-#: Coverage is judged on profiles with at least this many examples (ci: 30, thorough: 400); with fewer (dev: 10,
+#: Coverage is judged on profiles with at least this many examples (ci: 20, thorough: 400); with fewer (dev: 10,
 #: large: 3, mutation: 5) a share is noise: at 10 examples a 30% share of half the draws fails ~3% of runs by chance.
 COVERAGE_MIN_EXAMPLES = 20
 
