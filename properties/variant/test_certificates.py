@@ -236,12 +236,12 @@ def extremal_tokens(c: float, dtype: torch.dtype, device: torch.device | str, di
     return x.to(dtype=dtype, device=device)
 
 
-def local_lipschitz_rows(layer, x: Tensor, grid: int, a: float = 1.0) -> Tensor:  # type: ignore[no-untyped-def]
-    """max over y in a grid of the hull [-c, c]^2 of ||J_g(y)||_(2,inf -> 2,inf), J_g = (J - (1 - a) I) / a the
-    Jacobian of the unrelaxed map g of f = (1 - a) Y + a g(Y): for D = 1 the row norm is |.|,
-    so the induced norm is the largest absolute row sum of the 2 x 2 Jacobian. Each is a limit of ratios
-    ||f(y + h) - f(y)|| / ||h||, so a lower bound on the Lipschitz constant that kappa_inf bounds above.
-    The Jacobian rows come from reverse mode, one per output token, for all grid points at once."""
+def local_lipschitz(layer, x: Tensor, grid: int, a: float = 1.0) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """max over y in a grid of the hull [-c, c]^2 of ||J_g(y)||_(2,inf -> 2,inf) and of ||J_g(y)||_2, with
+    J_g = (J - (1 - a) I) / a the Jacobian of the unrelaxed map g of f = (1 - a) Y + a g(Y): for D = 1 the row
+    norm is |.|, so the induced norm is the largest absolute row sum of the 2 x 2 Jacobian. Each is a limit of
+    ratios ||f(y + h) - f(y)|| / ||h||, so a lower bound on the Lipschitz constant that kappa_inf (kappa_F) bounds
+    above. The Jacobian rows come from reverse mode, one per output token, for all grid points at once."""
     c = float(x.abs().max())
     axis = torch.linspace(-c, c, grid, dtype=torch.float64)
     Y = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), dim=-1).reshape(-1, 2, 1).to(x)
@@ -252,28 +252,33 @@ def local_lipschitz_rows(layer, x: Tensor, grid: int, a: float = 1.0) -> Tensor:
         rows = [torch.autograd.grad(fy[:, i, 0].sum(), y, retain_graph=True)[0][:, :, 0] for i in range(2)]
     J = torch.stack(rows, dim=1).to(torch.float64)  # [G, 2, 2]
     J_g = (J - (1 - a) * torch.eye(2, dtype=J.dtype, device=J.device)) / a
-    return J_g.abs().sum(dim=-1).amax(dim=-1).max().cpu()
+    row_sums = float(J_g.abs().sum(dim=-1).amax(dim=-1).max().cpu())
+    return row_sums, float(torch.linalg.matrix_norm(J_g, 2).max().cpu())
 
 
 @requires(Tag.SCORE_MATRIX)
 @given(case=cases(batch=(1, 1), tokens=(2, 2), dim=(1, 1), scales=st.floats(0.25, 2.0)), c=st.floats(0.5, 2.0))
 def test_certificates_are_tight_on_extremal_configurations(variant: Variant, case: Case, c: float, device) -> None:
-    """kappa_inf is attained: on two antipodal one-dimensional tokens x = (c, -c) (N = 2, D = 1), at the point where
-    attention is uniform (scores equal: y_1 = y_2 for scores A Y^T, y_i = 0 for Y A^T), the Jacobian's largest
-    absolute row sum is exactly 0.5 diam(V) max|a_i| (or 0.25 diam(V) diam(A)), the bound's value: every
-    inequality in its derivation (|p_ij (v_j - f_i)| summed over j <= diam(V) / 2 at p = (1/2, 1/2), the
-    Cauchy-Schwarz on a_i . dy) is an equality there. A relaxation a gives kappa = 1 - a + a kappa_g, attained
-    only where J_g's diagonal is >= 0, so the unrelaxed part is compared: (kappa - (1 - a)) / a against J_g's.
-    So the observed local Lipschitz constant over a grid of the hull is at least TIGHTNESS times the certificate."""
+    """kappa_inf and kappa_F are attained: on two antipodal one-dimensional tokens x = (c, -c) (N = 2, D = 1), at
+    the point where attention is uniform (scores equal: y_1 = y_2 for scores A Y^T, y_i = 0 for Y A^T), the
+    Jacobian is (diam(V) / 4) a (1, -1)^T for scores A Y^T (a = the column of A): its largest absolute row sum
+    is 0.5 diam(V) max|a_i| and its 2-norm diam(V) ||a|| / (2 sqrt 2), the bounds' values; for Y A^T it is
+    diagonal with entries diam(V) diam(A) / 4, both bounds' value. Every inequality in their derivations
+    (|p_ij (v_j - f_i)| summed over j <= diam(V) / 2 at p = (1/2, 1/2), the Cauchy-Schwarz on a_i . dy) is an
+    equality there. A relaxation a gives kappa = 1 - a + a kappa_g, attained only where J_g's diagonal is
+    >= 0, so the unrelaxed part is compared: (kappa - (1 - a)) / a against J_g's. So the observed local
+    Lipschitz constant over a grid of the hull, in each norm, is at least TIGHTNESS times its certificate."""
     layer = case.layer(variant, device)
     x = extremal_tokens(c, case.dtype, device)
     a = analysis.relaxation(layer)
-    kappa = (float(analysis.certificates(layer, x).kappa_inf.to(torch.float64).cpu()[0]) - (1 - a)) / a
-    observed = float(local_lipschitz_rows(layer, x, TIGHT_GRID, a))
-    ratio = observed / kappa if kappa > 0 else math.inf
-    event(f"observed / kappa_inf in [{math.floor(ratio * 10) / 10:.1f}, {math.floor(ratio * 10) / 10 + 0.1:.1f})")
-    note(f"kappa_inf {kappa:.6g}, observed max ||J(y)||_inf {observed:.6g}, ratio {ratio:.4f}")
-    assert ratio >= TIGHTNESS, (
-        f"kappa_inf = {kappa:.4g} is not tight: the largest observed Lipschitz ratio on its extremal configuration "
-        f"is {observed:.4g}, ratio {ratio:.3f} < {TIGHTNESS}"
-    )
+    certificates = analysis.certificates(layer, x)
+    observed = dict(zip(("kappa_inf", "kappa_F"), local_lipschitz(layer, x, TIGHT_GRID, a)))
+    for name, seen in observed.items():
+        kappa = (float(getattr(certificates, name).to(torch.float64).cpu()[0]) - (1 - a)) / a
+        ratio = seen / kappa if kappa > 0 else math.inf
+        event(f"observed / {name} in [{math.floor(ratio * 10) / 10:.1f}, {math.floor(ratio * 10) / 10 + 0.1:.1f})")
+        note(f"{name} {kappa:.6g}, observed max local Lipschitz constant {seen:.6g}, ratio {ratio:.4f}")
+        assert ratio >= TIGHTNESS, (
+            f"{name} = {kappa:.4g} is not tight: the largest observed Lipschitz ratio on its extremal configuration "
+            f"is {seen:.4g}, ratio {ratio:.3f} < {TIGHTNESS}"
+        )

@@ -675,20 +675,35 @@ def test_float32_gradients_match_float64(variant: Variant, case: Case, device) -
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@given(case=small_cases, alpha=st.one_of(st.just(1e-12), st.floats(1e-3, 1e3), st.just(1e12)))
-def test_gradient_is_linear_in_the_loss(variant: Variant, case: Case, alpha: float, device) -> None:
+#: Loss scales near float64's ends (~1e-289 and ~1e289, powers of two so that dividing by them is exact): there
+#: ||alpha v|| underflows to 0 or overflows to inf in torch's vector_norm (no rescaling inside), so the relative
+#: adjoint stop is meaningless unless the hook rescales v; 2^-960 leaves the gradients (~alpha) clear of subnormals
+#: and 2^960 leaves 1e19 of headroom below float64's largest value.
+EXTREME_LOSS_SCALES = (2.0**-960, 2.0**960)
+
+
+@given(
+    case=small_cases,
+    alpha=st.one_of(st.sampled_from((1e-12, 1e12)), st.floats(1e-3, 1e3)),
+    extreme=st.sampled_from(EXTREME_LOSS_SCALES),
+)
+def test_gradient_is_linear_in_the_loss(variant: Variant, case: Case, alpha: float, extreme: float, device) -> None:
     """grad(alpha L) / alpha equals the dense reference gradient of L (not the hook's own grad L: the hook
-    compared with itself would pass any wrong but linear adjoint), down to alpha = 1e-12 and up to 1e12, where
-    the relative adjoint stop meets the solver's absolute floors unless the hook rescales v."""
+    compared with itself would pass any wrong but linear adjoint), for a drawn alpha from 1e-12 to 1e12 and, in
+    every example, at 2^-960 or 2^960, where the relative adjoint stop meets the solver's absolute floors, or
+    ||alpha v|| under- or overflows, unless the hook rescales v."""
     layer, x = solved(case, variant, device)
     v = cotangent(case, device, layer=layer)
-    scaled = layer_grads(layer, x, alpha * v).all
     an = analyse_solved(layer, x, v)
-    assert bool(torch.isfinite(scaled).all()), f"grad({alpha:g} L) is not finite"
     reference = torch.cat([an.reference.weights, an.reference.x.flatten()])
     # The adjoint solve is within the adjoint budget of the exact (linear) answer; dividing by alpha is one rounding.
     budget = float(an.scale_all) * (adjoint_budget(an, TOL64) + eps(F64))
-    assert_close(scaled / alpha, reference, budget, floor_of(x, v), f"grad({alpha:g} L) / {alpha:g} vs dense grad L")
+    event(f"extreme loss scale 2^{math.frexp(extreme)[1] - 1}")
+    for scale in (alpha, extreme):
+        scaled = layer_grads(layer, x, scale * v).all
+        assert bool(torch.isfinite(scaled).all()), f"grad({scale:g} L) is not finite"
+        label = f"grad({scale:g} L) / {scale:g} vs dense grad L"
+        assert_close(scaled / scale, reference, budget, floor_of(x, v), label)
 
 
 @given(case=small_cases, backward=st.sampled_from(["implicit", "phantom", "unrolled"]))
