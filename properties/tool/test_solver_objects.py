@@ -275,3 +275,34 @@ def test_track_returns_a_tracked(mode: str, n_iters: int) -> None:
         assert len(history) == n_iters + 1 and torch.equal(history[-1], y) and torch.equal(history[0], x)
     else:
         assert layer.last_solution is not None and len(history) == layer.last_solution.n_steps
+
+
+@pytest.mark.parametrize("method", ["picard", "anderson"])
+def test_a_one_dimensional_start_is_one_scalar_per_element(method: str) -> None:
+    """y0 of shape [B] (one scalar per batch element) is solved as [B, 1] and read back as [B]: the solution,
+    every kept iterate and the report equal, bit for bit, those of the same problem posed as [B, 1]."""
+    y0 = torch.tensor([0.0, 1.0, -2.0], dtype=F64)
+    flat = solve(torch.cos, y0, method, tol=1e-12, keep_iterates=True)
+    column = solve(torch.cos, y0[:, None], method, tol=1e-12, keep_iterates=True)
+    assert flat.y.shape == y0.shape and torch.equal(flat.y, column.y[:, 0])
+    assert flat.iterates is not None and column.iterates is not None
+    assert len(flat.iterates) == len(column.iterates) > 1
+    assert all(a.shape == y0.shape and torch.equal(a, b[:, 0]) for a, b in zip(flat.iterates, column.iterates))
+    assert flat.statuses == column.statuses and flat.steps == column.steps
+    assert torch.equal(flat.residuals, column.residuals)
+
+
+def test_solve_defaults_are_the_documented_ones() -> None:
+    """solve(f, y0) is Picard with tol 1e-6, max_iter 200, the absolute stop, no kept iterates: on a map slow
+    enough to run out of steps (y -> 0.9999 y from 1 needs ~46 000 steps to reach 1e-6) and on one that
+    converges, the default call and the explicit one give the same report and point."""
+    slow = solve(lambda y: 0.9999 * y, torch.ones(2, 3, dtype=F64))
+    assert list(slow.steps) == [200, 200] and not slow.converged
+    f, y0 = contraction(seed=0)
+    default = solve(f, y0)
+    explicit = solve(f, y0, Picard(), tol=1e-6, max_iter=200, stop="abs", keep_iterates=False)
+    assert default.iterates is None
+    assert default.statuses == explicit.statuses and default.steps == explicit.steps
+    assert torch.equal(default.y, explicit.y) and torch.equal(default.residuals, explicit.residuals)
+    one_step_short = solve(f, y0, tol=1e-6, max_iter=max(default.steps) - 1)
+    assert float(default.residual.max()) <= 1e-6 < float(one_step_short.residual.max())
