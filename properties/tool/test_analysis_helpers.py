@@ -286,3 +286,30 @@ def test_classify_follows_its_order(case: Case) -> None:
         assert regimes.classify(layer, x, cycling) == "cycling"
         assert regimes.classify(layer, x, converged) == ("saturated" if saturated else "multistable")
     assert regimes.observe(layer, x, solution) == regimes.classify(layer, x, solution)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_eig_blocks_solves_in_float64_and_answers_in_the_input_precision(dtype: torch.dtype) -> None:
+    """[[1, 1], [d, 1]] has eigenvalues 1 +- sqrt(d), each moving by ~e / sqrt(d) when an entry moves by e. With
+    d = 1e-6 stored in the input's dtype, an eigensolver run in float32 would be off by ~eps32 / (2 sqrt d)
+    ~ 3e-5; eig_blocks's geev runs in float64 (off by ~eps64 / sqrt d; numpy computes in double even for a
+    float32 array) and its answer is rounded once to the input's complex dtype: within 2 eps of that dtype of
+    1 +- sqrt(d) (d as stored), complex64 for float32 input and complex128 for float64."""
+    d = torch.tensor(1e-6, dtype=dtype)
+    J = torch.tensor([[1.0, 1.0], [0.0, 1.0]], dtype=dtype)
+    J[1, 0] = d
+    values, vectors = eig_blocks(J[None])
+    complex_dtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+    assert values.dtype == complex_dtype and vectors.dtype == complex_dtype
+    split = math.sqrt(float(d))
+    expected = sorted([1 - split, 1 + split])
+    got = sorted(complex(v).real for v in values[0])
+    eps = torch.finfo(dtype).eps
+    assert all(abs(g - e) <= 2 * eps + 1e3 * torch.finfo(torch.float64).eps for g, e in zip(got, expected)), got
+    assert max(abs(complex(v).imag) for v in values[0]) <= 2 * eps
+
+
+def test_eig_blocks_names_a_failure_of_the_eigensolver() -> None:
+    """numpy's geev refuses NaN: eig_blocks raises ValueError saying the eigenvalue solver failed on a block."""
+    with pytest.raises(ValueError, match="the eigenvalue solver failed on a Jacobian block"):
+        eig_blocks(torch.tensor([[[1.0, float("nan")], [0.0, 1.0]]], dtype=torch.float64))
