@@ -637,7 +637,7 @@ def test_float32_gradients_match_float64(variant: Variant, case: Case, device) -
     require(smallest > resolution, "gradients above float32's resolution of their terms (chain eps32 ||g|| max|x|)")
     # Attention sees the tokens through their differences (softmax is shift-invariant, and its pullback weighs
     # x_j - sum_k p_k x_k), twice in a weight derivative (scores, then values): the derivative is ~diam^2 while
-    # its terms round at ~max|x|^2, so the pullback's rounding is (max|x| / diam(x))^2 times its result
+    # its terms round at ~max||x_i||^2, so the pullback's rounding is (max||x_i|| / diam(x))^2 times its result
     # (gradient_reference.token_spread, max||x_i|| / diam; hopfield N = 2, D = 1, spread 27: 1.09x the bound with the
     # factor to the first power). Where that alone exceeds issue 3's target, float32 cannot resolve the problem.
     spread = float(token_spread(x).max())
