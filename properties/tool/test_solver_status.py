@@ -568,6 +568,37 @@ def test_one_singular_element_leaves_the_others_accelerated() -> None:
     assert torch.allclose(new[1], alpha @ F[:, 1], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("recorded", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_anderson_falls_back_on_a_step_that_overflows(dtype: torch.dtype, recorded: bool) -> None:
+    """A sound system whose step is not finite: residuals g_0 = (10, 1), g_1 = (9, 1) give alpha = (-9, 10) exactly
+    (alpha_0 + 9 = 0 zeroes the first coordinate; G G^T has det 1, far from singular), and sum |alpha| = 19 is well
+    inside ALPHA_LIMIT. With every stored f(x) at 0.9 x the dtype's max, alpha_0 f_0 overflows, so the step is
+    Inf or NaN: each element must fall back to the Picard step, f(y) itself (mixing 1). The control, the same
+    history with f(x) of size 1, takes the Anderson step alpha F."""
+    from iqa.solvers.anderson import _Pairs
+
+    G = torch.tensor([[[10.0, 1.0]], [[9.0, 1.0]]], dtype=dtype).expand(2, 2, 2).contiguous()  # [pair, batch, n]
+    for size, overflows in ((0.9 * torch.finfo(dtype).max, True), (1.0, False)):
+        F = torch.full_like(G, size)
+        F[1] *= 0.5  # keeps the two pairs' f distinct, so the control's step differs from f(y)
+        X = F - G  # rounds to F at the large size; only G enters the system
+        with torch.set_grad_enabled(recorded):
+            start = X[0].clone().requires_grad_(recorded)
+            pairs = _Pairs(start, 2, differentiable=recorded)
+            for t in range(2):
+                pairs.push(X[t], F[t], G[t], np.zeros(2))
+            new, fell_back = pairs.next_iterate(X[-1], F[-1], 1.0, 0.0, np.full(2, 2))
+        if overflows:
+            assert fell_back.all(), f"a non-finite step was taken: {new}"
+            assert torch.equal(new.detach(), F[-1])
+        else:
+            assert not fell_back.any()
+            # alpha = (-9, 10) to the rounding of a 2 x 2 solve with cond ~3e4: ~cond eps of |alpha| = 10
+            expected = -9 * F[0] + 10 * F[1]
+            assert torch.allclose(new.detach(), expected, rtol=0, atol=10 * 3e4 * torch.finfo(dtype).eps)
+
+
 @given(
     batch=st.integers(1, 3),
     n=st.integers(2, 6),
