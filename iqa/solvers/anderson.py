@@ -289,8 +289,9 @@ class _Pairs:
             alpha_h = w / w.sum(-1, keepdims=True)
             sound = solved & (np.abs(alpha_h).sum(-1) <= ALPHA_LIMIT)  # False for a NaN or Inf alpha too
             new = self._mix(torch.from_numpy(alpha_h).to(dtype=self.F.dtype).unsqueeze(1), k, mixing)
-            low, high = _extremes(new)
-            return new, sound & np.isfinite(low.numpy()) & np.isfinite(high.numpy())
+            # numpy has no bfloat16: the extremes go to the host as float32, which keeps Inf, NaN and finiteness
+            low, high = (t.float().numpy() for t in _extremes(new))
+            return new, sound & np.isfinite(low) & np.isfinite(high)
 
     def _mix(self, alpha: Tensor, k: int, mixing: float) -> Tensor:
         """beta sum_i alpha_i f(x_i) + (1 - beta) sum_i alpha_i x_i over the first k slots, [B, n] (alpha [B, 1, k])."""

@@ -781,9 +781,9 @@ def test_anderson_falls_back_on_ill_conditioned_system(n: int, mixing: float, st
 def test_numerical_singularity_is_of_directions_not_of_sizes(kinds, k, seed) -> None:
     """Anderson's singularity test without a ridge, on Gram systems S = G G^T whose answer is known by
     construction, per element of a batch, on the host (numpy) and on the recorded path (torch) alike: orthogonal
-    residual directions are sound whatever their sizes (10^-6 .. 10^6, so that cond(S) is 10^24 but the
-    Jacobi-scaled cond is 1), a dependent direction or a zero residual is singular, and a non-finite system is
-    left to the other checks (not singular here)."""
+    residual directions are sound whatever their sizes (10^-12 .. 10^6, so that cond(S) reaches 10^36 but the
+    Jacobi-scaled cond is 1; sizes below 1 must be scaled too), a dependent direction or a zero residual is
+    singular, and a non-finite system is left to the other checks (not singular here)."""
     from iqa.solvers.anderson import _numerically_singular, _numerically_singular_torch
 
     rng = np.random.default_rng(seed)
@@ -791,7 +791,7 @@ def test_numerical_singularity_is_of_directions_not_of_sizes(kinds, k, seed) -> 
     systems, expected = [], []
     for kind in kinds:
         Q = np.linalg.qr(rng.normal(size=(n, k)))[0].T  # k orthonormal rows
-        sizes = 10.0 ** rng.uniform(-6, 6, size=k) if kind == "scaled" else rng.uniform(0.5, 2.0, size=k)
+        sizes = 10.0 ** rng.uniform(-12, 6, size=k) if kind == "scaled" else rng.uniform(0.5, 2.0, size=k)
         G = sizes[:, None] * Q
         if kind == "rank":
             G[-1] = rng.uniform(-2, 2, size=k - 1) @ G[:-1]
