@@ -573,14 +573,16 @@ def test_one_singular_element_leaves_the_others_accelerated() -> None:
 def test_anderson_falls_back_on_a_step_that_overflows(dtype: torch.dtype, recorded: bool) -> None:
     """A sound system whose step is not finite: residuals g_0 = (10, 1), g_1 = (9, 1) give alpha = (-9, 10) exactly
     (alpha_0 + 9 = 0 zeroes the first coordinate; G G^T has det 1, far from singular), and sum |alpha| = 19 is well
-    inside ALPHA_LIMIT. With every stored f(x) at 0.9 x the dtype's max, alpha_0 f_0 overflows, so the step is
-    Inf or NaN: each element must fall back to the Picard step, f(y) itself (mixing 1). The control, the same
+    inside ALPHA_LIMIT. With the first coordinate of the older f(x) at 0.9 x the dtype's max, alpha_0 f_0
+    overflows there (to -Inf; the other coordinate stays finite, so both a row's max and its min must be
+    checked): each element must fall back to the Picard step, f(y) itself (mixing 1). The control, the same
     history with f(x) of size 1, takes the Anderson step alpha F."""
     from iqa.solvers.anderson import _Pairs
 
     G = torch.tensor([[[10.0, 1.0]], [[9.0, 1.0]]], dtype=dtype).expand(2, 2, 2).contiguous()  # [pair, batch, n]
     for size, overflows in ((0.9 * torch.finfo(dtype).max, True), (1.0, False)):
-        F = torch.full_like(G, size)
+        F = torch.ones_like(G)
+        F[0, :, 0] = size  # only alpha_0 f_0 overflows: no Inf - Inf, so no NaN that both checks would see
         F[1] *= 0.5  # keeps the two pairs' f distinct, so the control's step differs from f(y)
         X = F - G  # rounds to F at the large size; only G enters the system
         with torch.set_grad_enabled(recorded):
