@@ -1,11 +1,12 @@
-"""Anderson's options, bookkeeping and precision, where the broader solver properties rarely look.
+"""The solvers' options, bookkeeping and precision, where the broader solver properties rarely look.
 
 Each test here pins a behaviour that a library mutant changed while every other property passed (the mutation
-report of ``tox -e mutate`` names them): the ridge option's validation; an element that is non-finite from its
+report of ``tox -e mutate`` names them): Anderson's ridge validation; an element that is non-finite from its
 first evaluation; history 1, which must be damped Picard bit for bit (cycle detection included); the iterate
 returned for an unconverged element when its residual is not monotone; the unrolled path when only the map's
 parameters need gradients; the m x m system of a half-precision solve, formed in float32; no warnings from a
-diverging element; and the ring buffers' shapes.
+diverging element; the ring buffers' shapes; an undamped Picard step that is f(y) itself; iterates kept only
+when asked.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def test_history_one_is_damped_picard(rotation, mixing: float, max_iter: int) ->
     assert anderson.statuses == picard.statuses
     assert anderson.steps == picard.steps
     assert identical(anderson.residuals, picard.residuals)
-    assert anderson.fallbacks == 0
+    assert anderson.fallbacks == 0 and picard.fallbacks == 0
     for b, status in enumerate(picard.statuses):
         if status is Status.CONVERGED:
             assert torch.equal(anderson.y[b], picard.y[b])
@@ -235,3 +236,21 @@ def test_a_stalling_element_gives_up_on_time_beside_an_improving_one() -> None:
         said = f"element {b}: batched {batched.statuses[b]}/{batched.steps[b]}, alone {one.statuses[0]}/{one.steps[0]}"
         assert batched.statuses[b] is one.statuses[0] and batched.steps[b] == one.steps[0], said
         assert identical(batched.history(b), one.history(0))
+
+
+@given(rotation=rotations(), steps=st.integers(1, 12))
+def test_an_undamped_picard_step_is_f_itself(rotation, steps: int) -> None:
+    """With damping 1 the next iterate is f(y), bit for bit (not y + 1 (f(y) - y), which rounds differently)."""
+    f, y0, _periods = rotation
+    sol = solve(f, y0, Picard(), tol=1e-300, max_iter=steps, keep_iterates=True)
+    assert sol.iterates is not None and len(sol.iterates) == steps
+    for before, after in zip(sol.iterates, sol.iterates[1:]):
+        assert torch.equal(after, f(before))
+
+
+@pytest.mark.parametrize("method", ["picard", "anderson"])
+def test_iterates_are_kept_only_when_asked(method: str) -> None:
+    y0 = torch.tensor([[1.0, -2.0]], dtype=F64)
+    kept = solve(lambda y: 0.5 * y, y0, method, tol=1e-300, max_iter=5, keep_iterates=True)
+    assert kept.iterates is not None and len(kept.iterates) == 5
+    assert solve(lambda y: 0.5 * y, y0, method, tol=1e-300, max_iter=5).iterates is None
