@@ -161,7 +161,10 @@ def test_a_start_blind_to_the_dominant_eigenvector_is_rescued_by_the_check(
     missed = alone.value.abs() < 0.95  # converged on 0.9 (rtol ~1e-10 of ||M||), not on 1: halfway is unambiguous
     assume(bool(missed.any()))
     event(f"elements whose main run missed rho: {int(missed.sum())} of {batch}")
+    _Counted.calls.clear()
     s = analysis.spectrum(counted_map(M), y, "arnoldi", krylov_dim=krylov_dim, seed=seed)
+    # the products of the main run, the checks and the main run restarted from the check's direction, all counted
+    assert s.jvps == _Counted.calls["jvp"] and _Counted.calls["vjp"] == 0, (s.jvps, dict(_Counted.calls))
     # M is symmetric (eigenvalues perfectly conditioned): a converged rho is within its residual and the products'
     # rounding of an eigenvalue, and it must be the dominant one, 1, not the 0.9 the main run alone settled on
     dominant = (s.rho - 1).abs() <= s.residual + rounding(M)
@@ -305,11 +308,17 @@ def _run_all(f: Callable[[Tensor], Tensor], y: Tensor) -> list[Tensor]:
     ]
 
 
-@given(n=st.integers(MIN_KRYLOV + 1, 12), batch=batches, seed=SEEDS)
-def test_estimates_are_reproducible_and_leave_torch_state_alone(n: int, batch: int, seed: int) -> None:
+@given(n=st.integers(MIN_KRYLOV + 1, 12), batch=batches, seed=SEEDS, rank=st.sampled_from([None, 1, 2]))
+def test_estimates_are_reproducible_and_leave_torch_state_alone(n: int, batch: int, seed: int, rank) -> None:
     """The same call gives the same bits; torch's global random stream is not used (its state is unchanged,
-    and a different global state changes nothing); torch's default dtype does not reach the estimates."""
-    M = operator(n, batch, seed)
+    and a different global state changes nothing); torch's default dtype does not reach the estimates. Also on
+    operators of rank 1 or 2, whose Krylov spaces break down and are continued from fresh random directions: those
+    come from the estimate's own seeded generator too."""
+    if rank is None:
+        M = operator(n, batch, seed)
+    else:
+        g = torch.Generator().manual_seed(seed)
+        M = torch.randn(batch, n, rank, generator=g, dtype=F64) @ torch.randn(batch, rank, n, generator=g, dtype=F64)
     f, y = counted_map(M), torch.zeros(batch, n, 1, dtype=F64)
     torch.manual_seed(seed)
     state = torch.get_rng_state()
@@ -453,3 +462,20 @@ def test_bad_krylov_dims_and_directions_are_refused_by_name() -> None:
         analysis.jvp(f, y, [1.0] * 8)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=re.escape("the direction v must have y's shape (1, 8, 1), got (8, 1)")):
         analysis.vjp(f, y, torch.zeros(8, 1, dtype=F64))
+
+
+@given(n=st.integers(MIN_KRYLOV + 1, 14), batch=st.integers(2, 3), seed=SEEDS, krylov_dim=st.integers(MIN_KRYLOV, 8))
+def test_the_ritz_pair_is_a_unit_vector_with_its_own_residual(n: int, batch: int, seed: int, krylov_dim: int) -> None:
+    """krylov_schur returns, per batch element, a Ritz vector of norm 1 (normalised element by element, not over
+    the batch) and the residual ||M u - theta u|| of that very pair, recomputed here densely."""
+    M = operator(n, batch, seed)
+    generator = torch.Generator().manual_seed(seed)
+    start = torch.randn(batch, n, generator=generator, dtype=F64)
+    rtol = iterative_rtol(n, F64)
+    pair = krylov_schur(lambda v: (M @ v[..., None]).squeeze(-1), start, krylov_dim, 50, rtol, generator)
+    u = pair.vector
+    norms = torch.linalg.vector_norm(u, dim=-1)
+    assert bool(((norms - 1).abs() <= 4 * n * EPS).all()), norms  # a normalisation rounds each entry once
+    Mu = (M.to(u.dtype) @ u[..., None]).squeeze(-1)
+    residual = torch.linalg.vector_norm(Mu - pair.value[:, None] * u, dim=-1)
+    assert bool(((pair.residual - residual).abs() <= rounding(M)).all()), (pair.residual, residual)
