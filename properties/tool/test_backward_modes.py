@@ -222,3 +222,51 @@ def test_option_errors_name_the_option_its_owner_and_the_solver() -> None:
     for bad in (0.0, 1.5, math.nan):
         with pytest.raises(ValueError, match=re.escape(f"phantom damping must be in (0, 1], got {bad!r}")):
             Phantom(steps=2, damping=bad)
+
+
+def test_the_adjoint_scale_is_per_batch_element() -> None:
+    """With a relative stop the adjoint equation is solved for v / s, s a power of two per batch element: an element
+    whose loss weight is 2^-960 next to one of weight 1 gets exactly 2^-960 times the gradient it gets at weight 1
+    (one scale for the whole batch would put it at the solver's absolute floors)."""
+    g = torch.Generator().manual_seed(5)
+    A = 0.5 * torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=F64))[0]
+    b = torch.randn(2, 3, generator=g, dtype=F64, requires_grad=True)
+    y0 = torch.zeros(2, 3, dtype=F64)
+    adjoint = AdjointOptions(tol=1e-12, stop="rel")
+    grads = []
+    for weights in ((1.0, 1.0), (1.0, 2.0**-960)):
+        y = fixed_point(lambda y: y @ A.T + b, y0, "implicit", adjoint=adjoint, tol=1e-13, max_iter=500)
+        loss = (torch.tensor(weights, dtype=F64)[:, None] * y).sum()
+        (grad,) = torch.autograd.grad(loss, b)
+        grads.append(grad)
+    assert torch.equal(grads[1][0], grads[0][0])
+    assert torch.equal(grads[1][1], grads[0][1] * 2.0**-960)
+
+
+def test_an_unconverged_adjoint_warns_and_returns_its_best_gradient_by_default() -> None:
+    """Without raise_on_failure the implicit backward whose adjoint solve runs out of steps warns
+    (BackwardConvergenceWarning) and still returns a finite gradient; it raises only when asked."""
+    g = torch.Generator().manual_seed(6)
+    A = 0.95 * torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=F64))[0]
+    b = torch.randn(1, 3, generator=g, dtype=F64, requires_grad=True)
+    y0 = torch.zeros(1, 3, dtype=F64)
+    short = AdjointOptions(tol=1e-14, max_iter=2)
+    y = fixed_point(lambda y: y @ A.T + b, y0, "implicit", adjoint=short, tol=1e-12, max_iter=2000)
+    with pytest.warns(BackwardConvergenceWarning, match="adjoint solve"):
+        (grad,) = torch.autograd.grad(y.sum(), b)
+    assert bool(torch.isfinite(grad).all())
+
+
+@pytest.mark.parametrize("stop", ["abs", "rel"])
+def test_the_adjoint_solves_in_either_stop_mode(stop: str) -> None:
+    """The implicit gradient of y -> A y + b is (I - A)^-T 1 per element, in either stop mode of the adjoint (the
+    relative one rescales v, the absolute one must not), to the adjoint's tol over 1 - ||A||."""
+    g = torch.Generator().manual_seed(8)
+    A = 0.5 * torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=F64))[0]
+    b = torch.randn(2, 3, generator=g, dtype=F64, requires_grad=True)
+    y = fixed_point(lambda y: y @ A.T + b, torch.zeros(2, 3, dtype=F64), "implicit",
+                    adjoint=AdjointOptions(tol=1e-12, stop=stop), tol=1e-13, max_iter=500)  # fmt: skip
+    (grad,) = torch.autograd.grad(y.sum(), b)
+    exact = torch.linalg.solve(torch.eye(3, dtype=F64) - A.T, torch.ones(3, dtype=F64))
+    # the adjoint stops within tol (relative to ||g|| ~ 2 in rel mode); the error is at most that over 1 - 0.5
+    assert bool(((grad - exact).norm(dim=-1) <= 2 * 1e-12 * 2 / 0.5).all()), (grad, exact)

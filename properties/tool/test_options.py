@@ -176,3 +176,79 @@ def test_solve_start_is_checked(bad: str, dtype: torch.dtype) -> None:
 def test_phantom_steps_must_be_a_positive_integer(steps: Any) -> None:
     with pytest.raises(ValueError, match=r"phantom steps must be an integer >= 1"):
         fixed_point(lambda y: y / 2, torch.ones(1, 2), backward="phantom", phantom_steps=steps)
+
+
+# --- defaults and the options that switch a layer to solve mode (each pinned where a library mutant survived) ---
+
+
+def test_a_new_layer_has_no_solutions_yet() -> None:
+    layer = ImplicitQueryAttention(3, solver="picard")
+    assert layer.last_solution is None and layer.last_backward_solution is None
+
+
+@pytest.mark.parametrize("option", [dict(tol=1e-9), dict(max_iter=300), dict(damping=0.5), dict(solver="anderson")])
+def test_any_solver_option_switches_the_layer_to_solve_mode(option: dict) -> None:
+    """tol, max_iter or a solver option alone (no solver=) makes the layer solve with Picard (or the solver named):
+    the forward then records its Solution; seed mode records none."""
+    x = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    layer = ImplicitQueryAttention(4, **option).double()
+    layer(x)
+    assert layer.last_solution is not None
+    assert layer.last_solution.method == option.get("solver", "picard")
+    seed_mode = ImplicitQueryAttention(4).double()
+    seed_mode(x)
+    assert seed_mode.last_solution is None
+
+
+def test_the_layer_solves_in_its_stop_mode() -> None:
+    x = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for stop in ("abs", "rel"):
+        layer = ImplicitQueryAttention(4, tol=1e-9, stop=stop).double()
+        layer(x)
+        assert layer.last_solution is not None and layer.last_solution.stop == stop
+
+
+def test_linear_init_defaults_to_torch_s_own_init() -> None:
+    """linear_init_ at its default scale is nn.Linear's Kaiming-uniform init (a = sqrt(5)) from the same generator."""
+    from torch import nn
+
+    from iqa.layer import linear_init_
+
+    ours = linear_init_(nn.Linear(5, 3, bias=False), generator=torch.Generator().manual_seed(7))
+    theirs = nn.Linear(5, 3, bias=False)
+    nn.init.kaiming_uniform_(theirs.weight, a=math.sqrt(5), generator=torch.Generator().manual_seed(7))
+    assert torch.equal(ours.weight, theirs.weight)
+
+
+def test_fixed_point_defaults_to_the_implicit_backward() -> None:
+    """fixed_point(f, y0) without backward= differentiates implicitly: the same value and the same gradient, bit for
+    bit, as backward="implicit", and a different gradient from one phantom step on this slowly contracting map."""
+    g = torch.Generator().manual_seed(3)
+    A = 0.9 * torch.linalg.qr(torch.randn(4, 4, generator=g, dtype=torch.float64))[0]  # ||A|| = 0.9
+    y0 = torch.zeros(2, 4, dtype=torch.float64)
+    grads = {}
+    for backward in (None, "implicit", "phantom"):
+        b = torch.randn(2, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64, requires_grad=True)
+        kwargs = {} if backward is None else {"backward": backward}
+        y = fixed_point(lambda y, b=b: y @ A.T + b, y0, tol=1e-12, max_iter=2000, **kwargs)
+        (grads[backward],) = torch.autograd.grad(y.sum(), b)
+    assert torch.equal(grads[None], grads["implicit"])
+    assert not torch.allclose(grads[None], grads["phantom"])
+
+
+def test_the_phantom_shorthand_is_one_undamped_step() -> None:
+    from iqa import Phantom
+    from iqa.grad import as_backward
+
+    assert as_backward("phantom") == Phantom(steps=1, damping=1.0)
+    assert ImplicitQueryAttention(3, backward="phantom").backward == Phantom(steps=1, damping=1.0)
+
+
+def test_adjoint_damping_is_accepted_where_the_adjoint_solver_has_it() -> None:
+    from iqa import AdjointOptions
+
+    assert AdjointOptions(method="picard", damping=0.5).damping == 0.5
+    with pytest.raises(ValueError, match=r"adjoint damping must be in \(0, 1\]"):
+        AdjointOptions(method="picard", damping=1.5)
+    with pytest.raises(ValueError, match=r"damping is an option of Picard"):
+        AdjointOptions(method="anderson", damping=0.5)
