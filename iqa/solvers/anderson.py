@@ -305,8 +305,8 @@ class _Pairs:
 
 def _extremes(new: Tensor) -> tuple[Tensor, Tensor]:
     """(min, max) of each row of ``new`` [B, n]; NaN propagates to both and an Inf to one, so both are finite exactly
-    when the row is. Two reductions: on the CPU torch.aminmax is ~10x slower than amin and amax together (measured
-    in properties/benchmarks/test_bench_anderson.py's setting, B = 8, n = 16 384, float32, one thread)."""
+    when the row is. Two reductions: on the CPU torch.aminmax is ~10x slower than amin and amax together (timeit
+    on a [8, 16 384] float32 tensor, the step of test_bench_anderson.py's large case, one thread: 279 us vs ~24 us)."""
     return new.amin(-1), new.amax(-1)
 
 

@@ -91,6 +91,8 @@ def test_buffers_grow_with_the_pairs_and_keep_them(m, pushes, n, store_x, seed) 
     for t in range(pushes):
         pairs.push(X[t], F[t], F[t] - X[t], np.ones(2))
         capacity = pairs.F.shape[1]
+        # F, G and X (where kept) grow together, slot for slot
+        assert pairs.G.shape == pairs.F.shape and (pairs.X is None or pairs.X.shape == pairs.F.shape)
         needed = min(t + 1, m)
         assert needed <= capacity <= min(m, 1 << (needed - 1).bit_length()), f"{capacity} slots for {needed} pairs"
         assert (pairs.X is not None) == store_x

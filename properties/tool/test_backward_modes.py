@@ -64,6 +64,12 @@ def test_adjoint_fails_where_rho_exceeds_one(n: int, rho: float, seed: int, rais
     note(f"adjoint status {record.backward.status}, residual {record.backward.residual.tolist()}")
 
 
+def contraction(n: int, q: float, seed: int) -> tuple[Tensor, torch.Generator]:
+    """A = q Q with Q orthogonal, so ||A||_2 = q exactly, and the generator, to draw the rest of the problem."""
+    g = torch.Generator().manual_seed(seed)
+    return q * torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64))[0], g
+
+
 def small_map(seed: int) -> tuple[Tensor, Tensor]:
     generator = torch.Generator().manual_seed(seed)
     W = (0.3 * torch.randn(3, 3, dtype=F64, generator=generator)).requires_grad_(True)
@@ -228,8 +234,7 @@ def test_the_adjoint_scale_is_per_batch_element() -> None:
     """With a relative stop the adjoint equation is solved for v / s, s a power of two per batch element: an element
     whose loss weight is 2^-960 next to one of weight 1 gets exactly 2^-960 times the gradient it gets at weight 1
     (one scale for the whole batch would put it at the solver's absolute floors)."""
-    g = torch.Generator().manual_seed(5)
-    A = 0.5 * torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=F64))[0]
+    A, g = contraction(3, 0.5, 5)
     b = torch.randn(2, 3, generator=g, dtype=F64, requires_grad=True)
     y0 = torch.zeros(2, 3, dtype=F64)
     adjoint = AdjointOptions(tol=1e-12, stop="rel")
@@ -246,8 +251,7 @@ def test_the_adjoint_scale_is_per_batch_element() -> None:
 def test_an_unconverged_adjoint_warns_and_returns_its_best_gradient_by_default() -> None:
     """Without raise_on_failure the implicit backward whose adjoint solve runs out of steps warns
     (BackwardConvergenceWarning) and still returns a finite gradient; it raises only when asked."""
-    g = torch.Generator().manual_seed(6)
-    A = 0.95 * torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=F64))[0]
+    A, g = contraction(3, 0.95, 6)
     b = torch.randn(1, 3, generator=g, dtype=F64, requires_grad=True)
     y0 = torch.zeros(1, 3, dtype=F64)
     short = AdjointOptions(tol=1e-14, max_iter=2)
@@ -261,8 +265,7 @@ def test_an_unconverged_adjoint_warns_and_returns_its_best_gradient_by_default()
 def test_the_adjoint_solves_in_either_stop_mode(stop: str) -> None:
     """The implicit gradient of y -> A y + b is (I - A)^-T 1 per element, in either stop mode of the adjoint (the
     relative one rescales v, the absolute one must not), to the adjoint's tol over 1 - ||A||."""
-    g = torch.Generator().manual_seed(8)
-    A = 0.5 * torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=F64))[0]
+    A, g = contraction(3, 0.5, 8)
     b = torch.randn(2, 3, generator=g, dtype=F64, requires_grad=True)
     y = fixed_point(lambda y: y @ A.T + b, torch.zeros(2, 3, dtype=F64), "implicit",
                     adjoint=AdjointOptions(tol=1e-12, stop=stop), tol=1e-13, max_iter=500)  # fmt: skip

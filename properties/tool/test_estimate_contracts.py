@@ -79,6 +79,12 @@ def operator(n: int, batch: int, seed: int) -> Tensor:
     return rest + 3.0 * sign * (u @ u.transpose(1, 2))
 
 
+def low_rank(n: int, rank: int, batch: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Gaussian factors U, V [B, n, rank] of M = U V^T, whose Krylov spaces are exhausted after rank + 1 vectors."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, n, rank, generator=g, dtype=F64), torch.randn(batch, n, rank, generator=g, dtype=F64)
+
+
 def rounding(M: Tensor) -> Tensor:
     """[B]: a product with M and the residual norm each carry n eps ||M||_2 (first order, two of them)."""
     return 2 * M.shape[-1] * EPS * torch.linalg.matrix_norm(M, 2)
@@ -317,8 +323,8 @@ def test_estimates_are_reproducible_and_leave_torch_state_alone(n: int, batch: i
     if rank is None:
         M = operator(n, batch, seed)
     else:
-        g = torch.Generator().manual_seed(seed)
-        M = torch.randn(batch, n, rank, generator=g, dtype=F64) @ torch.randn(batch, rank, n, generator=g, dtype=F64)
+        U, V = low_rank(n, rank, batch, seed)
+        M = U @ V.transpose(1, 2)
     f, y = counted_map(M), torch.zeros(batch, n, 1, dtype=F64)
     torch.manual_seed(seed)
     state = torch.get_rng_state()
@@ -388,9 +394,7 @@ def test_low_rank_operators_are_solved_past_their_invariant_subspace(n, rank, ba
     """M = U V^T of rank r < m: the Krylov space from any start is exhausted after r + 1 vectors (beta = 0), where
     Arnoldi and Lanczos continue from a fresh random direction. Their answers are still numpy's (rho within its
     residual times cond; sigma within its residual), converged, from the products counted."""
-    g = torch.Generator().manual_seed(seed)
-    U = torch.randn(batch, n, rank, generator=g, dtype=F64)
-    V = torch.randn(batch, n, rank, generator=g, dtype=F64)
+    U, V = low_rank(n, rank, batch, seed)
     M = U @ V.transpose(1, 2)
     f, y = counted_map(M), torch.zeros(batch, n, 1, dtype=F64)
     _Counted.calls.clear()

@@ -189,15 +189,18 @@ def test_a_new_layer_has_no_solutions_yet() -> None:
 @pytest.mark.parametrize("option", [dict(tol=1e-9), dict(max_iter=300), dict(damping=0.5), dict(solver="anderson")])
 def test_any_solver_option_switches_the_layer_to_solve_mode(option: dict) -> None:
     """tol, max_iter or a solver option alone (no solver=) makes the layer solve with Picard (or the solver named):
-    the forward then records its Solution; seed mode records none."""
+    the forward then records its Solution."""
     x = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     layer = ImplicitQueryAttention(4, **option).double()
     layer(x)
     assert layer.last_solution is not None
     assert layer.last_solution.method == option.get("solver", "picard")
-    seed_mode = ImplicitQueryAttention(4).double()
-    seed_mode(x)
-    assert seed_mode.last_solution is None
+
+
+def test_a_layer_without_solver_options_stays_in_seed_mode() -> None:
+    layer = ImplicitQueryAttention(4).double()
+    layer(torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    assert layer.solver is None and layer.last_solution is None
 
 
 def test_the_layer_solves_in_its_stop_mode() -> None:

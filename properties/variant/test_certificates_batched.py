@@ -10,14 +10,14 @@ from torch import Tensor
 from iqa import analysis
 from iqa.analysis.certificates import SCORES_A_YT, head_terms, score_form
 from iqa.variants import Tag, Variant
+from properties.gradient_reference import token_spread
 from properties.strategies import ANY_SCALE, Case, cases
 from properties.tags import requires
 
 
 def row_spread(t: Tensor) -> Tensor:
-    """[B]: max over heads of max_i ||t_i|| / max_jk ||t_j - t_k|| for t [B, h, N, .] (inf where all rows coincide)."""
-    rows = torch.linalg.vector_norm(t, dim=-1).amax(dim=-1)
-    return (rows / torch.cdist(t, t).amax(dim=(-2, -1))).amax(dim=-1)
+    """[B]: the largest over heads of :func:`token_spread`, max ||row|| / diameter, for t [B, h, N, .]."""
+    return token_spread(t.flatten(0, 1)).view(t.shape[0], -1).amax(dim=-1)
 
 
 @requires(Tag.SCORE_MATRIX)
@@ -29,7 +29,7 @@ def test_batched_certificates_equal_per_element(variant: Variant, case: Case, de
     with torch.no_grad():
         A, U = head_terms(layer, x)  # [B, h, N, .]: what the certificates take norms and diameters of
         # the diameters taken: the values' always; the score matrix's and the input's only in the form that
-        # takes them (an infinite spread, all rows equal, would otherwise excuse any error where it is not used)
+        # takes them (a spread of rows whose diameter a certificate does not take would only loosen the bound)
         spreads = [row_spread(U)]
         if score_form(layer) != SCORES_A_YT:
             spreads += [row_spread(A), row_spread(x[:, None])]
