@@ -9,7 +9,10 @@ not depend on how many worker processes computed it.
 from __future__ import annotations
 
 import math
+import os
 import statistics
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from iqa import solve
-from iqa.measure import measure_variant
+from iqa.measure import measure_variant, worker_pool
 from iqa.measure.summary import metric_info
 from iqa.measure.sweep import Cell, Sweep, rounded
 from iqa.variants import resolve
@@ -86,9 +89,30 @@ def test_result_is_strict_json_and_documented(reference_result: dict) -> None:
 
 
 def test_result_does_not_depend_on_jobs(reference_result: dict) -> None:
-    """Two spawned workers give the same data as one process (wall-clock metrics aside)."""
+    """Two worker processes give the same data as one process (wall-clock metrics aside)."""
     parallel = measure_variant("reference", TINY, jobs=2, progress=False)
     assert _deterministic(parallel) == _deterministic(reference_result)
+
+
+def _worker_state() -> tuple[str, str | None, list[str], int, bool]:
+    return os.getcwd(), os.environ.get("IQA_PROBE"), list(sys.path), torch.get_num_threads(), torch.is_grad_enabled()
+
+
+def test_workers_take_the_callers_directory_path_and_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pool made after the fork server started (by the first pool here) still runs its workers in the caller's
+    directory, import path and environment of that moment, on one torch thread, with none of its torch state
+    (grad mode off here)."""
+    with worker_pool(1) as pool:
+        pool.submit(_worker_state).result()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("IQA_PROBE", "now")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with torch.no_grad(), worker_pool(2) as pool:
+        states = [pool.submit(_worker_state).result() for _ in range(4)]
+    for cwd, probe, path, threads, grad in states:
+        assert (cwd, probe, path[0], threads, grad) == (str(tmp_path), "now", str(tmp_path), 1, True)
 
 
 def test_same_seed_same_data(reference_result: dict) -> None:
