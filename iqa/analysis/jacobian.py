@@ -21,8 +21,9 @@ from torch.func import jvp as _func_jvp
 from torch.func import vjp as _func_vjp
 from torch.func import vmap
 
-from iqa.analysis.krylov import check_krylov_dim, checked_dominant
+from iqa.analysis.krylov import check_krylov_dim, checked_dominant, restart_size
 from iqa.solvers import Map
+from iqa.validation import check_positive
 
 #: Up to this n, ``jacobian_norm(method="auto")`` takes the dense 2-norm (exact to rounding).
 DENSE_LIMIT = 256
@@ -159,6 +160,8 @@ def norm_estimate(
     _check_point(y)
     if method not in NORM_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(NORM_METHODS)}")
+    if rtol is not None:  # refused whatever the method, though only the iterative ones read it
+        check_positive("rtol", rtol)
     n = math.prod(y.shape[1:])
     if method == "auto":
         method = "dense" if n <= DENSE_LIMIT else "lanczos"
@@ -187,7 +190,7 @@ def norm_estimate(
     else:
         m = check_krylov_dim(krylov_dim, n)
         generator = torch.Generator().manual_seed(seed)
-        keep = max(2, (m // 2) // 2 * 2) if m < n else 0
+        keep = restart_size(m) if m < n else 0  # what each restart of the Krylov-Schur run keeps
         restarts = max(0, math.ceil((max_iter - m) / max(1, m - keep)))
         found = checked_dominant(lambda v: JT(J(v)), batch, n, y.dtype, y.device, m, restarts, rtol, generator)
         u = found.pair.vector.real.to(y.dtype)

@@ -46,9 +46,10 @@ def weight_norm_product(layer: FixedPointLayer, x: Tensor | None = None) -> floa
 
     For a layer with ``score_matrix(x)`` (and ``x`` given) that is prod ||W||_2 over the 2-D parameters the
     score matrix depends on (found by autograd: the value matrices, W_V, are left out, their size enters the
-    bounds through ||v||); otherwise prod max(1, ||W||_2) over all of them, a bound on the product over any
-    subset. (A plain product over all matrices is not a bound: a value matrix of norm < 1 made it fall below
-    the scores' own scale, found on injection, float32, N = 2, D = 1, J's rounding 17x the bound.)
+    bounds through ||v||); otherwise (no ``x``, no score form, or scores that depend on no parameter) prod
+    max(1, ||W||_2) over all of them, a bound on the product over any subset. (A plain product over all
+    matrices is not a bound: a value matrix of norm < 1 made it fall below the scores' own scale, found on
+    injection, float32, N = 2, D = 1, J's rounding 17x the bound.)
     """
     matrices = [p for p in layer.parameters() if p.dim() == 2]
     on_path: list[bool] | None = None

@@ -37,6 +37,7 @@ from torch.func import jvp as _func_jvp
 from iqa.analysis.jacobian import DENSE_LIMIT, _check_point, _primal, iterative_rtol, jacobian
 from iqa.analysis.krylov import check_krylov_dim, checked_dominant
 from iqa.solvers import Map
+from iqa.validation import check_positive
 
 METHODS = ("auto", "dense", "arnoldi")
 
@@ -100,6 +101,8 @@ def spectrum(
     _check_point(y)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if rtol is not None:  # refused whatever the method, though only the iterative ones read it
+        check_positive("rtol", rtol)
     n = math.prod(y.shape[1:])
     if method == "auto":
         method = "dense" if n <= DENSE_LIMIT else "arnoldi"
@@ -126,16 +129,19 @@ def eig_blocks(J: Tensor) -> tuple[Tensor, Tensor]:
 
     Not torch.linalg.eig: on the Jacobians of saturated attention (entries from 1
     down to 1e-300 in one block) torch 2.13's CPU eig aborts the process or
-    fails to converge, where numpy's converges. Each block is scaled to max
-    |entry| 1 first (exact for the eigenvalues, which scale back); entries are
-    not flushed to zero, which on a defective block would move the eigenvalues
-    by far more than the entries themselves.
+    fails to converge, where numpy's converges. Each block is taken to float64
+    and scaled by the power of two that brings its largest |entry| into
+    [1/2, 1) (exact, so the eigenvalues scale back exactly; a scale in J's own
+    dtype rounded half-precision entries first); entries are not flushed to zero,
+    which on a defective block would move the eigenvalues by far more than the
+    entries themselves.
     """
     import numpy as np
 
-    size = J.abs().amax(dim=(-2, -1), keepdim=True)
-    size = torch.where(size > 0, size, torch.ones_like(size))
-    scaled = (J / size).detach().to("cpu", torch.float64).numpy()
+    J64 = J.detach().to("cpu", torch.float64)
+    _, exponent = torch.frexp(J64.abs().amax(dim=(-2, -1), keepdim=True))  # 0 for a zero block: scale 1
+    size = torch.ldexp(torch.ones_like(J64[..., :1, :1]), exponent)
+    scaled = (J64 / size).numpy()
     try:
         values, vectors = np.linalg.eig(scaled)
     except np.linalg.LinAlgError as error:
@@ -143,7 +149,7 @@ def eig_blocks(J: Tensor) -> tuple[Tensor, Tensor]:
     complex_dtype = torch.complex128 if J.dtype == torch.float64 else torch.complex64
     values_t = torch.from_numpy(np.asarray(values, dtype=np.complex128)).to(J.device, complex_dtype)
     vectors_t = torch.from_numpy(np.asarray(vectors, dtype=np.complex128)).to(J.device, complex_dtype)
-    return values_t * size[..., 0].to(complex_dtype), vectors_t
+    return values_t * size[..., 0].to(J.device, complex_dtype), vectors_t
 
 
 def _dense(f: Map, y: Tensor) -> Spectrum:

@@ -71,6 +71,8 @@ def test_history_one_is_damped_picard(rotation, mixing: float, max_iter: int) ->
     best iterate rather than the last one, so only converged ones are compared by value."""
     f, y0, periods = rotation
     r = float(torch.linalg.vector_norm(f(y0) - y0, dim=-1).min())
+    # A stopping rule, not an error bound: six decades below the smallest first residual, so within max_iter
+    # undamped rotations cycle or run out of steps and only the fastest damped ones converge (all three reached).
     tol = r * 1e-6
     anderson = solve(f, y0, Anderson(history=1, mixing=mixing), tol=tol, max_iter=max_iter)
     picard = solve(f, y0, Picard(damping=mixing), tol=tol, max_iter=max_iter)
