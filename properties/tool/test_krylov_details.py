@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from iqa.analysis.krylov import MIN_KRYLOV, checked_dominant, krylov_schur, real_basis
+from properties.tool.test_estimate_contracts import operator
 
 F64 = torch.float64
 C128 = torch.complex128
@@ -40,16 +41,6 @@ def matvec(M: Tensor, calls: list[int] | None = None) -> Callable[[Tensor], Tens
         return (M @ v[..., None]).squeeze(-1)
 
     return op
-
-
-def separated(n: int, batch: int, seed: int) -> Tensor:
-    """[B, n, n]: a dominant real eigenvalue near +-3 over a Gaussian, non-normal rest of norm ~1."""
-    g = torch.Generator().manual_seed(seed)
-    rest = 0.5 * torch.randn(batch, n, n, generator=g, dtype=F64) / math.sqrt(n)
-    u = torch.randn(batch, n, 1, generator=g, dtype=F64)
-    u = u / torch.linalg.vector_norm(u, dim=1, keepdim=True)
-    sign = torch.where(torch.rand(batch, 1, 1, generator=g, dtype=F64) < 0.5, -1.0, 1.0)
-    return rest + 3.0 * sign * (u @ u.transpose(1, 2))
 
 
 # --- real_basis -------------------------------------------------------------------------------------------------
@@ -163,7 +154,7 @@ def test_the_generator_is_drawn_from_only_for_a_direction_that_broke_down(
     draws no fresh direction: the caller's generator is left as it was (the deflated check's start, drawn from it
     next, is then where the caller expects it). Also with m = n, whose last step always breaks down (what is left
     of A v after projecting out a basis of the whole space is rounding): the space is spanned, nothing to draw for."""
-    M = separated(n, batch, seed)
+    M = operator(n, batch, seed)
     g = torch.Generator().manual_seed(seed)
     start = torch.randn(batch, n, generator=g, dtype=F64)
     state = g.get_state()
@@ -179,7 +170,7 @@ def test_an_element_scaled_by_a_power_of_two_runs_as_it_would_alone(n: int, seed
     exactly, and the batch stops when M alone would: the same eigenvalue times 2^-70, the same unit vector up to
     its phase, and as many products as M alone takes."""
     m = min(krylov_dim, n)
-    M = separated(n, 1, seed)
+    M = operator(n, 1, seed)
     g = torch.Generator().manual_seed(seed)
     start = torch.randn(1, n, generator=g, dtype=F64)
     scale = 2.0**-70

@@ -31,17 +31,10 @@ from iqa.solvers import Map
 from iqa.variants import resolve
 from iqa.variants.multihead import MultiHeadHopfieldAttention
 from properties.tool.layers import NoScores, relaxed_seed
+from properties.tool.test_rounding_formulas import FORMULA_RTOL, row_max
 
 F64 = torch.float64
 EPS = torch.finfo(F64).eps
-#: The same float64 formula evaluated in another order (norms by svdvals and cdist here): a few eps per term over
-#: fewer than 30 terms, so 1e-12 relative leaves ~100x room and still catches any changed constant (>= 1e-3) or a
-#: norm taken in float32 (~1e-7).
-FORMULA_RTOL = 1e-12
-
-
-def row_max(t: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(t.to(F64), dim=-1).amax(dim=-1)
 
 
 def diam(t: Tensor) -> Tensor:
