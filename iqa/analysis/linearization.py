@@ -87,7 +87,8 @@ class RateInterval:
 
 def rate_intervals(layer: FixedPointLayer, x: Tensor, iterates: list[Tensor]) -> list[RateInterval | None]:
     """The :class:`RateInterval` of each batch element of a Picard run (undamped, iterates y_0..y_T);
-    None where fewer than MIN_POINTS differences stand above the rounding floor."""
+    None where fewer than MIN_POINTS differences stand above the rounding floor. A ValueError where two
+    consecutive iterates are equal and later ones move again (no Picard run of one map does that)."""
     f = layer.fixed_point_map(x)
     y_end = iterates[-1]
     J_all = jacobian(f, y_end).to(torch.float64)
@@ -128,6 +129,14 @@ def _interval(ys: list[Tensor], J: Tensor, H: float, eps_f: float, eps: float, N
     start = end - length
     if start < 0:
         return None
+    # Picard from y_t = y_{t+1} stays there, so a zero difference inside the window is not one map's iteration (and
+    # the pairwise bounds would divide by it).
+    still = next((t for t in range(start, end + 1) if r[t] == 0), None)
+    if still is not None:
+        raise ValueError(
+            f"iterates y_{still} and y_{still + 1} are equal but y_{end} and y_{end + 1} differ: "
+            "not the iterates of one Picard run"
+        )
     # the a-priori remainder nu_t (Taylor with H, rounding of f twice and of J d_t) and the measured one
     nu, remainder_ratio = [], 0.0
     for t in range(start, end):

@@ -54,7 +54,9 @@ class Spectrum:
     """The dominant eigenvalue of J_b for each batch element b.
 
     ``rho`` = |eigenvalue|; ``residual`` = ||J u - eigenvalue u|| for the unit
-    eigenvector estimate u (the backward error); ``converged`` says whether
+    eigenvector estimate u (the backward error); both methods report rho and
+    residual in float64 for a float64 y and in float32 otherwise, the
+    eigenvalues in complex128 or complex64 (:func:`result_dtypes`); ``converged`` says whether
     Arnoldi reached its tolerance and its check confirmed that the eigenvalue is
     the dominant one (always True for dense); ``eigenvalues`` holds every
     eigenvalue for the dense method (None for Arnoldi). Arnoldi only:
@@ -115,6 +117,15 @@ def spectrum(
     return _arnoldi(f, y, check_krylov_dim(krylov_dim, n), max_restarts, rtol, seed)
 
 
+def result_dtypes(dtype: torch.dtype) -> tuple[torch.dtype, torch.dtype]:
+    """(real, complex) dtypes of a spectrum of a ``dtype`` Jacobian: float64 and complex128 for float64, float32 and
+    complex64 otherwise (a float16 or bfloat16 rho would keep only 3 or 2 of the digits the float64 eigen solve
+    found)."""
+    if dtype == torch.float64:
+        return torch.float64, torch.complex128
+    return torch.float32, torch.complex64
+
+
 def _dominant(values: Tensor) -> Tensor:
     """Index of the largest |value| per row; among equal moduli, the one with the larger imaginary part."""
     modulus = values.abs()
@@ -146,7 +157,7 @@ def eig_blocks(J: Tensor) -> tuple[Tensor, Tensor]:
         values, vectors = np.linalg.eig(scaled)
     except np.linalg.LinAlgError as error:
         raise ValueError(f"the eigenvalue solver failed on a Jacobian block: {error}") from error
-    complex_dtype = torch.complex128 if J.dtype == torch.float64 else torch.complex64
+    complex_dtype = result_dtypes(J.dtype)[1]
     values_t = torch.from_numpy(np.asarray(values, dtype=np.complex128)).to(J.device, complex_dtype)
     vectors_t = torch.from_numpy(np.asarray(vectors, dtype=np.complex128)).to(J.device, complex_dtype)
     return values_t * size[..., 0].to(J.device, complex_dtype), vectors_t
@@ -177,13 +188,14 @@ def _arnoldi(f: Map, y: Tensor, m: int, max_restarts: int, rtol: float, seed: in
     generator = torch.Generator().manual_seed(seed)
     found = checked_dominant(matvec, batch, n, y.dtype, y.device, m, max_restarts, rtol, generator)
     pair = found.pair
+    real, complex_ = result_dtypes(y.dtype)
     return Spectrum(
-        pair.value.abs().to(y.dtype),
-        pair.value,
-        pair.residual.to(y.dtype),
+        pair.value.abs().to(real),
+        pair.value.to(complex_),
+        pair.residual.to(real),
         pair.converged & found.confirmed,
         "arnoldi",
         confirmed=found.confirmed,
-        second=found.second,
+        second=found.second.to(real),
         jvps=found.applications,
     )

@@ -346,3 +346,16 @@ def test_scores_through_no_weight_still_get_a_weight_bound() -> None:
     W = weight_norm_product(layer, x)
     assert 1.0 <= W <= every * (1 + FORMULA_RTOL)
     assert bool(torch.isfinite(map_rounding(layer, x, x)).all())
+
+
+def test_iterates_that_stop_and_move_again_are_refused() -> None:
+    """Picard from y_t = y_{t+1} stays at y_t: iterates with a zero difference inside the fitted window followed by
+    moving ones are no Picard run (here hand-made: halving, one repeat, halving again), and are refused by name
+    instead of dividing by the zero difference."""
+    J = torch.tensor([[0.5]], dtype=F64)
+    halving = geometric(torch.tensor([[3.0]], dtype=F64), 0.5, 11)
+    restarted = halving + [halving[-1].clone()] + [halving[-1] * 0.5**k for k in range(1, 4)]
+    with pytest.raises(ValueError, match=r"iterates y_11 and y_12 are equal but y_\d+ and y_\d+ differ"):
+        _interval(restarted, J, 0.5, 0.0, EPS, 1)
+    # the run that stops for good is the documented case: its zero differences fall outside the window
+    assert _interval(halving + [halving[-1].clone()] * 4, J, 0.5, 0.0, EPS, 1) is not None
