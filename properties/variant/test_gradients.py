@@ -59,7 +59,7 @@ from properties.gradient_reference import (
     eps,
     floor_of,
     layer_grads,
-    map_jacobians,
+    map_jacobians_along,
     pullback,
     rel_err,
     solve_options,
@@ -213,8 +213,7 @@ def path_terms(layer: FixedPointLayer, x: Tensor, an: Analysis, history: list[fl
                 sampled[t] = y
             y = f(y)
     ratios_w, ratios_x = [0.0], [0.0]
-    for t, y_t in sampled.items():
-        dtheta, dx = map_jacobians(layer, x, y_t)
+    for t, (dtheta, dx) in zip(sampled, map_jacobians_along(layer, x, list(sampled.values()))):
         ratios_w.append(float(torch.linalg.matrix_norm(dtheta - an.dtheta, 2)) / history[t])
         ratios_x.append(float(torch.linalg.matrix_norm(dx - an.dx, 2)) / history[t])
     norms = matrix_power_norms(an.J.to(F64).cpu(), T - 1 if rho > 0 else 0).amax(dim=-1).tolist()
