@@ -24,6 +24,7 @@ from torch import Tensor
 from iqa import Anderson, Picard, Status, solve
 from iqa.solvers import MAX_PERIOD
 from iqa.solvers.anderson import _Pairs
+from iqa.solvers.tracker import relaxed
 from properties.tool.test_solver_status import identical, rotations
 
 F64 = torch.float64
@@ -237,3 +238,28 @@ def test_iterates_are_kept_only_when_asked(method: str) -> None:
     kept = solve(lambda y: 0.5 * y, y0, method, tol=1e-300, max_iter=5, keep_iterates=True)
     assert kept.iterates is not None and len(kept.iterates) == 5
     assert solve(lambda y: 0.5 * y, y0, method, tol=1e-300, max_iter=5).iterates is None
+
+
+@pytest.mark.parametrize("mixing", [1.0, 0.5])
+@pytest.mark.parametrize("ridge", [0.0, 1e-2])
+def test_the_recorded_step_with_dropped_pairs_matches_the_host_step(mixing: float, ridge: float) -> None:
+    """Three elements that may use 1, 2 and 4 of their 4 newest pairs (after restarts and stale pairs), on the
+    recorded path (torch, differentiable: dropped pairs zeroed in the system, 1 on their diagonal) and on the host
+    (numpy): the same next iterate to the rounding of a 4 x 4 solve, no fallback; the element with one usable pair
+    takes the damped Picard step bit for bit on both paths."""
+    g = torch.Generator().manual_seed(5)
+    batch, n, m = 3, 12, 4
+    X = torch.randn(m + 2, batch, n, dtype=F64, generator=g)  # two more pushes than slots: the ring wraps
+    F = X + torch.randn(m + 2, batch, n, dtype=F64, generator=g) / (1 + torch.arange(m + 2, dtype=F64))[:, None, None]
+    usable = np.array([1, 2, m])
+    steps = {}
+    for recorded in (False, True):
+        pairs = _Pairs(X[0], m, differentiable=recorded, store_x=mixing != 1.0)
+        for t in range(m + 2):
+            pairs.push(X[t], F[t], F[t] - X[t], np.zeros(batch))
+        steps[recorded] = pairs.next_iterate(X[-1], F[-1], mixing, ridge, usable)
+    for recorded, (new, fell_back) in steps.items():
+        assert not fell_back.any(), recorded
+        assert torch.equal(new[0], relaxed(X[-1], F[-1], mixing)[0]), f"one usable pair, recorded={recorded}"
+    # a 2 x 2 and a 4 x 4 system of pairs of size ~3, sum |alpha| < 50 here: agreement within 1e-12 is ~1e3 eps
+    assert torch.allclose(steps[True][0], steps[False][0], rtol=0.0, atol=1e-12), steps[True][0] - steps[False][0]

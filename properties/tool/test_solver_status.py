@@ -809,3 +809,16 @@ def test_numerical_singularity_is_of_directions_not_of_sizes(kinds, k, seed) -> 
     S = np.stack(systems)
     assert _numerically_singular(S.copy(), k).tolist() == expected
     assert _numerically_singular_torch(torch.from_numpy(S), k).tolist() == expected
+
+
+@pytest.mark.parametrize("k", range(1, 9))
+def test_unit_and_tiny_diagonals_are_not_singular(k: int) -> None:
+    """Diagonal Gram systems are sound whatever their sizes: the identity (a diagonal of exact ones is no zero
+    row), and diag(10^-20, 1, 10^6, ...) (Jacobi scaling makes it the identity: entries below 1 are scaled too,
+    not left as they are), on the host and on the recorded path."""
+    from iqa.solvers.anderson import _numerically_singular, _numerically_singular_torch
+
+    sizes = np.array([1e-20, 1.0, 1e6, 1e-3, 7.0, 1e-300, 0.5, 1e12])[:k]
+    S = np.stack([np.eye(k), np.diag(sizes)])
+    assert _numerically_singular(S.copy(), k).tolist() == [False, False]
+    assert _numerically_singular_torch(torch.from_numpy(S), k).tolist() == [False, False]
