@@ -217,8 +217,9 @@ ALONG_CHUNK = 64
 def map_jacobians_along(layer: FixedPointLayer, x: Tensor, ys: Sequence[Tensor]) -> list[tuple[Tensor, Tensor]]:
     """:func:`map_jacobians` at every y of ``ys``, by reverse mode again: torch.func's jacrev over the parameters
     (through ``functional_call``) and x, vmapped over the iterates, all of a chunk in one pass (a path of 151
-    iterates at B = 2, N = D = 4: 20-70 ms against 230-410 ms one at a time on the built-ins, the same entries to
-    3e-16 relative). A map that vmap cannot batch (it raises) is taken one iterate at a time."""
+    iterates at B = 2, N = D = 4: 20-70 ms against 230-410 ms one at a time on the built-ins, a scratch timing on a
+    busy machine; the same entries to 3e-16 relative). A map that vmap cannot batch (it raises) is taken one iterate
+    at a time."""
     if not ys:
         return []
     wrapper = _StateMap(layer)

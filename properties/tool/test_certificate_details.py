@@ -35,6 +35,7 @@ from iqa.analysis.certified_solution import best_certificate, steps_needed
 from iqa.analysis.rounding import map_rounding
 from iqa.layer import FixedPointLayer, ImplicitQueryAttention
 from iqa.variants.multihead import MultiHeadHopfieldAttention
+from properties.tool.test_certificate_inputs import single_layer
 
 F64 = torch.float64
 #: One batch element (B = 1 != N = 2), the two tokens -1/2 and 1/2: diam(x) = 1, max_i |x_i| = 1/2.
@@ -155,10 +156,6 @@ def test_optional_methods_may_be_absent_not_only_none() -> None:
     assert torch.equal(analysis.certificates(layer, x).kappa_F, analysis.certificates(plain, x).kappa_F)
 
 
-def odd_single(**overrides: object) -> ImplicitQueryAttention:
-    return type("OddSingle", (ImplicitQueryAttention,), overrides)(4).to(F64)
-
-
 X3 = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
 
 
@@ -179,11 +176,11 @@ X3 = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
 )
 def test_a_and_v_need_one_row_per_token_each(overrides: dict[str, object], shapes: str) -> None:
     with pytest.raises(ValueError, match=re.escape(f"V: {shapes} need one row per token. The certificates")):
-        analysis.certificates(odd_single(**overrides), X3)
+        analysis.certificates(single_layer(**overrides), X3)
 
 
 def test_two_state_problems_are_joined_by_a_semicolon() -> None:
-    layer = odd_single(values=lambda self, x: torch.cat([x, x], dim=-1), initial_point=lambda self, x: x[:, :2])
+    layer = single_layer(values=lambda self, x: torch.cat([x, x], dim=-1), initial_point=lambda self, x: x[:, :2])
     message = (
         "OddSingle's state has shape (2, 2, 4) for x of shape (2, 3, 4), which does not fit its declared form "
         "softmax(A Y^T) V: A (2, 1, 3, 4) and V (2, 1, 3, 8) must have the state's width 4; scores A Y^T average "
