@@ -102,89 +102,41 @@ class Anderson(Solver):
         return _AndersonRun(self, y0, tol, stop, keep_iterates).solve(f, max_iter)
 
 
-class _Pairs:
-    """The last m pairs of every element in ring buffers [B, c, n] (c <= m slots), with G G^T [B, m, m] kept
-    current: f(x) and g = f(x) - x, and x itself only with ``store_x`` (the mix of a step with mixing < 1).
+class _Ring:
+    """Which slot of a ring of m pairs each new pair goes to, the residual of each stored pair, and the stale-pair
+    rule; the storage (:class:`_HostPairs`, :class:`_DevicePairs`) is the subclass's.
 
-    Slots fill from 0, so the first ``count`` slots are the valid ones; ``head`` is the newest. While a graph
-    is recorded (unrolled mode) the buffers are replaced, never written in place, so that autograd keeps the
-    versions it saved, and G G^T is a tensor on the map's device, differentiated through; otherwise, for CPU
-    tensors, it is a float64 numpy array on the host (``gram_host``; ``gram`` is None), where the m x m system is
-    solved (module docs).
+    Slots fill from 0, so the first ``count`` slots are the valid ones; ``head`` is the newest. The buffers start
+    with one slot and double their capacity (up to m) when the ring is full, so that a solve that stops after
+    k < m pairs holds about k of them (at most 2k), not m.
     """
 
-    def __init__(self, y0: Tensor, m: int, differentiable: bool, store_x: bool = True) -> None:
-        batch, n = y0.shape[0], y0[0].numel()
+    gram: Tensor | None = None
+
+    def __init__(self, batch: int, m: int) -> None:
         self.m = m
-        # One slot to start with; push() doubles the capacity (up to m) when the ring is full, so that a solve
-        # that stops after k < m pairs holds about k of them (at most 2k), not m.
-        self.F = y0.new_zeros(batch, 1, n)
-        self.G = y0.new_zeros(batch, 1, n)
-        self.X = y0.new_zeros(batch, 1, n) if store_x else None
-        # torch has no float16/bfloat16 LU on the CPU, and squared norms overflow there: the m x m system is float32
-        self.work = y0.dtype if y0.dtype in (torch.float32, torch.float64) else torch.float32
-        # On a GPU the host system would cost a second synchronisation per step: there it stays on the device.
-        on_host = not differentiable and y0.device.type == "cpu"
-        self.gram: Tensor | None = None
-        if on_host:
-            self.gram_host = np.zeros((batch, m, m))
-            self.diagonals = [np.arange(k) for k in range(m + 1)]
-            self.ones_host = np.ones((batch, m, 1))
-        else:
-            self.gram = torch.zeros(batch, m, m, dtype=self.work, device=y0.device)
-            self.ones = torch.ones(batch, m, 1, dtype=self.work, device=y0.device)
-            self.eye = torch.eye(m, dtype=self.work, device=y0.device)
         self.residual = np.zeros((m, batch))  # the absolute residual of each stored pair's x
         self.count = 0
         self.head = -1
-        self.differentiable = differentiable
+        self.capacity = 1
 
-    def push(self, x: Tensor, fx: Tensor, g: Tensor, residual: np.ndarray) -> None:
-        """Store (x, f(x), g = f(x) - x), all [B, n], in the oldest slot (x only with ``store_x``), and its row of
-        G G^T; ``residual`` is ||g|| per element."""
+    def _advance(self, residual: np.ndarray) -> int:
+        """Move the head to the next slot (growing the buffers when it is one past their capacity) and record
+        the new pair's residual there; the slot."""
         slot = (self.head + 1) % self.m
-        if slot == self.F.shape[1]:
-            self.F, self.G = self._grown(self.F), self._grown(self.G)
-            self.X = None if self.X is None else self._grown(self.X)
+        if slot == self.capacity:
+            self.capacity = min(self.m, 2 * self.capacity)
+            self._grow(self.capacity)
         self.head = slot
         self.count = min(self.count + 1, self.m)
         self.residual[slot] = residual
-        k = self.count
-        if self.differentiable:
-            index = torch.tensor([slot], device=g.device)
-            if self.X is not None:
-                self.X = self.X.index_copy(1, index, x.unsqueeze(1))
-            self.F = self.F.index_copy(1, index, fx.unsqueeze(1))
-            self.G = self.G.index_copy(1, index, g.unsqueeze(1))
-        else:
-            if self.X is not None:
-                self.X[:, slot] = x
-            self.F[:, slot] = fx
-            self.G[:, slot] = g
-        G = self.G[:, :k]
-        if self.work != G.dtype:
-            G, g = G.to(self.work), g.to(self.work)
-        # [B, 1, k]: g_new . g_i (this orientation is a fast batched row-times-matrix product; G g is not)
-        row = torch.bmm(g.unsqueeze(1), G.transpose(1, 2))
-        if self.gram is not None:
-            index = torch.tensor([slot], device=g.device)
-            column = torch.nn.functional.pad(row.transpose(1, 2), (0, 0, 0, self.m - k))
-            gram = self.gram.index_copy(2, index, column)
-            self.gram = gram.index_copy(1, index, gram[:, :, slot].unsqueeze(1))
-        else:
-            row_host = row.squeeze(1).numpy()  # a CPU tensor: a view, no copy
-            self.gram_host[:, :k, slot] = row_host
-            self.gram_host[:, slot, :k] = row_host
+        return slot
 
-    def _grown(self, buffer: Tensor) -> Tensor:
-        """``buffer`` [B, c, n] with its capacity doubled (at most m), its c slots copied to the front."""
-        batch, capacity, n = buffer.shape
-        more = min(self.m, 2 * capacity) - capacity
-        if self.differentiable:
-            return torch.cat((buffer, buffer.new_zeros(batch, more, n)), 1)
-        grown = buffer.new_empty(batch, capacity + more, n)  # the new slots are written before they are read
-        grown[:, :capacity] = buffer
-        return grown
+    def _grow(self, capacity: int) -> None:
+        raise NotImplementedError
+
+    def step(self, mixing: float, ridge: float, usable: np.ndarray) -> tuple[Tensor, np.ndarray] | None:
+        raise NotImplementedError
 
     def ages(self) -> np.ndarray:
         """Age of each valid slot (0 = newest), [count]."""
@@ -208,18 +160,61 @@ class _Pairs:
         """The next iterate [B, n] from the newest pair (y, f(y)) and the history: Anderson's where its system is
         sound and the element may use more than one pair, else the damped Picard step (bit for bit); and which
         elements fell back."""
-        none = np.zeros(y.shape[0], dtype=bool)
         found = self.step(mixing, ridge, usable)
         if found is None:
-            return relaxed(y, fy, mixing), none
+            return relaxed(y, fy, mixing), np.zeros(y.shape[0], dtype=bool)
         new, ok = found
         accelerating = usable > 1
         take = ok & accelerating
         if take.all():
-            return new, none
+            return new, ~take
         fell_back = ~ok & accelerating
         mask = torch.from_numpy(take).to(y.device)[:, None]
         return torch.where(mask, new, relaxed(y, fy, mixing)), fell_back
+
+
+class _HostPairs(_Ring):
+    """The pairs of a solve that records no graph, on the CPU: the buffers F, G (and X with ``store_x``) are numpy
+    arrays [B, c, n] in float64 for float64 iterates and float32 otherwise (numpy has no bfloat16; a half-precision
+    G G^T would overflow), G G^T a float64 array [B, m, m]. Every product of a step (the new Gram row, the mix
+    alpha F) is one numpy matmul: at small n a step's cost is its number of calls, and a numpy call on a small
+    array costs a fraction of a torch call (module docs)."""
+
+    def __init__(self, y0: Tensor, m: int, store_x: bool = True) -> None:
+        batch, n = y0.shape[0], y0[0].numel()
+        super().__init__(batch, m)
+        self.dtype = y0.dtype
+        self.host_dtype = np.float64 if y0.dtype == torch.float64 else np.float32
+        self.F = np.zeros((batch, 1, n), dtype=self.host_dtype)
+        self.G = np.zeros((batch, 1, n), dtype=self.host_dtype)
+        self.X = np.zeros((batch, 1, n), dtype=self.host_dtype) if store_x else None
+        self.gram_host = np.zeros((batch, m, m))
+        self.diagonals = [np.arange(k) for k in range(m + 1)]
+        self.eyes = [np.eye(k) for k in range(m + 1)]
+        self.ones_host = np.ones((batch, m, 1))
+
+    def _host(self, t: Tensor) -> np.ndarray:
+        """[B, n] on the host in the buffers' dtype: a view for float32 and float64 tensors, a copy otherwise."""
+        return (t if t.dtype == self.dtype and self.dtype in _HOST_VIEWS else t.float()).numpy()
+
+    def _grow(self, capacity: int) -> None:
+        self.F, self.G = _grown_host(self.F, capacity), _grown_host(self.G, capacity)
+        self.X = None if self.X is None else _grown_host(self.X, capacity)
+
+    def push(self, x: Tensor, fx: Tensor, g: Tensor, residual: np.ndarray) -> None:
+        """Store (x, f(x), g = f(x) - x), all [B, n], in the oldest slot (x only with ``store_x``), and its row of
+        G G^T; ``residual`` is ||g|| per element."""
+        slot = self._advance(residual)
+        k = self.count
+        g_host = self._host(g)
+        if self.X is not None:
+            self.X[:, slot] = self._host(x)
+        self.F[:, slot] = self._host(fx)
+        self.G[:, slot] = g_host
+        with np.errstate(all="ignore"):  # a diverging element's Inf and NaN: refused at its step
+            row = np.matmul(self.G[:, :k], g_host[:, :, None])[:, :, 0]  # [B, k]: g_i . g_new
+        self.gram_host[:, :k, slot] = row
+        self.gram_host[:, slot, :k] = row
 
     def step(self, mixing: float, ridge: float, usable: np.ndarray) -> tuple[Tensor, np.ndarray] | None:
         """The Anderson step [B, n] from each element's newest ``usable`` pairs, and which elements' systems
@@ -228,8 +223,109 @@ class _Pairs:
         k = self.count
         if k == 1 or int(usable.max()) == 1:
             return None
-        if self.gram is None:
-            return self._step_on_host(k, mixing, ridge, usable)
+        # A diverging element brings Inf and NaN into its system: its step is refused below, no warning needed.
+        with np.errstate(all="ignore"):
+            diagonal = self.diagonals[k]
+            keep: np.ndarray | None = None
+            if int(usable.min()) < k:
+                # Dropped pairs get alpha_i = 0: their rows and columns of the system are zeroed, 1 on the diagonal.
+                keep = self.ages()[None, :] < usable[:, None]
+                system = self.gram_host[:, :k, :k] * (keep[:, :, None] & keep[:, None, :])
+                scale = np.maximum(system.trace(axis1=1, axis2=2), NORM_FLOOR) / np.maximum(usable, 1)
+                system[:, diagonal, diagonal] += (ridge * scale)[:, None] + ~keep
+            else:
+                gram = self.gram_host[:, :k, :k]
+                scale = np.maximum(gram.trace(axis1=1, axis2=2), NORM_FLOOR) / k
+                system = gram + (ridge * scale)[:, None, None] * self.eyes[k]  # + 0 off the diagonal: exact
+            w, solved = _solve_each(system, self.ones_host[:, :k])
+            if ridge == 0:  # numerically singular (see the module doc)
+                solved &= ~_numerically_singular(system, k)
+            if keep is not None:
+                w = w * keep
+            alpha = w / w.sum(-1, keepdims=True)
+            sound = solved & (np.abs(alpha).sum(-1) <= ALPHA_LIMIT)  # False for a NaN or Inf alpha too
+            new = self._mix(alpha.astype(self.host_dtype, copy=False)[:, None, :], k, mixing)
+            step = torch.from_numpy(new).to(self.dtype)
+            if step.dtype in _HOST_VIEWS:
+                return step, sound & np.isfinite(new).all(-1)
+            # rounded to half precision, a finite mix may overflow: the extremes of the step itself, as float32
+            low, high = (t.float().numpy() for t in _extremes(step))
+            return step, sound & np.isfinite(low) & np.isfinite(high)
+
+    def _mix(self, alpha: np.ndarray, k: int, mixing: float) -> np.ndarray:
+        """beta sum_i alpha_i f(x_i) + (1 - beta) sum_i alpha_i x_i over the first k slots, [B, n] (alpha [B, 1, k])."""
+        new = np.matmul(alpha, self.F[:, :k])[:, 0]
+        if mixing == 1.0:
+            return new
+        if self.X is None:
+            raise ValueError("an Anderson step with mixing < 1 needs the stored iterates (store_x=True)")
+        return mixing * new + (1 - mixing) * np.matmul(alpha, self.X[:, :k])[:, 0]
+
+
+class _DevicePairs(_Ring):
+    """The pairs as torch tensors on the map's device, with G G^T there too: while a graph is recorded (unrolled
+    mode; the buffers are then replaced, never written in place, so that autograd keeps the versions it saved,
+    and the step is differentiated through), and on a GPU, where a host system would cost a second
+    synchronisation per step."""
+
+    def __init__(self, y0: Tensor, m: int, differentiable: bool, store_x: bool = True) -> None:
+        batch, n = y0.shape[0], y0[0].numel()
+        super().__init__(batch, m)
+        self.F = y0.new_zeros(batch, 1, n)
+        self.G = y0.new_zeros(batch, 1, n)
+        self.X = y0.new_zeros(batch, 1, n) if store_x else None
+        # torch has no float16/bfloat16 LU on the CPU, and squared norms overflow there: the m x m system is float32
+        self.work = y0.dtype if y0.dtype in (torch.float32, torch.float64) else torch.float32
+        self.gram: Tensor = torch.zeros(batch, m, m, dtype=self.work, device=y0.device)
+        self.ones = torch.ones(batch, m, 1, dtype=self.work, device=y0.device)
+        self.eye = torch.eye(m, dtype=self.work, device=y0.device)
+        self.differentiable = differentiable
+
+    def _grow(self, capacity: int) -> None:
+        self.F, self.G = self._grown(self.F, capacity), self._grown(self.G, capacity)
+        self.X = None if self.X is None else self._grown(self.X, capacity)
+
+    def _grown(self, buffer: Tensor, capacity: int) -> Tensor:
+        """``buffer`` [B, c, n] grown to ``capacity`` slots, its c slots copied to the front."""
+        batch, old, n = buffer.shape
+        if self.differentiable:
+            return torch.cat((buffer, buffer.new_zeros(batch, capacity - old, n)), 1)
+        grown = buffer.new_empty(batch, capacity, n)  # the new slots are written before they are read
+        grown[:, :old] = buffer
+        return grown
+
+    def push(self, x: Tensor, fx: Tensor, g: Tensor, residual: np.ndarray) -> None:
+        """Store (x, f(x), g = f(x) - x), all [B, n], in the oldest slot (x only with ``store_x``), and its row of
+        G G^T; ``residual`` is ||g|| per element."""
+        slot = self._advance(residual)
+        k = self.count
+        if self.differentiable:
+            index = torch.tensor([slot], device=g.device)
+            if self.X is not None:
+                self.X = self.X.index_copy(1, index, x.unsqueeze(1))
+            self.F = self.F.index_copy(1, index, fx.unsqueeze(1))
+            self.G = self.G.index_copy(1, index, g.unsqueeze(1))
+        else:
+            if self.X is not None:
+                self.X[:, slot] = x
+            self.F[:, slot] = fx
+            self.G[:, slot] = g
+        G = self.G[:, :k]
+        if self.work != G.dtype:
+            G, g = G.to(self.work), g.to(self.work)
+        # [B, 1, k]: g_new . g_i (this orientation is a fast batched row-times-matrix product; G g is not)
+        row = torch.bmm(g.unsqueeze(1), G.transpose(1, 2))
+        index = torch.tensor([slot], device=g.device)
+        column = torch.nn.functional.pad(row.transpose(1, 2), (0, 0, 0, self.m - k))
+        gram = self.gram.index_copy(2, index, column)
+        self.gram = gram.index_copy(1, index, gram[:, :, slot].unsqueeze(1))
+
+    def step(self, mixing: float, ridge: float, usable: np.ndarray) -> tuple[Tensor, np.ndarray] | None:
+        """:meth:`_HostPairs.step` with the system on the device (torch): the same system, the same rules for
+        dropped pairs, the ridge and the three checks."""
+        k = self.count
+        if k == 1 or int(usable.max()) == 1:
+            return None
         gram = self.gram[:, :k, :k]
         keep = None
         n_kept: Tensor | float = float(k)
@@ -263,36 +359,6 @@ class _Pairs:
         info_h, alpha_h, peak = checks.detach().cpu().numpy()
         return new, (info_h == 0) & (alpha_h <= ALPHA_LIMIT) & np.isfinite(peak)
 
-    def _step_on_host(self, k: int, mixing: float, ridge: float, usable: np.ndarray) -> tuple[Tensor, np.ndarray]:
-        """:meth:`step` with G G^T and its m x m system on the host (float64, numpy): the same system, the same
-        rules for dropped pairs, the ridge and the three checks; only the mix alpha F (and alpha X) is a torch
-        product."""
-        # A diverging element brings Inf and NaN into its system: its step is refused below, no warning needed.
-        with np.errstate(all="ignore"):
-            diagonal = self.diagonals[k]
-            keep: np.ndarray | None = None
-            if int(usable.min()) < k:
-                # Dropped pairs get alpha_i = 0: their rows and columns of the system are zeroed, 1 on the diagonal.
-                keep = self.ages()[None, :] < usable[:, None]
-                system = self.gram_host[:, :k, :k] * (keep[:, :, None] & keep[:, None, :])
-                scale = np.maximum(np.einsum("bii->b", system), NORM_FLOOR) / np.maximum(usable, 1)
-                system[:, diagonal, diagonal] += (ridge * scale)[:, None] + ~keep
-            else:
-                system = self.gram_host[:, :k, :k].copy()
-                scale = np.maximum(np.einsum("bii->b", system), NORM_FLOOR) / k
-                system[:, diagonal, diagonal] += (ridge * scale)[:, None]
-            w, solved = _solve_each(system, self.ones_host[:, :k])
-            if ridge == 0:  # numerically singular (see the module doc)
-                solved &= ~_numerically_singular(system, k)
-            if keep is not None:
-                w = w * keep
-            alpha_h = w / w.sum(-1, keepdims=True)
-            sound = solved & (np.abs(alpha_h).sum(-1) <= ALPHA_LIMIT)  # False for a NaN or Inf alpha too
-            new = self._mix(torch.from_numpy(alpha_h).to(dtype=self.F.dtype).unsqueeze(1), k, mixing)
-            # numpy has no bfloat16: the extremes go to the host as float32, which keeps Inf, NaN and finiteness
-            low, high = (t.float().numpy() for t in _extremes(new))
-            return new, sound & np.isfinite(low) & np.isfinite(high)
-
     def _mix(self, alpha: Tensor, k: int, mixing: float) -> Tensor:
         """beta sum_i alpha_i f(x_i) + (1 - beta) sum_i alpha_i x_i over the first k slots, [B, n] (alpha [B, 1, k])."""
         new = torch.bmm(alpha, self.F[:, :k]).squeeze(1)
@@ -301,6 +367,26 @@ class _Pairs:
         if self.X is None:
             raise ValueError("an Anderson step with mixing < 1 needs the stored iterates (store_x=True)")
         return mixing * new + (1 - mixing) * torch.bmm(alpha, self.X[:, :k]).squeeze(1)
+
+
+def _grown_host(buffer: np.ndarray, capacity: int) -> np.ndarray:
+    """``buffer`` [B, c, n] grown to ``capacity`` slots, its c slots copied to the front."""
+    batch, old, n = buffer.shape
+    grown = np.empty((batch, capacity, n), dtype=buffer.dtype)
+    grown[:, :old] = buffer  # the new slots are written before they are read
+    return grown
+
+
+def make_pairs(y0: Tensor, m: int, differentiable: bool, store_x: bool = True) -> _HostPairs | _DevicePairs:
+    """The ring of m pairs for a solve from ``y0`` [B, n]: on the host when no graph is recorded and the tensors
+    are on the CPU, else on the device (``differentiable``: a graph is recorded through the steps)."""
+    if not differentiable and y0.device.type == "cpu":
+        return _HostPairs(y0, m, store_x)
+    return _DevicePairs(y0, m, differentiable, store_x)
+
+
+#: dtypes whose tensors the host buffers view without a copy
+_HOST_VIEWS = (torch.float32, torch.float64)
 
 
 def _extremes(new: Tensor) -> tuple[Tensor, Tensor]:
@@ -365,7 +451,7 @@ class _AndersonRun:
         self.options = options
         self.y0 = y0
         self.track = Tracker(y0, tol, stop, keep_iterates)
-        self.pairs: _Pairs | None = None
+        self.pairs: _HostPairs | _DevicePairs | None = None
         self.best = np.full(batch, math.inf)
         self.best_y = y0
         self.restart_point = y0
@@ -377,6 +463,8 @@ class _AndersonRun:
         self.deviated = np.zeros(batch, dtype=bool)
         self.gave_up = np.zeros(batch, dtype=bool)
         self.fallbacks = 0
+        #: The step of the next cycle check, once :meth:`may_cycle_at_next_check` said no element may be CYCLE there.
+        self.quiet_until = 0
 
     def solve(self, f: Map, max_iter: int) -> Solution:
         options, track, y0 = self.options, self.track, self.y0
@@ -396,7 +484,7 @@ class _AndersonRun:
             if step == 1:
                 # The first step after giving up is the Picard step from y0, whose f(y0) is already known.
                 self.restart_point = relaxed(y0, fy, mixing)
-                self.pairs = _Pairs(y0, history, fy.requires_grad or y0.requires_grad, store_x=mixing != 1.0)
+                self.pairs = make_pairs(y0, history, fy.requires_grad or y0.requires_grad, store_x=mixing != 1.0)
             assert self.pairs is not None
             improved = was_open & (metric < self.best)
             if improved.any():
@@ -422,7 +510,7 @@ class _AndersonRun:
             self.deviated |= (self.usable > 1) & ~fell_back
             if (step + 1) % MAX_PERIOD == 0:  # the tracker reads it at its next cycle check only
                 track.may_cycle = self.gave_up | ~self.deviated
-            if track.recent and not self.may_cycle_at_next_check(step):
+            if track.recent and (step < self.quiet_until or not self.may_cycle_at_next_check(step)):
                 track.forget_recent()
             if gave_up_any or fell_back.any():
                 # Count only elements still being solved: a decided element's step is discarded by the freeze.
@@ -446,4 +534,9 @@ class _AndersonRun:
         may, the iterates kept for the check are not needed. Deviation and giving up are never undone."""
         check = (step // MAX_PERIOD + 1) * MAX_PERIOD
         may = self.gave_up | ~self.deviated | (self.stalled + (check - 1 - step) >= STALL_STEPS)
-        return bool((may & self.track.open).any())
+        if (may & self.track.open).any():
+            return True
+        # stalled + (check - 1 - step) cannot grow within the window, deviation and decisions are never undone,
+        # and giving up needs the stall counter at STALL_STEPS: no later step before the check may either
+        self.quiet_until = check
+        return False

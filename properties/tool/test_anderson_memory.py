@@ -17,8 +17,8 @@ from hypothesis import assume, event, given
 from hypothesis import strategies as st
 
 from iqa import Anderson, Status, solve
-from iqa.solvers import MAX_PERIOD
-from iqa.solvers.anderson import _AndersonRun, _Pairs
+from iqa.solvers import MAX_PERIOD, STALL_STEPS
+from iqa.solvers.anderson import _AndersonRun, make_pairs
 from iqa.solvers.tracker import Tracker
 from iqa.variants import resolve
 from properties.strategies import Case
@@ -87,7 +87,7 @@ def test_buffers_grow_with_the_pairs_and_keep_them(m, pushes, n, store_x, seed) 
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(pushes, 2, n, dtype=F64, generator=g)
     F = X + torch.randn(pushes, 2, n, dtype=F64, generator=g)
-    pairs = _Pairs(X[0], m, differentiable=False, store_x=store_x)
+    pairs = make_pairs(X[0], m, differentiable=False, store_x=store_x)
     for t in range(pushes):
         pairs.push(X[t], F[t], F[t] - X[t], np.ones(2))
         capacity = pairs.F.shape[1]
@@ -98,9 +98,10 @@ def test_buffers_grow_with_the_pairs_and_keep_them(m, pushes, n, store_x, seed) 
         assert (pairs.X is not None) == store_x
         for age in range(needed):  # the pair pushed `age` pushes ago sits in slot (head - age) mod m
             slot = (pairs.head - age) % m
-            assert torch.equal(pairs.F[:, slot], F[t - age]) and torch.equal(pairs.G[:, slot], F[t - age] - X[t - age])
+            stored_f, stored_g = torch.as_tensor(pairs.F[:, slot]), torch.as_tensor(pairs.G[:, slot])
+            assert torch.equal(stored_f, F[t - age]) and torch.equal(stored_g, F[t - age] - X[t - age])
             if pairs.X is not None:
-                assert torch.equal(pairs.X[:, slot], X[t - age])
+                assert torch.equal(torch.as_tensor(pairs.X[:, slot]), X[t - age])
 
 
 @given(
@@ -139,6 +140,45 @@ def test_forgetting_only_where_no_element_may_cycle(name, scale, seed, history) 
         t = (step // MAX_PERIOD + 1) * MAX_PERIOD
         if not may and t in checked:
             assert not any(checked[t]), f"step {step} said no element may cycle at {t}, but {checked[t]} may"
+
+
+@given(
+    name=st.sampled_from(["hopfield", "positional", "injection", "reference"]),
+    scale=st.floats(1.5, 3.0),
+    seed=st.integers(0, 10**6),
+    history=st.integers(2, 8),
+)
+def test_every_forgetting_step_is_one_where_no_element_may_cycle(name, scale, seed, history) -> None:
+    """Anderson does not evaluate the rule at every step: once it said no element may be CYCLE at the next check,
+    it forgets until that check without asking again. Each time the tracker forgets (at step s), the rule taken
+    afresh from the solve's state must say so: no open element is on Picard's trajectory, and none has a stall
+    counter that can reach STALL_STEPS by the step before the check. A skip that outlived its window forgets
+    where an element may give up and cycle; the draws are at cycling scales, where elements give up."""
+    case = Case(batch=3, tokens=4, dim=4, dtype=F64, scale=scale, seed=seed)
+    layer = case.layer(resolve(name))
+    x = case.inputs()
+    runs: list[_AndersonRun] = []
+    start, forget = _AndersonRun.__init__, Tracker.forget_recent
+    forgotten: list[int] = []
+
+    def recording_start(self: _AndersonRun, *args, **kwargs) -> None:
+        start(self, *args, **kwargs)
+        runs.append(self)
+
+    def checked_forget(self: Tracker) -> None:
+        (run,) = runs
+        step = len(self.abs_history)
+        check = (step // MAX_PERIOD + 1) * MAX_PERIOD
+        may = run.gave_up | ~run.deviated | (run.stalled + (check - 1 - step) >= STALL_STEPS)
+        assert not (may & self.open).any(), f"forgot at step {step}, but {may & self.open} may be CYCLE at {check}"
+        forgotten.append(step)
+        forget(self)
+
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_AndersonRun, "__init__", recording_start)
+        patch.setattr(Tracker, "forget_recent", checked_forget)
+        solve(layer.fixed_point_map(x), layer.initial_point(x), Anderson(history=history), max_iter=150)
+    event(f"forgot at {'some' if forgotten else 'no'} steps")
 
 
 @given(name=st.sampled_from(["hopfield", "positional", "injection"]), seed=st.integers(0, 10**6))

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from iqa import Anderson, solve
 from iqa.solvers import ALPHA_LIMIT, DIVERGENCE_FACTOR, MAX_PERIOD, RESTART_FACTOR, STALE_FACTOR, STALL_RATIO
-from iqa.solvers.anderson import _Pairs
+from iqa.solvers.anderson import make_pairs
 from iqa.variants import resolve
 from properties.strategies import Case
 from properties.tool import anderson_reference as reference
@@ -66,7 +66,7 @@ def test_step_matches_reference_step(batch, n, m, extra, mixing, ridge, seed, re
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(pushes, batch, n, dtype=F64, generator=g)
     F = X + torch.randn(pushes, batch, n, dtype=F64, generator=g) / (1 + torch.arange(pushes, dtype=F64))[:, None, None]
-    pairs = _Pairs(X[0], m, differentiable=recorded)
+    pairs = make_pairs(X[0], m, differentiable=recorded)
     assert (pairs.gram is None) != recorded  # the host system exactly when no graph is recorded
     xs: deque[torch.Tensor] = deque(maxlen=m)
     fs: deque[torch.Tensor] = deque(maxlen=m)
@@ -119,7 +119,7 @@ def test_stale_pairs_match_reference(batch, m, steps, seed, data) -> None:
     rng = np.random.default_rng(seed)
     # residuals spanning 12 decades, so that STALE_FACTOR = 1e4 cuts somewhere in most histories
     history = (10.0 ** rng.uniform(-6, 6, size=(steps, batch))).tolist()
-    pairs = _Pairs(torch.zeros(batch, 1, dtype=F64), m, differentiable=False)
+    pairs = make_pairs(torch.zeros(batch, 1, dtype=F64), m, differentiable=False)
     for row in history:
         pairs.push(torch.zeros(batch, 1, dtype=F64), torch.zeros(batch, 1, dtype=F64), torch.zeros(batch, 1, dtype=F64),
                    np.array(row))  # fmt: skip

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from iqa import Anderson, Picard, Status, solve
 from iqa.solvers import MAX_PERIOD
-from iqa.solvers.anderson import _Pairs
+from iqa.solvers.anderson import make_pairs
 from iqa.solvers.tracker import relaxed
 from properties.tool.test_solver_status import identical, rotations
 
@@ -150,7 +150,7 @@ def test_half_precision_history_is_solved_in_float32(dtype: torch.dtype, recorde
     F = (X.double() + 400 * torch.randn(m, batch, n, dtype=F64, generator=g)).to(dtype)
     G = F - X  # as the solver forms it, in the dtype
     with torch.set_grad_enabled(recorded):
-        pairs = _Pairs(X[0].clone().requires_grad_(recorded), m, differentiable=recorded)
+        pairs = make_pairs(X[0].clone().requires_grad_(recorded), m, differentiable=recorded)
         for t in range(m):
             pairs.push(X[t], F[t], G[t], np.zeros(batch))
         new, fell_back = pairs.next_iterate(X[-1], F[-1], 1.0, 1e-10, np.full(batch, m))
@@ -188,7 +188,7 @@ def test_a_diverging_element_raises_no_warning() -> None:
 
 def test_a_mixed_step_without_stored_iterates_is_refused_by_name() -> None:
     """mixing < 1 needs the stored x_i; buffers made without them say so."""
-    pairs = _Pairs(torch.zeros(1, 2, dtype=F64), 3, differentiable=False, store_x=False)
+    pairs = make_pairs(torch.zeros(1, 2, dtype=F64), 3, differentiable=False, store_x=False)
     for t in range(2):
         x = torch.tensor([[float(t), 1.0 - t]], dtype=F64)
         pairs.push(x, 0.5 * x + 1, 1 - 0.5 * x, np.ones(1))
@@ -254,7 +254,7 @@ def test_the_recorded_step_with_dropped_pairs_matches_the_host_step(mixing: floa
     usable = np.array([1, 2, m])
     steps = {}
     for recorded in (False, True):
-        pairs = _Pairs(X[0], m, differentiable=recorded, store_x=mixing != 1.0)
+        pairs = make_pairs(X[0], m, differentiable=recorded, store_x=mixing != 1.0)
         for t in range(m + 2):
             pairs.push(X[t], F[t], F[t] - X[t], np.zeros(batch))
         steps[recorded] = pairs.next_iterate(X[-1], F[-1], mixing, ridge, usable)

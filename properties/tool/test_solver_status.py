@@ -525,14 +525,14 @@ def test_anderson_falls_back_on_a_rank_deficient_history(batch, n, m, weights, r
     """Without a ridge, a history whose newest residual g_m is a combination of the others (rounded, so LU sees a
     pivot of rounding size, not 0) has no meaningful alpha: every element falls back to the Picard step, on the
     host path and on the recorded one. With ridge 1e-10 the same history is a sound system and is used."""
-    from iqa.solvers.anderson import _Pairs
+    from iqa.solvers.anderson import make_pairs
 
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(m, batch, n, dtype=torch.float64, generator=g)
     G = torch.randn(m, batch, n, dtype=torch.float64, generator=g)
     G[-1] = sum(w * G[i] for i, w in zip(range(m - 1), weights))
     F = X + G
-    pairs = _Pairs(X[0], m, differentiable=recorded)
+    pairs = make_pairs(X[0], m, differentiable=recorded)
     for t in range(m):
         pairs.push(X[t], F[t], F[t] - X[t], np.zeros(batch))
     usable = np.full(batch, m)
@@ -546,14 +546,14 @@ def test_anderson_falls_back_on_a_rank_deficient_history(batch, n, m, weights, r
 def test_one_singular_element_leaves_the_others_accelerated() -> None:
     """numpy refuses the whole batched solve when one element's system is exactly singular; each element is then
     solved on its own, so only that element falls back: the regular one takes its Anderson step."""
-    from iqa.solvers.anderson import _Pairs
+    from iqa.solvers.anderson import make_pairs
 
     g = torch.Generator().manual_seed(0)
     X = torch.randn(3, 2, 5, dtype=torch.float64, generator=g)
     G = torch.randn(3, 2, 5, dtype=torch.float64, generator=g)
     G[:, 0] = torch.tensor([1.0, 0.5, 0.25, 0.0, 2.0], dtype=torch.float64)  # element 0: three equal residuals
     F = X + G
-    pairs = _Pairs(X[0], 3, differentiable=False)
+    pairs = make_pairs(X[0], 3, differentiable=False)
     for t in range(3):
         pairs.push(X[t], F[t], F[t] - X[t], np.zeros(2))
     usable = np.full(2, 3)
@@ -577,7 +577,7 @@ def test_anderson_falls_back_on_a_step_that_overflows(dtype: torch.dtype, record
     overflows there (to -Inf; the other coordinate stays finite, so both a row's max and its min must be
     checked): each element must fall back to the Picard step, f(y) itself (mixing 1). The control, the same
     history with f(x) of size 1, takes the Anderson step alpha F."""
-    from iqa.solvers.anderson import _Pairs
+    from iqa.solvers.anderson import make_pairs
 
     G = torch.tensor([[[10.0, 1.0]], [[9.0, 1.0]]], dtype=dtype).expand(2, 2, 2).contiguous()  # [pair, batch, n]
     for size, overflows in ((0.9 * torch.finfo(dtype).max, True), (1.0, False)):
@@ -587,7 +587,7 @@ def test_anderson_falls_back_on_a_step_that_overflows(dtype: torch.dtype, record
         X = F - G  # rounds to F at the large size; only G enters the system
         with torch.set_grad_enabled(recorded):
             start = X[0].clone().requires_grad_(recorded)
-            pairs = _Pairs(start, 2, differentiable=recorded)
+            pairs = make_pairs(start, 2, differentiable=recorded)
             for t in range(2):
                 pairs.push(X[t], F[t], G[t], np.zeros(2))
             new, fell_back = pairs.next_iterate(X[-1], F[-1], 1.0, 0.0, np.full(2, 2))
