@@ -12,11 +12,16 @@ the mix needs it (beta < 1: with beta = 1 the step is alpha F). G G^T is kept up
 to date by one new row per step, so a step costs two length-n products per
 pair (the new Gram row and alpha F), one batched m x m solve, and a fixed
 number of small operations, whatever B is. When no graph is recorded (every
-mode but unrolled) and the tensors are on the CPU, G G^T lives on the host in
-float64 and numpy solves the m x m system there: a dozen torch calls on m x m
-tensors (the LU alone ~25 us) cost more than the rest of a step at small n.
-Per-element bookkeeping (best residual, stall counter, usable pairs) is
-vectorised on the host too, where the tracker already has the residuals.
+mode but unrolled) and the tensors are on the CPU, everything lives in numpy
+(:class:`_HostPairs`): the buffers (float64 for float64 iterates, float32
+otherwise), G G^T in float64, the m x m solve and both products. At small n a
+step costs what its calls cost, and a numpy call on a small array costs a
+fraction of a torch call (the LU alone: ~25 us in torch); on the band cases
+(N = D = 8) this made Anderson ~0.65-0.8x as slow as torch buffers with a host
+system. While a graph is recorded, and on a GPU, the pairs and the system are
+torch tensors on the map's device (:class:`_DevicePairs`). Per-element
+bookkeeping (best residual, stall counter, usable pairs) is vectorised on the
+host, where the tracker already has the residuals.
 
 Safeguards, each per batch element:
 
