@@ -355,7 +355,9 @@ def test_iterates_that_stop_and_move_again_are_refused() -> None:
     J = torch.tensor([[0.5]], dtype=F64)
     halving = geometric(torch.tensor([[3.0]], dtype=F64), 0.5, 11)
     restarted = halving + [halving[-1].clone()] + [halving[-1] * 0.5**k for k in range(1, 4)]
-    with pytest.raises(ValueError, match=r"iterates y_11 and y_12 are equal but y_\d+ and y_\d+ differ"):
+    # the window ends at the last difference, d_13 = y_14 - y_13 (15 iterates)
+    message = r"^iterates y_11 and y_12 are equal but y_13 and y_14 differ: not the iterates of one Picard run$"
+    with pytest.raises(ValueError, match=message):
         _interval(restarted, J, 0.5, 0.0, EPS, 1)
     # the run that stops for good is the documented case: its zero differences fall outside the window
     assert _interval(halving + [halving[-1].clone()] * 4, J, 0.5, 0.0, EPS, 1) is not None
