@@ -351,13 +351,22 @@ def test_scores_through_no_weight_still_get_a_weight_bound() -> None:
 def test_iterates_that_stop_and_move_again_are_refused() -> None:
     """Picard from y_t = y_{t+1} stays at y_t: iterates with a zero difference inside the fitted window followed by
     moving ones are no Picard run (here hand-made: halving, one repeat, halving again), and are refused by name
-    instead of dividing by the zero difference."""
+    instead of dividing by the zero difference, wherever in the window the repeat sits; a repeat before the window
+    is not read."""
     J = torch.tensor([[0.5]], dtype=F64)
     halving = geometric(torch.tensor([[3.0]], dtype=F64), 0.5, 11)
     restarted = halving + [halving[-1].clone()] + [halving[-1] * 0.5**k for k in range(1, 4)]
-    # the window ends at the last difference, d_13 = y_14 - y_13 (15 iterates)
+    # 16 iterates, 15 differences; the window ends at the last but one, d_13 = y_14 - y_13
     message = r"^iterates y_11 and y_12 are equal but y_13 and y_14 differ: not the iterates of one Picard run$"
     with pytest.raises(ValueError, match=message):
         _interval(restarted, J, 0.5, 0.0, EPS, 1)
+    # the repeat right before the window's last difference (d_11, the window ending at d_12) is inside it too
+    late = [*halving, halving[-1].clone(), halving[-1] * 0.5, halving[-1] * 0.25]
+    with pytest.raises(ValueError, match=r"^iterates y_11 and y_12 are equal but y_12 and y_13 differ"):
+        _interval(late, J, 0.5, 0.0, EPS, 1)
+    # a repeat before the window (d_1; the window is d_7..d_13) is not read: the fit is the window's
+    early = halving[:2] + [halving[1].clone()] + [halving[1] * 0.5**k for k in range(1, 14)]
+    fitted = _interval(early, J, 0.5, 0.0, EPS, 1)
+    assert fitted is not None and fitted.start == 7 and abs(fitted.rate - 0.5) <= 1e-12
     # the run that stops for good is the documented case: its zero differences fall outside the window
     assert _interval(halving + [halving[-1].clone()] * 4, J, 0.5, 0.0, EPS, 1) is not None
