@@ -17,7 +17,7 @@ mode but unrolled) and the tensors are on the CPU, everything lives in numpy
 otherwise), G G^T in float64, the m x m solve and both products. At small n a
 step costs what its calls cost, and a numpy call on a small array costs a
 fraction of a torch call (the LU alone: ~25 us in torch); on the band cases
-(N = D = 8) Anderson takes 0.64-0.78x the time it took with torch buffers and
+(N = D = 8) Anderson takes 0.72-0.74x the time it took with torch buffers and
 a host system. While a graph is recorded, and on a GPU, the pairs and the system are
 torch tensors on the map's device (:class:`_DevicePairs`). Per-element
 bookkeeping (best residual, stall counter, usable pairs) is vectorised on the

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from iqa import Anderson, Status, solve
 from iqa.solvers import MAX_PERIOD, STALL_STEPS
 from iqa.solvers.anderson import _AndersonRun, make_pairs
+from iqa.solvers.result import Solution
 from iqa.solvers.tracker import Tracker
 from iqa.variants import resolve
 from properties.strategies import Case
@@ -104,20 +105,30 @@ def test_buffers_grow_with_the_pairs_and_keep_them(m, pushes, n, store_x, seed) 
                 assert torch.equal(torch.as_tensor(pairs.X[:, slot]), X[t - age])
 
 
-@given(
+#: Solves at cycling scales, where elements stall and give up: what the cycle-window rule has to get right.
+cycling_draws = given(
     name=st.sampled_from(["hopfield", "positional", "injection", "reference"]),
     scale=st.floats(1.5, 3.0),
     seed=st.integers(0, 10**6),
     history=st.integers(2, 8),
 )
+
+
+def solve_cycling(name: str, scale: float, seed: int, history: int) -> Solution:
+    """Anderson (history m) on a drawn three-element built-in problem at a cycling scale, 150 steps, no graph."""
+    case = Case(batch=3, tokens=4, dim=4, dtype=F64, scale=scale, seed=seed)
+    layer = case.layer(resolve(name))
+    x = case.inputs()
+    with torch.no_grad():
+        return solve(layer.fixed_point_map(x), layer.initial_point(x), Anderson(history=history), max_iter=150)
+
+
+@cycling_draws
 def test_forgetting_only_where_no_element_may_cycle(name, scale, seed, history) -> None:
     """The rule behind forget_recent, checked step by step: where Anderson says at step s that the next check
     (at t, the next multiple of MAX_PERIOD) can mark no element, the tracker's check at t finds every open
     element refused by may_cycle. Giving up inside the window is what makes this fail if the rule ignores the
     stall counter; the draws are at cycling scales, where elements give up."""
-    case = Case(batch=3, tokens=4, dim=4, dtype=F64, scale=scale, seed=seed)
-    layer = case.layer(resolve(name))
-    x = case.inputs()
     said: dict[int, bool] = {}
     checked: dict[int, list[bool]] = {}
     rule, check = _AndersonRun.may_cycle_at_next_check, Tracker.check_cycles
@@ -131,10 +142,10 @@ def test_forgetting_only_where_no_element_may_cycle(name, scale, seed, history) 
         checked[step] = [s is None and bool(m) for s, m in zip(self.statuses, may)]
         check(self, step)
 
-    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_AndersonRun, "may_cycle_at_next_check", recording_rule)
         patch.setattr(Tracker, "check_cycles", recording_check)
-        solution = solve(layer.fixed_point_map(x), layer.initial_point(x), Anderson(history=history), max_iter=150)
+        solution = solve_cycling(name, scale, seed, history)
     event(f"fallbacks {'>0' if solution.fallbacks else '0'}")
     for step, may in said.items():
         t = (step // MAX_PERIOD + 1) * MAX_PERIOD
@@ -142,21 +153,13 @@ def test_forgetting_only_where_no_element_may_cycle(name, scale, seed, history) 
             assert not any(checked[t]), f"step {step} said no element may cycle at {t}, but {checked[t]} may"
 
 
-@given(
-    name=st.sampled_from(["hopfield", "positional", "injection", "reference"]),
-    scale=st.floats(1.5, 3.0),
-    seed=st.integers(0, 10**6),
-    history=st.integers(2, 8),
-)
+@cycling_draws
 def test_every_forgetting_step_is_one_where_no_element_may_cycle(name, scale, seed, history) -> None:
     """Anderson does not evaluate the rule at every step: once it said no element may be CYCLE at the next check,
     it forgets until that check without asking again. Each time the tracker forgets (at step s), the rule taken
     afresh from the solve's state must say so: no open element is on Picard's trajectory, and none has a stall
     counter that can reach STALL_STEPS by the step before the check. A skip that outlived its window forgets
     where an element may give up and cycle; the draws are at cycling scales, where elements give up."""
-    case = Case(batch=3, tokens=4, dim=4, dtype=F64, scale=scale, seed=seed)
-    layer = case.layer(resolve(name))
-    x = case.inputs()
     runs: list[_AndersonRun] = []
     start, forget = _AndersonRun.__init__, Tracker.forget_recent
     forgotten: list[int] = []
@@ -174,11 +177,12 @@ def test_every_forgetting_step_is_one_where_no_element_may_cycle(name, scale, se
         forgotten.append(step)
         forget(self)
 
-    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_AndersonRun, "__init__", recording_start)
         patch.setattr(Tracker, "forget_recent", checked_forget)
-        solve(layer.fixed_point_map(x), layer.initial_point(x), Anderson(history=history), max_iter=150)
+        solve_cycling(name, scale, seed, history)
     event(f"forgot at {'some' if forgotten else 'no'} steps")
+    assume(forgotten)  # a solve that never forgot checked nothing
 
 
 @given(name=st.sampled_from(["hopfield", "positional", "injection"]), seed=st.integers(0, 10**6))
