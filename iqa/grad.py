@@ -281,7 +281,8 @@ class _ImplicitOutput(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, fy: Tensor, y_req: Tensor, y_star: Tensor, hook: Any) -> Tensor:
-        if _EDGE_OUTPUTS:
+        ctx.edge = _keeps_edges()
+        if ctx.edge:
             ctx.save_for_backward(y_req)
             ctx.fy = get_gradient_edge(fy)
         else:
@@ -292,7 +293,7 @@ class _ImplicitOutput(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, v: Tensor) -> tuple[Tensor, None, None, None]:
         saved = ctx.saved_tensors
-        fy = ctx.fy if _EDGE_OUTPUTS else saved[1]
+        fy = ctx.fy if ctx.edge else saved[1]
         return ctx.hook(v, fy, saved[0]), None, None, None
 
 
@@ -300,15 +301,27 @@ def _edge_outputs() -> bool:
     """Whether this torch's autograd.grad takes a GradientEdge as an output (recent versions; iqa allows older
     ones, which keep f(y*) as a tensor instead)."""
     try:
-        y = torch.ones(1, requires_grad=True)
-        edge = get_gradient_edge(y * 2)
-        (grad,) = torch.autograd.grad(edge, y, torch.ones(1))
+        with torch.enable_grad():  # asked first inside an autograd.Function's forward, where grad is off
+            y = torch.ones(1, requires_grad=True)
+            edge = get_gradient_edge(y * 2)
+            (grad,) = torch.autograd.grad(edge, y, torch.ones(1))
     except (AttributeError, TypeError, RuntimeError):
         return False
     return bool(grad.item() == 2.0)
 
 
-_EDGE_OUTPUTS = _edge_outputs()
+#: :func:`_edge_outputs`' answer, asked at the first implicit output, not at import: the probe's autograd.grad
+#: imports torch.fx's symbolic shapes and sympy (~0.4 s of a ~2.5 s ``import iqa`` on the 2-core VM), which a
+#: process that never differentiates (``iqa --help``, a collection-only pytest) would pay for nothing.
+_EDGE_OUTPUTS: bool | None = None
+
+
+def _keeps_edges() -> bool:
+    """Whether implicit outputs keep f(y*) as its gradient edge (:func:`_edge_outputs`, asked once)."""
+    global _EDGE_OUTPUTS
+    if _EDGE_OUTPUTS is None:
+        _EDGE_OUTPUTS = _edge_outputs()
+    return _EDGE_OUTPUTS
 
 
 def _uses_other_tensors(out: Tensor, leaf: Tensor) -> bool:

@@ -51,8 +51,11 @@ best iterate it saw (and that iterate's residual).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -171,7 +174,7 @@ class _Ring:
         new, ok = found
         accelerating = usable > 1
         take = ok & accelerating
-        if take.all():
+        if np.count_nonzero(take) == take.size:  # count_nonzero: a third of the cost of take.all() at small B
             return new, ~take
         fell_back = ~ok & accelerating
         mask = torch.from_numpy(take).to(y.device)[:, None]
@@ -194,8 +197,9 @@ class _HostPairs(_Ring):
         self.G = np.zeros((batch, 1, n), dtype=self.host_dtype)
         self.X = np.zeros((batch, 1, n), dtype=self.host_dtype) if store_x else None
         self.gram_host = np.zeros((batch, m, m))
-        self.diagonals = [np.arange(k) for k in range(m + 1)]
-        self.eyes = [np.eye(k) for k in range(m + 1)]
+        #: G G^T's diagonal, a view: trace(G G^T) of the first k slots is gram_diagonal[:, :k].sum(-1)
+        self.gram_diagonal = self.gram_host.reshape(batch, m * m)[:, :: m + 1]
+        self.diagonals, self.eyes = _identities(m)
         self.ones_host = np.ones((batch, m, 1))
 
     def _host(self, t: Tensor) -> np.ndarray:
@@ -239,20 +243,21 @@ class _HostPairs(_Ring):
                 scale = np.maximum(system.trace(axis1=1, axis2=2), NORM_FLOOR) / np.maximum(usable, 1)
                 system[:, diagonal, diagonal] += (ridge * scale)[:, None] + ~keep
             else:
-                gram = self.gram_host[:, :k, :k]
-                scale = np.maximum(gram.trace(axis1=1, axis2=2), NORM_FLOOR) / k
-                system = gram + (ridge * scale)[:, None, None] * self.eyes[k]  # + 0 off the diagonal: exact
-            w, solved = _solve_each(system, self.ones_host[:, :k])
-            if ridge == 0:  # numerically singular (see the module doc)
-                solved &= ~_numerically_singular(system, k)
+                scale = np.maximum(self.gram_diagonal[:, :k].sum(-1), NORM_FLOOR) / k
+                # + 0 off the diagonal: exact
+                system = self.gram_host[:, :k, :k] + (ridge * scale)[:, None, None] * self.eyes[k]
+            w = _solve_each(system, self.ones_host[:, :k])  # NaN where singular: refused by the alpha check
             if keep is not None:
                 w = w * keep
             alpha = w / w.sum(-1, keepdims=True)
-            sound = solved & (np.abs(alpha).sum(-1) <= ALPHA_LIMIT)  # False for a NaN or Inf alpha too
+            sound = np.abs(alpha).sum(-1) <= ALPHA_LIMIT  # False for a NaN or Inf alpha too
+            if ridge == 0:  # numerically singular (see the module doc)
+                sound &= ~_numerically_singular(system, k)
             new = self._mix(alpha.astype(self.host_dtype, copy=False)[:, None, :], k, mixing)
-            step = torch.from_numpy(new).to(self.dtype)
-            if step.dtype in _HOST_VIEWS:
+            step = torch.from_numpy(new)
+            if self.dtype in _HOST_VIEWS:
                 return step, sound & np.isfinite(new).all(-1)
+            step = step.to(self.dtype)
             # rounded to half precision, a finite mix may overflow: the extremes of the step itself, as float32
             low, high = (t.float().numpy() for t in _extremes(step))
             return step, sound & np.isfinite(low) & np.isfinite(high)
@@ -390,6 +395,13 @@ def make_pairs(y0: Tensor, m: int, differentiable: bool, store_x: bool = True) -
     return _DevicePairs(y0, m, differentiable, store_x)
 
 
+try:  # numpy's LAPACK gufunc behind np.linalg.solve (numpy.linalg._umath_linalg since numpy 1.8), see _solve_each
+    from numpy.linalg import _umath_linalg
+
+    _lapack_solve: Any = _umath_linalg.solve
+except (ImportError, AttributeError):  # pragma: no cover - a numpy without it: np.linalg.solve
+    _lapack_solve = None
+
 #: dtypes whose tensors the host buffers view without a copy
 _HOST_VIEWS = (torch.float32, torch.float64)
 
@@ -429,23 +441,32 @@ def _numerically_singular_torch(system: Tensor, k: int) -> Tensor:
     return finite & (zero | (values[:, -1] <= values[:, 0] * k * torch.finfo(S.dtype).eps))
 
 
-def _solve_each(system: np.ndarray, ones: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """w with system w = 1 per batch element [B, k] (``ones`` [B, k, 1]), and which systems were solved: an exactly
-    singular one (a zero pivot, LAPACK's info > 0, as torch.linalg.solve_ex reports it) gets NaN and False. A
-    system with NaN or Inf entries is "solved" to a non-finite w, which the sum |alpha| check then refuses."""
-    batch = system.shape[0]
+@functools.cache
+def _identities(m: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """For k = 0..m: the indices of a k x k diagonal and the k x k identity (shared by every solve with history m;
+    read only)."""
+    return [np.arange(k) for k in range(m + 1)], [np.eye(k) for k in range(m + 1)]
+
+
+def _solve_each(system: np.ndarray, ones: np.ndarray) -> np.ndarray:
+    """w with system w = 1 per batch element [B, k] (``ones`` [B, k, 1]); NaN for an element whose system is
+    exactly singular (a zero pivot, LAPACK's info > 0, as torch.linalg.solve_ex reports it). A system with NaN or
+    Inf entries gets a non-finite w too. Either way the sum |alpha| check refuses the step.
+
+    Through numpy's LAPACK gufunc (what np.linalg.solve calls after its checks) where numpy has it: it fills a
+    singular element's w with NaN and goes on with the others, so one call solves the batch, and it skips
+    np.linalg.solve's ~6 us of argument handling (of ~9 us per call at B = 1, k = 8); else np.linalg.solve, which
+    raises for the whole batch, and then each element alone."""
+    if _lapack_solve is not None:
+        return _lapack_solve(system, ones)[..., 0]  # the caller's errstate silences LAPACK's "invalid value" flag
     try:
-        return np.linalg.solve(system, ones)[..., 0], np.ones(batch, dtype=bool)
+        return np.linalg.solve(system, ones)[..., 0]
     except np.linalg.LinAlgError:
         w = np.full(system.shape[:-1], np.nan)
-        solved = np.zeros(batch, dtype=bool)
-        for b in range(batch):
-            try:
+        for b in range(system.shape[0]):
+            with contextlib.suppress(np.linalg.LinAlgError):  # singular: w[b] stays NaN
                 w[b] = np.linalg.solve(system[b], ones[b])[:, 0]
-                solved[b] = True
-            except np.linalg.LinAlgError:
-                pass
-        return w, solved
+        return w
 
 
 class _AndersonRun:
@@ -492,9 +513,10 @@ class _AndersonRun:
                 self.pairs = make_pairs(y0, history, fy.requires_grad or y0.requires_grad, store_x=mixing != 1.0)
             assert self.pairs is not None
             improved = was_open & (metric < self.best)
-            if improved.any():
+            n_improved = np.count_nonzero(improved)
+            if n_improved:
                 self.best = np.where(improved, metric, self.best)
-                mask = None if improved.all() else torch.from_numpy(improved).to(y.device)
+                mask = None if n_improved == batch else torch.from_numpy(improved).to(y.device)
                 self.best_y = y if mask is None else freeze(mask, y, self.best_y)
                 self.stalled = np.where(improved, 0, self.stalled + 1)
             else:
@@ -517,7 +539,7 @@ class _AndersonRun:
                 track.may_cycle = self.gave_up | ~self.deviated
             if track.recent and (step < self.quiet_until or not self.may_cycle_at_next_check(step)):
                 track.forget_recent()
-            if gave_up_any or fell_back.any():
+            if gave_up_any or np.count_nonzero(fell_back):
                 # Count only elements still being solved: a decided element's step is discarded by the freeze.
                 self.fallbacks += int(((fell_back | self.gave_up) & track.open).sum())
             y_next = y_next.reshape(y.shape)

@@ -822,3 +822,36 @@ def test_unit_and_tiny_diagonals_are_not_singular(k: int) -> None:
     S = np.stack([np.eye(k), np.diag(sizes)])
     assert _numerically_singular(S.copy(), k).tolist() == [False, False]
     assert _numerically_singular_torch(torch.from_numpy(S), k).tolist() == [False, False]
+
+
+@given(
+    singular=st.lists(st.booleans(), min_size=1, max_size=4),
+    k=st.integers(1, 6),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_each_system_of_a_batch_is_solved_or_refused_alone(singular, k, seed) -> None:
+    """Anderson's host solve of S w = 1 per batch element, through numpy's LAPACK gufunc and through the public
+    np.linalg.solve it falls back to: an exactly singular S (a zero row and column) gives NaN for its element only,
+    and every other element's w solves its system, against the residual ||S w - 1|| <= 8 k eps kappa(S) ||S|| ||w||
+    (the backward error of LU with partial pivoting, kappa from the SVD, S well-conditioned by construction)."""
+    from iqa.solvers import anderson
+
+    rng = np.random.default_rng(seed)
+    systems = []
+    for is_singular in singular:
+        G = rng.normal(size=(k, k + 2))
+        if is_singular:
+            G[rng.integers(k)] = 0.0
+        systems.append(G @ G.T + (0.0 if is_singular else np.eye(k)))
+    S, ones = np.stack(systems), np.ones((len(singular), k, 1))
+    eps = np.finfo(np.float64).eps
+    for lapack in (anderson._lapack_solve, None):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(anderson, "_lapack_solve", lapack)
+            with np.errstate(all="ignore"):
+                w = anderson._solve_each(S.copy(), ones)
+        assert np.isnan(w).any(-1).tolist() == singular, (lapack, w)
+        for b in np.flatnonzero(~np.asarray(singular)):
+            kappa = np.linalg.cond(S[b])
+            bound = 8 * k * eps * kappa * np.linalg.norm(S[b], 2) * np.linalg.norm(w[b])
+            assert np.linalg.norm(S[b] @ w[b] - 1) <= bound, (lapack, b, kappa)
