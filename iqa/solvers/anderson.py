@@ -234,10 +234,10 @@ class _HostPairs(_Ring):
             return None
         # A diverging element brings Inf and NaN into its system: its step is refused below, no warning needed.
         with np.errstate(all="ignore"):
-            diagonal = self.diagonals[k]
             keep: np.ndarray | None = None
             if int(usable.min()) < k:
                 # Dropped pairs get alpha_i = 0: their rows and columns of the system are zeroed, 1 on the diagonal.
+                diagonal = self.diagonals[k]
                 keep = self.ages()[None, :] < usable[:, None]
                 system = self.gram_host[:, :k, :k] * (keep[:, :, None] & keep[:, None, :])
                 scale = np.maximum(system.trace(axis1=1, axis2=2), NORM_FLOOR) / np.maximum(usable, 1)
@@ -455,8 +455,8 @@ def _solve_each(system: np.ndarray, ones: np.ndarray) -> np.ndarray:
 
     Through numpy's LAPACK gufunc (what np.linalg.solve calls after its checks) where numpy has it: it fills a
     singular element's w with NaN and goes on with the others, so one call solves the batch, and it skips
-    np.linalg.solve's ~6 us of argument handling (of ~9 us per call at B = 1, k = 8); else np.linalg.solve, which
-    raises for the whole batch, and then each element alone."""
+    np.linalg.solve's argument handling (timeit at B = 1, k = 8, float64: 1.7 us against 5.4 us); else
+    np.linalg.solve, which raises for the whole batch, and then each element alone."""
     if _lapack_solve is not None:
         return _lapack_solve(system, ones)[..., 0]  # the caller's errstate silences LAPACK's "invalid value" flag
     try:

@@ -149,9 +149,9 @@ class Tracker:
         self.open[b] = False
 
     def publish(self) -> None:
-        """Rebuild ``decided`` after a round of :meth:`mark` calls (one tensor per round, not per element: at
-        B = 16 and small N, one per element took ~0.2 ms of a 5-step solve). A new mask, never one changed in
-        place: autograd may have saved the old one (unrolled mode)."""
+        """Rebuild ``decided`` after a round of :meth:`mark` calls (one tensor per round, not per element: timeit
+        of a round that marks 16 elements, 9 us against 135 us with one tensor per mark). A new mask, never one
+        changed in place: autograd may have saved the old one (unrolled mode)."""
         self.decided = torch.from_numpy(~self.open).to(self.device)
 
     def check_cycles(self, step: int) -> None:

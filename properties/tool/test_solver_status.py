@@ -544,8 +544,9 @@ def test_anderson_falls_back_on_a_rank_deficient_history(batch, n, m, weights, r
 
 
 def test_one_singular_element_leaves_the_others_accelerated() -> None:
-    """numpy refuses the whole batched solve when one element's system is exactly singular; each element is then
-    solved on its own, so only that element falls back: the regular one takes its Anderson step."""
+    """When one element's system is exactly singular, only that element falls back: the regular one takes its
+    Anderson step (numpy's LAPACK gufunc gives the singular element NaN alone; np.linalg.solve, its fallback,
+    refuses the whole batch, which is then solved element by element)."""
     from iqa.solvers.anderson import make_pairs
 
     g = torch.Generator().manual_seed(0)
@@ -832,8 +833,9 @@ def test_unit_and_tiny_diagonals_are_not_singular(k: int) -> None:
 def test_each_system_of_a_batch_is_solved_or_refused_alone(singular, k, seed) -> None:
     """Anderson's host solve of S w = 1 per batch element, through numpy's LAPACK gufunc and through the public
     np.linalg.solve it falls back to: an exactly singular S (a zero row and column) gives NaN for its element only,
-    and every other element's w solves its system, against the residual ||S w - 1|| <= 8 k eps kappa(S) ||S|| ||w||
-    (the backward error of LU with partial pivoting, kappa from the SVD, S well-conditioned by construction)."""
+    and every other element's w solves its system: ||S w - 1|| <= 2 k eps ||S|| ||w||, LU with partial pivoting
+    being backward stable (the residual does not grow with kappa); at most 0.5 k eps ||S|| ||w|| was seen over
+    3000 draws of these systems (kappa up to 43), through either path."""
     from iqa.solvers import anderson
 
     rng = np.random.default_rng(seed)
@@ -852,6 +854,5 @@ def test_each_system_of_a_batch_is_solved_or_refused_alone(singular, k, seed) ->
                 w = anderson._solve_each(S.copy(), ones)
         assert np.isnan(w).any(-1).tolist() == singular, (lapack, w)
         for b in np.flatnonzero(~np.asarray(singular)):
-            kappa = np.linalg.cond(S[b])
-            bound = 8 * k * eps * kappa * np.linalg.norm(S[b], 2) * np.linalg.norm(w[b])
-            assert np.linalg.norm(S[b] @ w[b] - 1) <= bound, (lapack, b, kappa)
+            bound = 2 * k * eps * np.linalg.norm(S[b], 2) * np.linalg.norm(w[b])
+            assert np.linalg.norm(S[b] @ w[b] - 1) <= bound, (lapack, b)
