@@ -28,6 +28,7 @@ from iqa import configure_threads
 from iqa.pytest_plugin import EXPECTED_FAILURE_MARK, NOT_APPLICABLE_MARK
 from iqa.suite import CI, DEV, LARGE, MUTATION, THOROUGH, VARIANT_FOLDER, SuiteError, profile_from_environment
 from iqa.variants import ENV_VARIABLE, Variant, VariantError, resolve_all
+from properties.example_pool import freeze_constant_pool
 from properties.strategies import use_domain
 from properties.tags import required_tags
 
@@ -137,6 +138,14 @@ def pytest_configure(config: pytest.Config) -> None:
     variants = selected_variants(config)
     check_expected_failures(variants, property_names())
     config._iqa_variants = variants  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(trylast=True)  # after Hypothesis's own sessionstart, which ends its initialization phase
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Every process that runs tests draws from the same constants, whichever tests it runs first
+    (properties/example_pool.py); xdist's controller runs none."""
+    if not session.config.pluginmanager.has_plugin("dsession"):
+        freeze_constant_pool()
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

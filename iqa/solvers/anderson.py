@@ -6,9 +6,11 @@ Each step mixes the last m pairs (x_i, f(x_i)): with g_i = f(x_i) - x_i,
     x_next = beta sum_i alpha_i f(x_i) + (1 - beta) sum_i alpha_i x_i      (beta = mixing),
 
 alpha from (G G^T + lam I) w = 1, alpha = w / sum(w), lam = ridge trace(G G^T) / m.
-The pairs live in ring buffers [B, m, n], F and G = F - X, grown to m slots as
-pairs arrive (a solve that stops early never holds m pairs), and X only where
-the mix needs it (beta < 1: with beta = 1 the step is alpha F). G G^T is kept up
+The pairs live in ring buffers [B, m, n], F and G = F - X, and X only where
+the mix needs it (beta < 1: with beta = 1 the step is alpha F). On the host the
+buffers hold m slots from the start, zeroed mappings that the OS backs only as
+pushes write them (no copy when the ring fills up); on a device, where memory is
+committed at allocation, they grow to m slots as pairs arrive. G G^T is kept up
 to date by one new row per step, so a step costs two length-n products per
 pair (the new Gram row and alpha F), one batched m x m solve, and a fixed
 number of small operations, whatever B is. When no graph is recorded (every
@@ -114,9 +116,10 @@ class _Ring:
     """Which slot of a ring of m pairs each new pair goes to, the residual of each stored pair, and the stale-pair
     rule; the storage (:class:`_HostPairs`, :class:`_DevicePairs`) is the subclass's.
 
-    Slots fill from 0, so the first ``count`` slots are the valid ones; ``head`` is the newest. The buffers start
-    with one slot and double their capacity (up to m) when the ring is full, so that a solve that stops after
-    k < m pairs holds about k of them (at most 2k), not m.
+    Slots fill from 0, so the first ``count`` slots are the valid ones; ``head`` is the newest. ``capacity`` is the
+    buffers' number of slots: the device buffers start with one and double it (up to m) when the ring is full, so
+    that a solve that stops after k < m pairs holds about k of them (at most 2k), not m; the host buffers start
+    with m (:class:`_HostPairs`).
     """
 
     gram: Tensor | None = None
@@ -183,7 +186,7 @@ class _Ring:
 
 class _HostPairs(_Ring):
     """The pairs of a solve that records no graph, on the CPU: the buffers F, G (and X with ``store_x``) are numpy
-    arrays [B, c, n] in float64 for float64 iterates and float32 otherwise (numpy has no bfloat16; a half-precision
+    arrays [B, m, n] in float64 for float64 iterates and float32 otherwise (numpy has no bfloat16; a half-precision
     G G^T would overflow), G G^T a float64 array [B, m, m]. Every product of a step (the new Gram row, the mix
     alpha F) is one numpy matmul: at small n a step's cost is its number of calls, and a numpy call on a small
     array costs a fraction of a torch call (module docs)."""
@@ -193,9 +196,12 @@ class _HostPairs(_Ring):
         super().__init__(batch, m)
         self.dtype = y0.dtype
         self.host_dtype = np.float64 if y0.dtype == torch.float64 else np.float32
-        self.F = np.zeros((batch, 1, n), dtype=self.host_dtype)
-        self.G = np.zeros((batch, 1, n), dtype=self.host_dtype)
-        self.X = np.zeros((batch, 1, n), dtype=self.host_dtype) if store_x else None
+        # All m slots at once: no growth copies. np.zeros maps a large buffer untouched (calloc), so the OS backs
+        # pages only as pushes write them.
+        self.F = np.zeros((batch, m, n), dtype=self.host_dtype)
+        self.G = np.zeros((batch, m, n), dtype=self.host_dtype)
+        self.X = np.zeros((batch, m, n), dtype=self.host_dtype) if store_x else None
+        self.capacity = m
         self.gram_host = np.zeros((batch, m, m))
         #: G G^T's diagonal, a view: trace(G G^T) of the first k slots is gram_diagonal[:, :k].sum(-1)
         self.gram_diagonal = self.gram_host.reshape(batch, m * m)[:, :: m + 1]
@@ -205,10 +211,6 @@ class _HostPairs(_Ring):
     def _host(self, t: Tensor) -> np.ndarray:
         """[B, n] on the host in the buffers' dtype: a view for float32 and float64 tensors, a copy otherwise."""
         return (t if t.dtype == self.dtype and self.dtype in _HOST_VIEWS else t.float()).numpy()
-
-    def _grow(self, capacity: int) -> None:
-        self.F, self.G = _grown_host(self.F, capacity), _grown_host(self.G, capacity)
-        self.X = None if self.X is None else _grown_host(self.X, capacity)
 
     def push(self, x: Tensor, fx: Tensor, g: Tensor, residual: np.ndarray) -> None:
         """Store (x, f(x), g = f(x) - x), all [B, n], in the oldest slot (x only with ``store_x``), and its row of
@@ -377,14 +379,6 @@ class _DevicePairs(_Ring):
         if self.X is None:
             raise ValueError("an Anderson step with mixing < 1 needs the stored iterates (store_x=True)")
         return mixing * new + (1 - mixing) * torch.bmm(alpha, self.X[:, :k]).squeeze(1)
-
-
-def _grown_host(buffer: np.ndarray, capacity: int) -> np.ndarray:
-    """``buffer`` [B, c, n] grown to ``capacity`` slots, its c slots copied to the front."""
-    batch, old, n = buffer.shape
-    grown = np.empty((batch, capacity, n), dtype=buffer.dtype)
-    grown[:, :old] = buffer  # the new slots are written before they are read
-    return grown
 
 
 def make_pairs(y0: Tensor, m: int, differentiable: bool, store_x: bool = True) -> _HostPairs | _DevicePairs:
