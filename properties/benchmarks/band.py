@@ -106,15 +106,22 @@ _SAMPLES: dict[str, list[Outcome]] = {}
 def sample(variant: Variant) -> list[Outcome]:
     """SAMPLE_SIZE random cases of the variant (float64, batch 1), solved by both methods.
 
-    Drawn from a generator seeded by the variant's name, so a variant always gets the same cases.
+    Drawn from a generator seeded by the variant's name, so a variant always gets the same cases. N and D are
+    drawn inside the variant's domain (multihead: D a multiple of its heads); a variant whose domain allows
+    every size in SAMPLE_SIDES gets the draws it got before domains were respected.
     """
     if variant.name not in _SAMPLES:
+        domain = variant.domain
+        tokens, widths = domain.tokens(*SAMPLE_SIDES), domain.dims(*SAMPLE_SIDES)
+        if tokens is None or not widths:
+            pytest.skip(f"{variant.name}'s domain ({domain.describe()}) has no N, D in {SAMPLE_SIDES}")
+        every_width = widths == list(range(SAMPLE_SIDES[0], SAMPLE_SIDES[1] + 1))
         rng = random.Random(f"iqa-bench-sample-{variant.name}")
         cases = [
             Case(
                 batch=1,
-                tokens=rng.randint(*SAMPLE_SIDES),
-                dim=rng.randint(*SAMPLE_SIDES),
+                tokens=rng.randint(*tokens),
+                dim=rng.randint(*SAMPLE_SIDES) if every_width else rng.choice(widths),
                 dtype=torch.float64,
                 scale=round(rng.uniform(*SAMPLE_SCALES), 3),
                 seed=rng.randrange(10**6),

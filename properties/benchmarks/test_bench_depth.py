@@ -23,13 +23,15 @@ import warnings
 import pytest
 import torch
 
-from iqa import BACKWARD_MODES, AdjointOptions, Implicit, NonConvergedForwardWarning
+from iqa import BACKWARD_MODES, AdjointOptions, BackwardConvergenceWarning, Implicit, NonConvergedForwardWarning
 from iqa.variants import Tag, Variant
 from properties.benchmarks import band as grid
 from properties.benchmarks.conftest import median_seconds
 from properties.tags import requires
 
-DEPTHS = (30, 60, 100)  # from 30 on, the adjoint at y_T converges on every band case (at T = 10 it may not)
+#: From 30 on, the adjoint at y_T converges on the band cases of hopfield, positional, injection and multihead; on
+#: causal's it diverges at 30 and 60 (J(y_T) is not yet contractive there), and those depths are skipped.
+DEPTHS = (30, 60, 100)
 TABLE = "Forward + backward median wall time (s) per backward mode against forward depth T"
 
 
@@ -53,6 +55,16 @@ def test_forward_backward(benchmark, summary, variant: Variant, mode: str, depth
             y = layer(x)
             torch.autograd.grad((y * weight).sum(), wrt)
 
+    if mode == "implicit":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BackwardConvergenceWarning)
+            run()
+        solved = layer.last_backward_solution
+        if solved is not None and not solved.converged:
+            pytest.skip(
+                f"the adjoint at y_T ends {solved.status.name} at T = {depth} on {variant.name}'s band case: no "
+                "converged implicit gradient to time"
+            )
     benchmark.group = f"depth[{variant.name}-{mode}]"
     benchmark.pedantic(run, rounds=5, warmup_rounds=1)
     solution = layer.last_solution

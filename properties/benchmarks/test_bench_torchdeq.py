@@ -145,8 +145,9 @@ def _gradient(problem: Problem, y: Tensor) -> Tensor:
     return _flat(torch.autograd.grad(_loss(problem, y), problem.wrt))
 
 
-def _reference(problem: Problem) -> tuple[Tensor, float]:
-    """The exact implicit gradient: dense adjoint at a tightly solved fixed point; and max rho(J*)."""
+def _reference(problem: Problem) -> tuple[Tensor, float, float]:
+    """The exact implicit gradient: dense adjoint at a tightly solved fixed point; max rho(J*); and the largest
+    cond = ||(I - J*)^-1||_2 over the batch (what turns a residual into an error, whether or not rho < 1)."""
     f = problem.map()
     with torch.no_grad():
         tight = solve(f, problem.start(), "anderson", tol=REFERENCE_TOL, max_iter=10 * MAX_ITER)
@@ -157,7 +158,8 @@ def _reference(problem: Problem) -> tuple[Tensor, float]:
     v = problem.weight.reshape(J.shape[0], -1, 1)
     g = torch.linalg.solve((eye - J).transpose(1, 2), v).reshape(y.shape)
     grads = torch.autograd.grad(f(y), problem.wrt, g)
-    return _flat(grads), float(spectral_radius(f, y).max())
+    cond = float((1 / torch.linalg.svdvals(eye - J)[..., -1]).max())
+    return _flat(grads), float(spectral_radius(f, y).max()), cond
 
 
 @dataclass(frozen=True)
@@ -169,16 +171,26 @@ class Comparison:
     matched_adjoint_tol: float  # and its adjoint tol: the relative residual torchdeq's adjoint reached
 
 
-_COMPARISONS: dict[tuple[str, str, str], Comparison] = {}
+_COMPARISONS: dict[tuple[str, str, str], Comparison | str] = {}
 
 
 def _compare(variant: Variant, kind: str, method: str) -> Comparison:
-    """Everything but the times, once per (variant, problem, method)."""
+    """Everything but the times, once per (variant, problem, method). Skips Picard on a problem with
+    rho(J*) >= 1 (causal's init problem: 1.01), where its iteration cannot converge."""
     key = (variant.name, kind, method)
-    if key in _COMPARISONS:
-        return _COMPARISONS[key]
+    if key not in _COMPARISONS:
+        _COMPARISONS[key] = _comparison(variant, kind, method)
+    found = _COMPARISONS[key]
+    if isinstance(found, str):
+        pytest.skip(found)
+    return found
+
+
+def _comparison(variant: Variant, kind: str, method: str) -> Comparison | str:
     problem = _problem(variant, kind)
-    reference, rho = _reference(problem)
+    reference, rho, cond = _reference(problem)
+    if method == "picard" and rho >= 1:
+        return f"Picard cannot converge on {variant.name}'s {kind} problem: rho(J*) = {rho:.3f} >= 1"
     ref_norm = float(reference.norm())
     assert ref_norm >= NORM_FLOOR, f"reference gradient norm {ref_norm:.1e} is below the floor {NORM_FLOOR:g}"
     plain = problem.map()
@@ -206,6 +218,7 @@ def _compare(variant: Variant, kind: str, method: str) -> Comparison:
 
     facts = {
         "rho max": rho,
+        "cond max": cond,
         "iqa status": f"{record.forward.status.name}/{record.backward.status.name}",
         "iqa= status": f"{matched.forward.status.name}/{matched.backward.status.name}",
         "fwd evals iqa": f.calls,
@@ -224,8 +237,7 @@ def _compare(variant: Variant, kind: str, method: str) -> Comparison:
         "grad err iqa=": error(matched_grad),
         "grad err tdq": error(theirs_grad),
     }
-    _COMPARISONS[key] = Comparison(facts, matched_tol, matched_adjoint_tol)
-    return _COMPARISONS[key]
+    return Comparison(facts, matched_tol, matched_adjoint_tol)
 
 
 PROBLEMS = ["init", "band"]
@@ -311,10 +323,11 @@ def test_backward(benchmark, summary, variant: Variant, kind: str, method: str, 
     _record_time(summary, _row(variant, kind, method), f"bwd {library}", median_seconds(benchmark))
     if library == "iqa":
         facts = comparison.facts
-        # Forward residual tol gives ||y - y*|| <= tol / (1 - rho); the adjoint's relative residual tol gives a
-        # relative error <= tol / (1 - rho) in g; the gradient inherits both, times ||df/dtheta|| / ||grad||:
-        # the factor 10 covers that ratio (measured error / (tol / (1 - rho)) <= 0.5 on these problems).
-        bound = 10 * TOL / (1 - facts["rho max"])
+        # Forward residual tol gives ||y - y*|| <= cond tol; the adjoint's relative residual tol gives a relative
+        # error <= cond tol in g; the gradient inherits both, times ||df/dtheta|| / ||grad||: the factor 2 covers
+        # that ratio (measured error / (cond tol): 0.05-0.55 on these problems). cond, not 1 / (1 - rho), which is
+        # negative where rho(J*) >= 1 and Anderson still converges (causal's init problem: 1.006).
+        bound = 2 * TOL * facts["cond max"]
         assert facts["grad err iqa"] <= bound, (
             f"iqa's implicit gradient error {facts['grad err iqa']:.1e} > {bound:.1e}"
         )
