@@ -197,7 +197,7 @@ class _HostPairs(_Ring):
         self.dtype = y0.dtype
         self.host_dtype = np.float64 if y0.dtype == torch.float64 else np.float32
         # All m slots at once: no growth copies. np.zeros maps a large buffer untouched (calloc), so the OS backs
-        # pages only as pushes write them.
+        # pages only as pushes write them (4 KiB at a time, or 2 MiB where numpy gets transparent huge pages).
         self.F = np.zeros((batch, m, n), dtype=self.host_dtype)
         self.G = np.zeros((batch, m, n), dtype=self.host_dtype)
         self.X = np.zeros((batch, m, n), dtype=self.host_dtype) if store_x else None
