@@ -314,6 +314,9 @@ def _run_all(f: Callable[[Tensor], Tensor], y: Tensor) -> list[Tensor]:
     ]
 
 
+# a rank-1 operator: the Krylov run breaks down and draws a fresh direction, whose dtype must not follow torch's
+# default (the mutation profile's 5 draws do not reach such a breakdown; the ci profile's 20 do)
+@example(n=6, batch=3, seed=0, rank=1)
 @given(n=st.integers(MIN_KRYLOV + 1, 12), batch=batches, seed=SEEDS, rank=st.sampled_from([None, 1, 2]))
 def test_estimates_are_reproducible_and_leave_torch_state_alone(n: int, batch: int, seed: int, rank) -> None:
     """The same call gives the same bits; torch's global random stream is not used (its state is unchanged,

@@ -66,6 +66,9 @@ parts = st.tuples(
 
 
 @example(n=5, seed=0, elements=[(1e-14, 1.0, 1.0), (1.0, 1e-6, 3.0), (0.5, 0.0, 3.0)])  # tiny, near-parallel, real
+# Im u on Re u's line up to rounding: real, though its distance from the line is not exactly 0 (the mutation
+# profile's 5 draws do not reach such a vector; the ci profile's 20 do)
+@example(n=2, seed=0, elements=[(1.0, 0.0, 10.0)])
 @given(n=st.integers(2, 8), seed=SEEDS, elements=st.lists(parts, min_size=1, max_size=3))
 def test_real_basis_is_an_orthonormal_basis_of_the_plane(
     n: int, seed: int, elements: list[tuple[float, float, float]]
