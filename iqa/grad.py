@@ -312,8 +312,8 @@ def _edge_outputs() -> bool:
 
 #: :func:`_edge_outputs`' answer, asked at the first implicit output, not at import: the probe's autograd.grad
 #: imports torch.fx's symbolic shapes and sympy (0.31-0.38 s, against 1.1-1.2 s for ``import iqa`` without it, on
-#: the 2-core VM), which a
-#: process that never differentiates (``iqa --help``, a collection-only pytest) would pay for nothing.
+#: the 2-core VM), which a process that never differentiates (``iqa --help``, a collection-only pytest) would pay
+#: for nothing.
 _EDGE_OUTPUTS: bool | None = None
 
 

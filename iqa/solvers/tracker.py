@@ -62,9 +62,11 @@ class Tracker:
         self.statuses: list[Status | None] = [None] * batch
         self.steps = [0] * batch
         self.device = y0.device
-        #: Which elements have a status (rebuilt by mark(), so the solver loops do not rebuild it per step).
+        #: Which elements have a status (rebuilt by publish(), so the solver loops do not rebuild it per step).
         self.decided = torch.zeros(batch, dtype=torch.bool, device=y0.device)
         self.n_decided = 0
+        #: How many elements ``decided`` shows (n_decided as of the last publish()).
+        self.n_published = 0
         #: Which elements have no status yet, on the host (for the solvers' vectorised bookkeeping).
         self.open = np.ones(batch, dtype=bool)
         self.limit: list[float] = []
@@ -128,7 +130,6 @@ class Tracker:
         """
         tol = self.tol
         r = self.abs_history[-1]
-        decided_before = self.n_decided
         for b, m in enumerate(metric):
             if self.statuses[b] is not None or (tol < m < math.inf and not check_divergence):
                 continue
@@ -138,8 +139,7 @@ class Tracker:
                 self.mark(b, Status.CONVERGED, step)
             elif check_divergence and r[b] >= self.limit[b]:
                 self.mark(b, Status.DIVERGED, step)
-        if self.n_decided != decided_before:
-            self.publish()
+        self.publish()
 
     def mark(self, b: int, status: Status, step: int) -> None:
         """Give element b its status; :meth:`publish` then updates the ``decided`` mask once for all marks."""
@@ -149,10 +149,12 @@ class Tracker:
         self.open[b] = False
 
     def publish(self) -> None:
-        """Rebuild ``decided`` after a round of :meth:`mark` calls (one tensor per round, not per element: timeit
-        of a round that marks 16 elements, 9 us against 135 us with one tensor per mark). A new mask, never one
-        changed in place: autograd may have saved the old one (unrolled mode)."""
-        self.decided = torch.from_numpy(~self.open).to(self.device)
+        """Rebuild ``decided`` after a round of :meth:`mark` calls, if the round marked any (one tensor per round,
+        not per element: timeit of a round that marks 16 elements, 9 us against 135 us with one tensor per mark).
+        A new mask, never one changed in place: autograd may have saved the old one (unrolled mode)."""
+        if self.n_published != self.n_decided:
+            self.decided = torch.from_numpy(~self.open).to(self.device)
+            self.n_published = self.n_decided
 
     def check_cycles(self, step: int) -> None:
         """Mark CYCLE where y_t returns to y_{t-p} (2 <= p <= MAX_PERIOD) and progress has stalled:
@@ -172,19 +174,16 @@ class Tracker:
         with torch.no_grad():
             gaps = torch.stack([self.norm(recent[-1] - recent[-1 - p]) for p in range(2, MAX_PERIOD + 1)])
             closest = gaps.min(dim=0).values.tolist()
-        decided_before = self.n_decided
         for b, is_stalled in enumerate(stalled):
             if is_stalled and closest[b] <= CYCLE_GAP * now[b]:
                 self.mark(b, Status.CYCLE, step)
-        if self.n_decided != decided_before:
-            self.publish()
+        self.publish()
 
     def finish(self, n_steps: int) -> None:
-        if self.n_decided < len(self.statuses):
-            for b, s in enumerate(self.statuses):
-                if s is None:
-                    self.mark(b, Status.MAX_ITER, n_steps)
-            self.publish()
+        for b, s in enumerate(self.statuses):
+            if s is None:
+                self.mark(b, Status.MAX_ITER, n_steps)
+        self.publish()
 
     def solution(self, y: Tensor, method: str, final: list[float] | None = None, fallbacks: int = 0) -> Solution:
         """The Solution; ``final`` overrides the residual of the returned iterates."""
