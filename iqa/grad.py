@@ -42,7 +42,7 @@ from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from iqa.solvers import SHORTHANDS, ConvergenceError, Map, Solution, Solver, as_solver, solve
 from iqa.solvers.options import check_solve_options, option_error
-from iqa.validation import check_positive_int, check_unit_interval
+from iqa.validation import all_finite, check_positive_int, check_unit_interval
 
 BACKWARD_MODES = ("unrolled", "implicit", "phantom")
 #: Keywords of :func:`fixed_point` (and the layers) that every solve has; every other keyword is the solver's.
@@ -406,7 +406,7 @@ def _adjoint_hook(
                 "double backward (create_graph=True) through an implicit fixed point is not supported; "
                 "use backward='unrolled' or 'phantom' for higher-order gradients"
             )
-        if not bool(torch.isfinite(v).all()):
+        if not all_finite(v):
             raise ValueError(
                 "the gradient arriving at the implicit fixed point (dL/dy*) contains NaN or Inf; "
                 "the adjoint equation g = dL/dy* + J^T g has no finite solution"

@@ -37,7 +37,7 @@ from torch.func import jvp as _func_jvp
 from iqa.analysis.jacobian import DENSE_LIMIT, _check_point, _primal, iterative_rtol, jacobian
 from iqa.analysis.krylov import check_krylov_dim, checked_dominant
 from iqa.solvers import Map
-from iqa.validation import check_positive
+from iqa.validation import all_finite, check_positive
 
 METHODS = ("auto", "dense", "arnoldi")
 
@@ -165,7 +165,7 @@ def eig_blocks(J: Tensor) -> tuple[Tensor, Tensor]:
 
 def _dense(f: Map, y: Tensor) -> Spectrum:
     J = jacobian(f, y)
-    if not bool(torch.isfinite(J).all()):
+    if not all_finite(J):
         raise ValueError("the Jacobian at y has non-finite entries: no spectrum to compute")
     values, vectors = eig_blocks(J)
     idx = _dominant(values)

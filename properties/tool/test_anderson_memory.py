@@ -6,8 +6,9 @@
   and output, bit for bit, on maps where Anderson gives up and Picard cycles.
 - The history buffers keep every stored pair in its slot. On the device path (a graph recorded, or a GPU) they
   grow with the pairs stored: never above what the pushes so far need (the next power of two, at most m), and a
-  push that grows them keeps the stored pairs. On the host they hold all m slots from the start (zeroed mappings
-  that the OS backs only as pushes write them: no growth copies).
+  push that grows them keeps the stored pairs. On the host they hold all m slots from the start (no growth
+  copies), and a solve takes over the buffers the last solve of its shape left (SPARE_BUFFERS): only slots it
+  wrote are read, so a solve in buffers full of NaN gives what it gives in fresh ones, bit for bit.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 
 from iqa import Anderson, Status, solve
 from iqa.solvers import MAX_PERIOD, STALL_STEPS
-from iqa.solvers.anderson import _AndersonRun, make_pairs
+from iqa.solvers.anderson import SPARE_BUFFERS, SpareBuffers, _AndersonRun, make_pairs
 from iqa.solvers.result import Solution
 from iqa.solvers.tracker import Tracker
 from iqa.variants import resolve
@@ -211,3 +212,50 @@ def test_accelerated_solve_keeps_one_iterate_for_the_cycle_check(name, seed) -> 
         solution = solve(layer.fixed_point_map(x), layer.initial_point(x), Anderson(), tol=1e-12, max_iter=100)
     assume(solution.fallbacks == 0 and len(kept) > MAX_PERIOD)  # every element accelerated throughout
     assert max(kept[2:]) == 1, f"iterates kept per step: {kept}"
+
+
+@given(
+    name=st.sampled_from(["hopfield", "positional", "injection", "damped"]),
+    batch=st.integers(1, 3),
+    tokens=st.integers(2, 6),
+    dim=st.integers(2, 6),
+    scale=st.floats(0.5, 3.0),
+    seed=st.integers(0, 10**6),
+    history=st.integers(2, 6),
+    mixing=st.sampled_from([1.0, 0.7]),
+    dtype=st.sampled_from([F64, torch.float32]),
+)
+def test_a_solve_in_taken_over_buffers_reads_only_what_it_wrote(
+    name, batch, tokens, dim, scale, seed, history, mixing, dtype
+) -> None:
+    """The same solve in fresh buffers and in the buffers the first one left, after filling them with NaN: the
+    same output, residuals, statuses, steps and fallbacks, bit for bit; and the second solve did take them over."""
+    case = Case(batch=batch, tokens=tokens, dim=dim, dtype=dtype, scale=scale, seed=seed)
+    layer = case.layer(resolve(name))
+    x = case.inputs()
+    f, y0 = layer.fixed_point_map(x), layer.initial_point(x)
+    solver = Anderson(history=history, mixing=mixing)
+    SPARE_BUFFERS.clear()
+    with torch.no_grad():
+        fresh = solve(f, y0, solver, tol=1e-10, max_iter=60)
+        (left,) = SPARE_BUFFERS._kept.values()
+        for buffer in left:
+            buffer.fill(np.nan)
+        reused = solve(f, y0, solver, tol=1e-10, max_iter=60)
+    (again,) = SPARE_BUFFERS._kept.values()
+    assert all(a is b for a, b in zip(again, left, strict=True)), "the second solve allocated its own buffers"
+    assert (reused.statuses, reused.steps, reused.fallbacks) == (fresh.statuses, fresh.steps, fresh.fallbacks)
+    assert torch.equal(reused.residuals, fresh.residuals) and torch.equal(reused.y, fresh.y)
+
+
+def test_spare_buffers_keep_one_set_within_their_limit() -> None:
+    spare = SpareBuffers(limit=64)
+    small, other = (np.zeros(4), np.zeros(4)), (np.zeros(2),)
+    spare.keep(("a",), small)
+    spare.keep(("b",), other)  # replaces the first set: one set at most
+    assert spare.take(("a",)) is None and spare.take(("b",)) is other
+    assert spare.take(("b",)) is None  # taken: no longer kept
+    spare.keep(("c",), (np.zeros(9),))  # 72 bytes > 64: not kept
+    assert spare.take(("c",)) is None
+    spare.keep(("d",), (np.zeros(8),))  # 64 bytes: kept
+    assert spare.take(("d",)) is not None
