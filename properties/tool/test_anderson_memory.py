@@ -96,6 +96,7 @@ def test_buffers_keep_the_pairs(m, pushes, n, store_x, on_device, seed) -> None:
     for t in range(pushes):
         pairs.push(X[t], F[t], F[t] - X[t], np.ones(2))
         capacity = pairs.F.shape[1]
+        assert pairs.capacity == capacity, f"the ring counts {pairs.capacity} slots, its buffers hold {capacity}"
         # F, G and X (where kept) hold the same slots
         assert pairs.G.shape == pairs.F.shape and (pairs.X is None or pairs.X.shape == pairs.F.shape)
         needed = min(t + 1, m)
@@ -229,7 +230,8 @@ def test_a_solve_in_taken_over_buffers_reads_only_what_it_wrote(
     name, batch, tokens, dim, scale, seed, history, mixing, dtype
 ) -> None:
     """The same solve in fresh buffers and in the buffers the first one left, after filling them with NaN: the
-    same output, residuals, statuses, steps and fallbacks, bit for bit; and the second solve did take them over."""
+    same output, residuals, statuses, steps and fallbacks, bit for bit; and the second solve did take them over.
+    The set left holds F and G, and X only where the mix needs it (mixing < 1)."""
     case = Case(batch=batch, tokens=tokens, dim=dim, dtype=dtype, scale=scale, seed=seed)
     layer = case.layer(resolve(name))
     x = case.inputs()
@@ -239,6 +241,7 @@ def test_a_solve_in_taken_over_buffers_reads_only_what_it_wrote(
     with torch.no_grad():
         fresh = solve(f, y0, solver, tol=1e-10, max_iter=60)
         (left,) = SPARE_BUFFERS._kept.values()
+        assert len(left) == (2 if mixing == 1.0 else 3), f"{len(left)} buffers kept at mixing {mixing}"
         for buffer in left:
             buffer.fill(np.nan)
         reused = solve(f, y0, solver, tol=1e-10, max_iter=60)
@@ -251,6 +254,7 @@ def test_a_solve_in_taken_over_buffers_reads_only_what_it_wrote(
 def test_spare_buffers_keep_one_set_within_their_limit() -> None:
     spare = SpareBuffers(limit=64)
     small, other = (np.zeros(4), np.zeros(4)), (np.zeros(2),)
+    assert spare.take(("a",)) is None  # nothing kept yet
     spare.keep(("a",), small)
     spare.keep(("b",), other)  # replaces the first set: one set at most
     assert spare.take(("a",)) is None and spare.take(("b",)) is other
