@@ -41,7 +41,8 @@ def all_finite(t: Tensor) -> bool:
     Read from its extremes: NaN propagates to both min and max and an Inf reaches one of them, so both are finite
     exactly when every entry is. Two vectorised reductions and one transfer, where ``torch.isfinite(t).all()``
     builds its mask in several passes ([8, 64, 64] float32 on one CPU thread: 13 us against 87 us; [8, 1024, 128]:
-    0.4 ms against 3.3 ms). The same answer for every floating dtype (properties/tool/test_validation.py).
+    0.4 ms against 3.3 ms; timeit on the 2-core VM, development checkout). The same answer for every floating
+    dtype (properties/tool/test_validation.py).
     """
     if t.numel() == 0:
         return True

@@ -16,6 +16,7 @@ then depend on the code and the profile only.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pkgutil
 from collections.abc import Iterator
@@ -36,16 +37,12 @@ def module_names(*packages: ModuleType) -> Iterator[str]:
                 yield info.name
 
 
-def import_all(*packages: ModuleType) -> list[str]:
-    """Import every module of ``packages`` (:func:`module_names`); the names of those that need a package this
-    environment lacks (an optional extra), left out."""
-    missing = []
+def import_all(*packages: ModuleType) -> None:
+    """Import every module of ``packages`` (:func:`module_names`) but those that need a package this environment
+    lacks (an optional extra)."""
     for name in module_names(*packages):
-        try:
+        with contextlib.suppress(ImportError):
             importlib.import_module(name)
-        except ImportError:
-            missing.append(name)
-    return missing
 
 
 def freeze_constant_pool() -> Any:

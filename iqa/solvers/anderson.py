@@ -238,7 +238,6 @@ class _HostPairs(_Ring):
         buffers = SPARE_BUFFERS.take(self.key)
         if buffers is None:
             buffers = tuple(np.zeros((batch, m, n), dtype=self.host_dtype) for _ in range(3 if store_x else 2))
-        self.buffers = buffers
         self.F, self.G = buffers[0], buffers[1]
         self.X = buffers[2] if store_x else None
         self.capacity = m
@@ -250,7 +249,7 @@ class _HostPairs(_Ring):
 
     def release(self) -> None:
         """Hand the buffers to the next solve of the same shape (:data:`SPARE_BUFFERS`); this ring is done."""
-        SPARE_BUFFERS.keep(self.key, self.buffers)
+        SPARE_BUFFERS.keep(self.key, (self.F, self.G) if self.X is None else (self.F, self.G, self.X))
 
     def _host(self, t: Tensor) -> np.ndarray:
         """[B, n] on the host in the buffers' dtype: a view for float32 and float64 tensors, a copy otherwise."""

@@ -18,9 +18,10 @@ import pytest
 import torch
 from hypothesis import assume, event, given
 from hypothesis import strategies as st
+from torch import Tensor
 
 from iqa import Anderson, Status, solve
-from iqa.solvers import MAX_PERIOD, STALL_STEPS
+from iqa.solvers import MAX_PERIOD, STALL_STEPS, Map
 from iqa.solvers.anderson import SPARE_BUFFERS, SpareBuffers, _AndersonRun, make_pairs
 from iqa.solvers.result import Solution
 from iqa.solvers.tracker import Tracker
@@ -30,12 +31,16 @@ from properties.strategies import Case
 F64 = torch.float64
 
 
-def solve_both(name, batch, tokens, dim, scale, seed, history, mixing):
-    """Anderson's solve as it is, and with every iterate kept for the cycle check (forget_recent a no-op)."""
-    case = Case(batch=batch, tokens=tokens, dim=dim, dtype=F64, scale=scale, seed=seed)
+def problem(name: str, case: Case) -> tuple[Map, Tensor]:
+    """The built-in ``name``'s map f(.; x) and start y0 on the case's weights and input."""
     layer = case.layer(resolve(name))
     x = case.inputs()
-    f, y0 = layer.fixed_point_map(x), layer.initial_point(x)
+    return layer.fixed_point_map(x), layer.initial_point(x)
+
+
+def solve_both(name, batch, tokens, dim, scale, seed, history, mixing):
+    """Anderson's solve as it is, and with every iterate kept for the cycle check (forget_recent a no-op)."""
+    f, y0 = problem(name, Case(batch=batch, tokens=tokens, dim=dim, dtype=F64, scale=scale, seed=seed))
     solver = Anderson(history=history, mixing=mixing)
     with torch.no_grad():
         ours = solve(f, y0, solver, tol=1e-10, max_iter=150)
@@ -124,11 +129,9 @@ cycling_draws = given(
 
 def solve_cycling(name: str, scale: float, seed: int, history: int) -> Solution:
     """Anderson (history m) on a drawn three-element built-in problem at a cycling scale, 150 steps, no graph."""
-    case = Case(batch=3, tokens=4, dim=4, dtype=F64, scale=scale, seed=seed)
-    layer = case.layer(resolve(name))
-    x = case.inputs()
+    f, y0 = problem(name, Case(batch=3, tokens=4, dim=4, dtype=F64, scale=scale, seed=seed))
     with torch.no_grad():
-        return solve(layer.fixed_point_map(x), layer.initial_point(x), Anderson(history=history), max_iter=150)
+        return solve(f, y0, Anderson(history=history), max_iter=150)
 
 
 @cycling_draws
@@ -197,9 +200,7 @@ def test_every_forgetting_step_is_one_where_no_element_may_cycle(name, scale, se
 def test_accelerated_solve_keeps_one_iterate_for_the_cycle_check(name, seed) -> None:
     """The memory the rule saves: once every element takes accelerated steps (from step 2) and none can give up
     before the next check, the tracker holds only the iterate it was just given, not MAX_PERIOD + 1 of them."""
-    case = Case(batch=2, tokens=4, dim=4, dtype=F64, scale=0.5, seed=seed)
-    layer = case.layer(resolve(name))
-    x = case.inputs()
+    f, y0 = problem(name, Case(batch=2, tokens=4, dim=4, dtype=F64, scale=0.5, seed=seed))
     kept: list[int] = []
     observe = Tracker.observe
 
@@ -210,7 +211,7 @@ def test_accelerated_solve_keeps_one_iterate_for_the_cycle_check(name, seed) -> 
 
     with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
         patch.setattr(Tracker, "observe", recording)
-        solution = solve(layer.fixed_point_map(x), layer.initial_point(x), Anderson(), tol=1e-12, max_iter=100)
+        solution = solve(f, y0, Anderson(), tol=1e-12, max_iter=100)
     assume(solution.fallbacks == 0 and len(kept) > MAX_PERIOD)  # every element accelerated throughout
     assert max(kept[2:]) == 1, f"iterates kept per step: {kept}"
 
@@ -232,10 +233,7 @@ def test_a_solve_in_taken_over_buffers_reads_only_what_it_wrote(
     """The same solve in fresh buffers and in the buffers the first one left, after filling them with NaN: the
     same output, residuals, statuses, steps and fallbacks, bit for bit; and the second solve did take them over.
     The set left holds F and G, and X only where the mix needs it (mixing < 1)."""
-    case = Case(batch=batch, tokens=tokens, dim=dim, dtype=dtype, scale=scale, seed=seed)
-    layer = case.layer(resolve(name))
-    x = case.inputs()
-    f, y0 = layer.fixed_point_map(x), layer.initial_point(x)
+    f, y0 = problem(name, Case(batch=batch, tokens=tokens, dim=dim, dtype=dtype, scale=scale, seed=seed))
     solver = Anderson(history=history, mixing=mixing)
     SPARE_BUFFERS.clear()
     with torch.no_grad():
